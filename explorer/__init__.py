@@ -1,0 +1,39 @@
+"""attention-explorer: look inside a GPT while it writes.
+
+    import explorer
+    lm = explorer.load_model()                      # embedded SmolLM2-135M-Instruct, offline
+    trace = lm.generate("The capital of France is", max_new_tokens=12)
+    trace.attention(layer=3, head=2)                # numpy [T, T]
+    trace.save("paris.trace"); explorer.load_trace("paris.trace")
+"""
+
+from .errors import ExplorerError, ModelLoadError, SettingsError, TraceFileError
+from .trace import Candidate, Positional, Step, Trace
+from .trace_file import load_trace
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # the model side imports torch and transformers: only when it is asked for, so views load fast
+    if name in {"load_model", "wrap", "LanguageModel"}:
+        from . import models
+
+        return {"load_model": models.load_model, "wrap": models.wrap, "LanguageModel": models.LanguageModel}[name]
+    raise AttributeError(f"module 'explorer' has no attribute {name!r}")
+
+
+__all__ = [
+    "Candidate",
+    "ExplorerError",
+    "LanguageModel",
+    "ModelLoadError",
+    "Positional",
+    "SettingsError",
+    "Step",
+    "Trace",
+    "TraceFileError",
+    "load_model",
+    "load_trace",
+    "wrap",
+]

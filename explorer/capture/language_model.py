@@ -1,0 +1,239 @@
+"""The GPT wrapper: generate or read a text with a Hugging Face causal LM and return a Trace."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+from transformers.generation.streamers import BaseStreamer
+
+from ..errors import ModelLoadError, SettingsError
+from ..trace import Trace
+from .attention import AttentionRecorder, recording, uses_attention_interface
+from .positional import read_positional
+from .probabilities import build_steps
+from .settings import GenerationSettings, check_length
+
+PRECISIONS = {"float16": torch.float16, "float32": torch.float32}
+# precision="auto" keeps queries and keys in float32 (eager-exact) while they fit this budget, else float16
+AUTO_FLOAT32_BUDGET = 100_000_000
+
+
+class _Progress(BaseStreamer):
+    """Counts tokens as `generate` produces them: a tqdm bar and an optional callback(done, total)."""
+
+    def __init__(self, total: int, show: bool, callback: Callable[[int, int], None] | None):
+        self.total, self.done, self.callback = total, 0, callback
+        self.bar = tqdm(total=total, desc="generating", unit="tok", disable=not show, leave=False)
+        self._prompt_seen = False
+
+    def put(self, value):
+        if not self._prompt_seen:  # generate first sends the prompt
+            self._prompt_seen = True
+            return
+        self.done += 1
+        self.bar.update(1)
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+    def end(self):
+        self.bar.close()
+
+
+def _context_length(config) -> int | None:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class LanguageModel:
+    """A causal language model and its tokenizer, ready to generate with capture on."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer, name: str | None = None):
+        if not isinstance(model, PreTrainedModel) or not hasattr(model, "generate"):
+            raise ModelLoadError(f"{type(model).__name__} is not a transformers model that can generate")
+        if getattr(model.config, "is_encoder_decoder", False) or not model.can_generate():
+            raise ModelLoadError(f"{type(model).__name__} is not a causal language model")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        self.context_length = _context_length(model.config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def info(self) -> dict:
+        """Facts about the model at a glance: name, sizes, heads, positional encoding, device, dtype."""
+        config = self.model.config
+        heads = config.num_attention_heads
+        return {
+            "name": self.name,
+            "architecture": type(self.model).__name__,
+            "model_type": config.model_type,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "layers": config.num_hidden_layers,
+            "heads": heads,
+            "kv_heads": getattr(config, "num_key_value_heads", None) or heads,
+            "hidden_size": config.hidden_size,
+            "vocab_size": config.vocab_size,
+            "context_length": self.context_length,
+            "positional": read_positional(self.model, 1).kind,
+            "capture": "attention interface" if uses_attention_interface(self.model) else "hooks",
+            "device": str(self.device),
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "chat_template": self.has_chat_template,
+        }
+
+    def encode(self, text: str, chat: bool = False) -> list[int]:
+        """Token ids of `text`, wrapped in the chat template as a user message when chat=True."""
+        if not isinstance(text, str):
+            raise SettingsError(f"the prompt must be a string, not {type(text).__name__}")
+        if not text:
+            raise SettingsError("the prompt is empty: type some text")
+        if chat:
+            if not self.has_chat_template:
+                raise SettingsError(f"{self.name} has no chat template: use chat=False")
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+            )
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(text)["input_ids"]
+
+    def decode_token(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 20,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        *,
+        chat: bool = False,
+        candidates: int = 10,
+        precision: str = "auto",
+        keep_values: bool = False,
+        progress: bool = True,
+        on_token: Callable[[int, int], None] | None = None,
+        **generate_kwargs,
+    ) -> Trace:
+        """Generate from `prompt` and capture attention, positions and probabilities of every step.
+
+        temperature=0 decodes greedily; otherwise tokens are sampled (reproducibly when `seed` is set).
+        `candidates` is how many top tokens each step keeps; `precision` is how queries and keys are stored:
+        "float32" reproduces eager attention to ~1e-6, "float16" halves memory (weights within ~2e-3), and
+        "auto" takes float32 while the store fits 100 MB, float16 beyond. Other keyword arguments
+        (min_new_tokens, repetition_penalty, eos_token_id, ...) go to transformers' `generate` unchanged.
+        """
+        settings = GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed)
+        _check_candidates(candidates)
+        ids = self.encode(prompt, chat=chat)
+        check_length(len(ids), max_new_tokens, self.context_length, self.name)
+        clash = {"streamer", "return_dict_in_generate", "output_logits", "output_scores"} & set(generate_kwargs)
+        if clash:
+            raise SettingsError(f"{', '.join(sorted(clash))} is set by attention-explorer itself")
+        precision = self._choose_precision(precision, len(ids) + max_new_tokens, keep_values)
+        recorder = AttentionRecorder(PRECISIONS[precision], keep_values)
+        input_ids = torch.tensor([ids], device=self.device)
+        streamer = _Progress(max_new_tokens, progress, on_token)
+        started = time.perf_counter()
+        with torch.inference_mode(), recording(self.model, recorder):
+            if seed is not None:
+                _seed_everything(seed)
+            out = self.model.generate(
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                return_dict_in_generate=True,
+                output_logits=True,
+                output_scores=True,
+                streamer=streamer,
+                **({"pad_token_id": _pad_token_id(self)} | settings.generate_kwargs() | generate_kwargs),
+            )
+            generated_at = time.perf_counter()
+            sequence = out.sequences[0]
+            # the last token was never read by the model: one more step gives its attention row
+            self.model(
+                sequence[None, -1:],
+                attention_mask=torch.ones_like(sequence[None, :]),
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
+        token_ids = sequence.tolist()
+        steps = build_steps(token_ids, len(ids), out.logits, out.scores, self.decode_token, candidates)
+        used = settings.as_dict() | {"chat": chat, "candidates": candidates, "precision": precision}
+        used |= {k: v for k, v in generate_kwargs.items() if isinstance(v, (int, float, str, bool, list))}
+        timings = {"generate": generated_at - started, "total": time.perf_counter() - started}
+        return self._build_trace(token_ids, len(ids), recorder, steps, used, timings)
+
+    def trace(self, text: str, *, chat: bool = False, precision: str = "auto", keep_values: bool = False) -> Trace:
+        """Read `text` in one forward pass and capture its attention and positions (no generated steps)."""
+        ids = self.encode(text, chat=chat)
+        check_length(len(ids), 0, self.context_length, self.name)
+        precision = self._choose_precision(precision, len(ids), keep_values)
+        recorder = AttentionRecorder(PRECISIONS[precision], keep_values)
+        started = time.perf_counter()
+        with torch.inference_mode(), recording(self.model, recorder):
+            self.model(torch.tensor([ids], device=self.device), use_cache=False)
+        timings = {"forward": time.perf_counter() - started}
+        settings = {"chat": chat, "precision": precision}
+        return self._build_trace(ids, len(ids), recorder, [], settings, timings)
+
+    def _choose_precision(self, precision: str, n_tokens: int, keep_values: bool) -> str:
+        if precision == "auto":
+            config = self.model.config
+            heads = config.num_attention_heads
+            kv_heads = getattr(config, "num_key_value_heads", None) or heads
+            head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+            per_token = config.num_hidden_layers * (heads + kv_heads * (2 if keep_values else 1)) * head_dim * 4
+            return "float32" if per_token * n_tokens <= AUTO_FLOAT32_BUDGET else "float16"
+        if precision not in PRECISIONS:
+            raise SettingsError(f"precision must be 'auto' or one of {sorted(PRECISIONS)}, not {precision!r}")
+        return precision
+
+    def _build_trace(self, token_ids, n_prompt, recorder, steps, settings, timings) -> Trace:
+        return Trace(
+            tokens=[self.decode_token(i) for i in token_ids],
+            token_ids=token_ids,
+            n_prompt=n_prompt,
+            layers=recorder.layers(len(token_ids)),
+            steps=steps,
+            positional=read_positional(self.model, len(token_ids)),
+            model=self.info(),
+            settings=settings,
+            timings=timings,
+            pieces=self.tokenizer.convert_ids_to_tokens(token_ids),
+        )
+
+    def __repr__(self) -> str:
+        return f"LanguageModel({self.name!r}, device={str(self.device)!r}, dtype={self.model.dtype})"
+
+
+def _check_candidates(k) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise SettingsError(f"candidates must be a whole number ≥ 1, not {k!r}")
+
+
+def _pad_token_id(lm: LanguageModel) -> int | None:
+    tok = lm.tokenizer
+    if tok.pad_token_id is not None:
+        return tok.pad_token_id
+    eos = lm.model.generation_config.eos_token_id
+    return eos[0] if isinstance(eos, list) else eos
+
+
+def _seed_everything(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)

@@ -1,0 +1,17 @@
+"""The errors attention-explorer raises: each says what went wrong in one sentence."""
+
+
+class ExplorerError(Exception):
+    """Base class of every error of ours."""
+
+
+class ModelLoadError(ExplorerError, OSError):
+    """A model could not be found or loaded, or is not a causal language model."""
+
+
+class SettingsError(ExplorerError, ValueError):
+    """A prompt or a generation setting is out of range."""
+
+
+class TraceFileError(ExplorerError, ValueError):
+    """A file is not a trace we can read: truncated, corrupted, foreign or from a future version."""

@@ -1,0 +1,243 @@
+"""The Trace: what a model read and wrote, with its attention, positions and probabilities, as numpy arrays.
+
+A Trace is the one contract between the model side (capture) and the view side (views, dashboard).
+It holds no torch objects. Attention is kept small: for models that go through transformers'
+attention interface we keep each layer's queries and keys and compute a head's rows when asked
+(memory grows with T, not T²); for the others we keep the weights themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Candidate(NamedTuple):
+    """One entry of a top-k list."""
+
+    token: str
+    token_id: int
+    prob: float
+
+
+@dataclass
+class Step:
+    """One generated token and the distributions it was drawn from."""
+
+    index: int  # 0 for the first generated token
+    position: int  # its position in the whole sequence
+    token: str
+    token_id: int
+    prob: float  # probability under the model's own distribution, softmax(raw logits)
+    rank: int  # 1 = the model's most likely token
+    entropy: float  # of the model's distribution, in nats
+    top_k: list[Candidate]  # under the model's distribution, most likely first
+    sampling_prob: float  # probability under the distribution actually sampled from
+    sampling_entropy: float
+    sampling_top_k: list[Candidate]
+
+
+@dataclass
+class Positional:
+    """The positional encoding the model uses, with its arrays for the positions of this trace.
+
+    kind is "learned" (arrays: embeddings [T, d]), "rotary" (cos, sin [T, rotary_dim], inv_freq),
+    "sinusoidal" (table [T, d]) or "none".
+    """
+
+    kind: str
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    description: str = ""
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        arrays = self.__dict__.get("arrays", {})
+        if name in arrays:
+            return arrays[name]
+        raise AttributeError(name)
+
+
+def _softmax_rows(scores: np.ndarray) -> np.ndarray:
+    scores = scores - scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    return scores
+
+
+@dataclass
+class QueryKeyLayer:
+    """One layer kept as queries [H, T, d] and keys [H_kv, T, d] after rotary; rows are computed on demand.
+
+    The recomputation is the one transformers' eager attention does: softmax(q·kᵀ·scaling + mask), with the
+    causal mask, the sliding window and the logit soft-cap where the layer has them.
+    """
+
+    query: np.ndarray
+    key: np.ndarray
+    scaling: float
+    sliding_window: int | None = None
+    softcap: float | None = None
+    value: np.ndarray | None = None  # kept only when asked for (the attention-math view uses it)
+
+    @property
+    def n_heads(self) -> int:
+        return self.query.shape[0]
+
+    def rows(self, head: int, start: int, stop: int) -> np.ndarray:
+        """Attention of query positions start..stop-1 over all keys, float32 [stop-start, T]."""
+        group = self.n_heads // self.key.shape[0]
+        q = self.query[head, start:stop].astype(np.float32)
+        k = self.key[head // group].astype(np.float32)
+        scores = (q @ k.T) * np.float32(self.scaling)
+        if self.softcap:
+            scores = np.float32(self.softcap) * np.tanh(scores / np.float32(self.softcap))
+        query_pos = np.arange(start, stop)[:, None]
+        key_pos = np.arange(k.shape[0])[None, :]
+        allowed = key_pos <= query_pos
+        if self.sliding_window:
+            allowed &= query_pos - key_pos < self.sliding_window
+        scores = np.where(allowed, scores, np.float32(-np.inf))
+        return _softmax_rows(scores)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        out = {"query": self.query, "key": self.key}
+        if self.value is not None:
+            out["value"] = self.value
+        return out
+
+    def meta(self) -> dict:
+        return {
+            "kind": "query_key",
+            "scaling": self.scaling,
+            "sliding_window": self.sliding_window,
+            "softcap": self.softcap,
+        }
+
+
+@dataclass
+class WeightsLayer:
+    """One layer kept as its attention weights: row i (length i+1) of every head, packed one after another."""
+
+    packed: np.ndarray  # [H, T*(T+1)/2]
+
+    @property
+    def n_heads(self) -> int:
+        return self.packed.shape[0]
+
+    @property
+    def n_tokens(self) -> int:
+        return int((np.sqrt(8 * self.packed.shape[1] + 1) - 1) // 2)
+
+    def rows(self, head: int, start: int, stop: int) -> np.ndarray:
+        n = self.n_tokens
+        out = np.zeros((stop - start, n), dtype=np.float32)
+        for r, i in enumerate(range(start, stop)):
+            offset = i * (i + 1) // 2
+            out[r, : i + 1] = self.packed[head, offset : offset + i + 1]
+        return out
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"weights": self.packed}
+
+    def meta(self) -> dict:
+        return {"kind": "weights"}
+
+
+AttentionLayer = QueryKeyLayer | WeightsLayer
+
+
+@dataclass
+class Trace:
+    """Tokens, per-head attention of every layer, positional encodings and per-step probabilities."""
+
+    tokens: list[str]  # prompt then generated tokens, each decoded on its own
+    token_ids: list[int]
+    n_prompt: int
+    layers: list[AttentionLayer]
+    steps: list[Step]
+    positional: Positional
+    model: dict = field(default_factory=dict)  # name, architecture, sizes, device, dtype
+    settings: dict = field(default_factory=dict)  # generation settings as used
+    timings: dict = field(default_factory=dict)  # seconds
+    pieces: list[str] | None = None  # tokens as the tokenizer's vocabulary spells them ("Ġcat")
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def n_heads(self) -> int:
+        return self.layers[0].n_heads if self.layers else 0
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def n_generated(self) -> int:
+        return len(self.steps)
+
+    @property
+    def prompt_text(self) -> str:
+        return "".join(self.tokens[: self.n_prompt])
+
+    @property
+    def generated_text(self) -> str:
+        return "".join(self.tokens[self.n_prompt :])
+
+    @property
+    def text(self) -> str:
+        return "".join(self.tokens)
+
+    def _check(self, layer: int, head: int | None) -> None:
+        if not 0 <= layer < self.n_layers:
+            raise IndexError(f"layer {layer} is out of range: this trace has layers 0..{self.n_layers - 1}")
+        if head is not None and not 0 <= head < self.n_heads:
+            raise IndexError(f"head {head} is out of range: this trace has heads 0..{self.n_heads - 1}")
+
+    def attention_rows(self, layer: int, head: int | None, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows start..stop-1 of a head's attention (the mean of the layer's heads when head is None), [n, T]."""
+        self._check(layer, head)
+        stop = self.n_tokens if stop is None else stop
+        if not 0 <= start <= stop <= self.n_tokens:
+            raise IndexError(f"rows {start}..{stop} are out of range for {self.n_tokens} tokens")
+        store = self.layers[layer]
+        if head is not None:
+            return store.rows(head, start, stop)
+        total = np.zeros((stop - start, self.n_tokens), dtype=np.float32)
+        for h in range(self.n_heads):
+            total += store.rows(h, start, stop)
+        return total / np.float32(self.n_heads)
+
+    def attention(self, layer: int, head: int | None = None) -> np.ndarray:
+        """Attention weights [T, T] of one head (or the mean of the layer's heads): row i = token i over 0..i."""
+        return self.attention_rows(layer, head)
+
+    def attention_row(self, layer: int, head: int | None, position: int) -> np.ndarray:
+        """How the token at `position` attends to positions 0..position, [position + 1]."""
+        return self.attention_rows(layer, head, position, position + 1)[0, : position + 1]
+
+    def step_attention(self, step: int, layer: int, head: int | None = None) -> np.ndarray:
+        """The attention that produced generated token `step`: the row of the position just before it."""
+        return self.attention_row(layer, head, self.steps[step].position - 1)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays of this trace."""
+        total = sum(a.nbytes for layer in self.layers for a in layer.tensors().values())
+        return total + sum(a.nbytes for a in self.positional.arrays.values())
+
+    def save(self, path) -> None:
+        """Write this trace to a safetensors file with a JSON header (no pickle)."""
+        from .trace_file import save_trace
+
+        save_trace(self, path)
+
+    def __repr__(self) -> str:
+        name = self.model.get("name", "?")
+        return (
+            f"Trace({name!r}, {self.n_tokens} tokens = {self.n_prompt} prompt + {self.n_generated} generated, "
+            f"{self.n_layers} layers x {self.n_heads} heads, positional={self.positional.kind!r})"
+        )

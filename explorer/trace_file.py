@@ -1,0 +1,167 @@
+"""Saving and loading traces: one safetensors file whose metadata carries a versioned JSON header.
+
+safetensors holds only arrays and strings, so loading a file can never run code. Anything that is not a
+trace of a version we know raises TraceFileError, whatever the way it is broken.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from .errors import TraceFileError
+from .trace import Candidate, Positional, QueryKeyLayer, Step, Trace, WeightsLayer
+
+FORMAT = "attention-explorer/trace"
+VERSION = 1
+
+_STEP_FIELDS = ("index", "position", "token", "token_id", "prob", "rank", "entropy", "sampling_prob", "sampling_entropy")
+
+
+def _step_to_json(step: Step) -> dict:
+    out = {name: getattr(step, name) for name in _STEP_FIELDS}
+    out["top_k"] = [list(c) for c in step.top_k]
+    out["sampling_top_k"] = [list(c) for c in step.sampling_top_k]
+    return out
+
+
+def _step_from_json(d: dict) -> Step:
+    def candidates(items):
+        return [Candidate(str(t), int(i), float(p)) for t, i, p in items]
+
+    return Step(
+        index=int(d["index"]),
+        position=int(d["position"]),
+        token=str(d["token"]),
+        token_id=int(d["token_id"]),
+        prob=float(d["prob"]),
+        rank=int(d["rank"]),
+        entropy=float(d["entropy"]),
+        top_k=candidates(d["top_k"]),
+        sampling_prob=float(d["sampling_prob"]),
+        sampling_entropy=float(d["sampling_entropy"]),
+        sampling_top_k=candidates(d["sampling_top_k"]),
+    )
+
+
+def save_trace(trace: Trace, path: str | os.PathLike) -> None:
+    """Write `trace` to `path` (written to a temporary file first, so a failed save leaves no half file)."""
+    tensors: dict[str, np.ndarray] = {}
+    for i, layer in enumerate(trace.layers):
+        for name, array in layer.tensors().items():
+            tensors[f"layers.{i}.attn.{name}"] = np.ascontiguousarray(array)
+    for name, array in trace.positional.arrays.items():
+        tensors[f"positional.{name}"] = np.ascontiguousarray(array)
+    header = {
+        "tokens": trace.tokens,
+        "token_ids": trace.token_ids,
+        "pieces": trace.pieces,
+        "n_prompt": trace.n_prompt,
+        "layers": [layer.meta() for layer in trace.layers],
+        "steps": [_step_to_json(s) for s in trace.steps],
+        "positional": {
+            "kind": trace.positional.kind,
+            "params": trace.positional.params,
+            "description": trace.positional.description,
+            "arrays": sorted(trace.positional.arrays),
+        },
+        "model": trace.model,
+        "settings": trace.settings,
+        "timings": trace.timings,
+    }
+    metadata = {"format": FORMAT, "version": str(VERSION), "header": json.dumps(header)}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_trace(path: str | os.PathLike) -> Trace:
+    """Open a trace written by `Trace.save`; no model is needed."""
+    path = Path(path)
+    if not path.is_file():
+        raise TraceFileError(f"{path} is not a file")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != FORMAT:
+                raise TraceFileError(f"{path} is a safetensors file but not an attention-explorer trace")
+            version = int(metadata.get("version", "0"))
+            if version > VERSION:
+                raise TraceFileError(
+                    f"{path} is a trace of format version {version}; this attention-explorer reads up to "
+                    f"version {VERSION}: upgrade attention-explorer to open it"
+                )
+            if version < 1:
+                raise TraceFileError(f"{path} has no valid trace version")
+            header = json.loads(metadata["header"])
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        return _build(header, tensors)
+    except TraceFileError:
+        raise
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise TraceFileError(f"{path} is not a readable attention-explorer trace ({type(e).__name__}: {e})") from e
+
+
+def _build(header: dict, tensors: dict[str, np.ndarray]) -> Trace:
+    tokens = [str(t) for t in header["tokens"]]
+    token_ids = [int(t) for t in header["token_ids"]]
+    n_tokens = len(token_ids)
+    n_prompt = int(header["n_prompt"])
+    if len(tokens) != n_tokens or not 0 < n_prompt <= n_tokens:
+        raise ValueError("token lists do not match")
+    layers = []
+    for i, meta in enumerate(header["layers"]):
+        prefix = f"layers.{i}.attn."
+        if meta["kind"] == "query_key":
+            query, key = tensors[prefix + "query"], tensors[prefix + "key"]
+            if query.ndim != 3 or key.ndim != 3 or query.shape[1] != n_tokens or key.shape[1] != n_tokens:
+                raise ValueError(f"layer {i} arrays do not fit {n_tokens} tokens")
+            if query.shape[0] % key.shape[0] or query.shape[2] != key.shape[2]:
+                raise ValueError(f"layer {i} query and key heads do not fit together")
+            layers.append(
+                QueryKeyLayer(
+                    query=query,
+                    key=key,
+                    scaling=float(meta["scaling"]),
+                    sliding_window=meta.get("sliding_window"),
+                    softcap=meta.get("softcap"),
+                    value=tensors.get(prefix + "value"),
+                )
+            )
+        elif meta["kind"] == "weights":
+            packed = tensors[prefix + "weights"]
+            if packed.ndim != 2 or packed.shape[1] != n_tokens * (n_tokens + 1) // 2:
+                raise ValueError(f"layer {i} weights do not fit {n_tokens} tokens")
+            layers.append(WeightsLayer(packed=packed))
+        else:
+            raise ValueError(f"layer {i} has an unknown kind {meta['kind']!r}")
+    if not layers or len({layer.n_heads for layer in layers}) != 1:
+        raise ValueError("layers are missing or disagree on the number of heads")
+    steps = [_step_from_json(s) for s in header["steps"]]
+    if len(steps) != n_tokens - n_prompt:
+        raise ValueError("the number of steps does not match the generated tokens")
+    pos = header["positional"]
+    positional = Positional(
+        kind=str(pos["kind"]),
+        arrays={name: tensors[f"positional.{name}"] for name in pos["arrays"]},
+        params=dict(pos["params"]),
+        description=str(pos.get("description", "")),
+    )
+    return Trace(
+        tokens=tokens,
+        token_ids=token_ids,
+        n_prompt=n_prompt,
+        layers=layers,
+        steps=steps,
+        positional=positional,
+        model=dict(header.get("model", {})),
+        settings=dict(header.get("settings", {})),
+        timings=dict(header.get("timings", {})),
+        pieces=header.get("pieces"),
+    )
