@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny randomly initialised models of each architecture, and the real default model."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+
+
+def tiny_config(arch: str):
+    """A small random config of one architecture family (seeded weights come from the model fixture)."""
+    import transformers as tf
+
+    common = dict(vocab_size=96, max_position_embeddings=128)
+    if arch == "gpt2":
+        return tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, vocab_size=96, bos_token_id=1, eos_token_id=0)
+    if arch == "gpt_neox":  # partial rotary
+        return tf.GPTNeoXConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            rotary_pct=0.25, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+            **common,
+        )
+    if arch == "llama":  # grouped-query attention
+        return tf.LlamaConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, **common,
+        )
+    if arch == "qwen2":
+        return tf.Qwen2Config(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, **common,
+        )
+    if arch == "gpt_neo":  # outside the attention interface: hooks
+        return tf.GPTNeoConfig(
+            hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
+            window_size=8, max_position_embeddings=128, vocab_size=96,
+        )
+    raise ValueError(arch)
+
+
+ARCHITECTURES = ["gpt2", "gpt_neox", "llama", "qwen2", "gpt_neo"]
+
+
+class ByteTokenizer:
+    """A minimal stand-in tokenizer for tiny random models: one token per byte, offset by 2 (0 = eos, 1 = bos)."""
+
+    chat_template = None
+    pad_token_id = 0
+    eos_token_id = 0
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [1] + [b % 94 + 2 for b in text.encode()]}
+
+    def decode(self, ids):
+        return "".join("<eos>" if i == 0 else "<bos>" if i == 1 else chr(32 + (i - 2) % 94) for i in ids)
+
+    def convert_ids_to_tokens(self, ids):
+        return [self.decode([i]) for i in ids]
+
+
+def make_tiny_lm(arch: str, seed: int = 0):
+    import torch
+    import transformers as tf
+
+    import explorer
+
+    torch.manual_seed(seed)
+    model = tf.AutoModelForCausalLM.from_config(tiny_config(arch))
+    model.generation_config.eos_token_id = None  # random models would stop at random; tests want full lengths
+    return explorer.wrap(model, ByteTokenizer(), name=f"tiny-{arch}")
+
+
+@pytest.fixture(scope="session", params=ARCHITECTURES)
+def tiny_lm(request):
+    return make_tiny_lm(request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_trace():
+    """A small generated trace (tiny Llama with GQA): 12 prompt tokens + 10 generated, for view tests."""
+    lm = make_tiny_lm("llama")
+    return lm.generate("Hello, world", max_new_tokens=10, temperature=0.8, seed=3, progress=False)
+
+
+@pytest.fixture(scope="session")
+def default_lm():
+    """The embedded SmolLM2-135M-Instruct (converted once into the user's cache)."""
+    import explorer
+
+    return explorer.load_model(progress=False)
+
+
+@pytest.fixture(scope="session")
+def default_trace(default_lm):
+    return default_lm.generate("The capital of France is", max_new_tokens=12, progress=False)
