@@ -1,0 +1,155 @@
+"""Serving a notebook with Voilà on a free local port and opening it in headless Chromium, offline.
+
+Every request to a non-local address is blocked and recorded; console errors and page errors are
+collected, so a test can assert that the page drew and that nothing of ours went to the network.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+# Voilà's lab template asks a CDN for two Font Awesome stylesheets; they fail offline and nothing breaks
+VOILA_OWN_REQUESTS = ("fontawesome", "font-awesome")
+OUTPUT = Path(__file__).parent / "output"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_chromium() -> None:
+    """Skip outside CI when Chromium is missing; in CI (CI=true) a missing browser is a failure."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} is missing (install Debian's chromium)")
+
+
+@contextmanager
+def voila_server(notebook: Path, env: dict | None = None, extra_args: list[str] = (), timeout: float = 120):
+    """Start `voila notebook` on a free 127.0.0.1 port; yield its base URL; stop it afterwards."""
+    port = free_port()
+    OUTPUT.mkdir(exist_ok=True)
+    log_path = OUTPUT / f"voila-{notebook.stem}-{port}.log"
+    voila = Path(sys.executable).with_name("voila")
+    command = [str(voila) if voila.exists() else shutil.which("voila"), str(notebook), "--no-browser",
+               f"--port={port}", "--Voila.ip=127.0.0.1", "--Voila.port_retries=0", *extra_args]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            command, cwd=notebook.parent, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        started = time.monotonic()
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"voila exited with {proc.returncode}: see {log_path}")
+            try:
+                with urllib.request.urlopen(url + "/voila/static/voila.js", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(f"voila did not start within {timeout} s: see {log_path}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@dataclass
+class PageLog:
+    """What a page did besides drawing: blocked outside requests, console errors, uncaught page errors."""
+
+    blocked: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+
+    def our_blocked(self) -> list[str]:
+        return [u for u in self.blocked if not any(s in u for s in VOILA_OWN_REQUESTS)]
+
+    def our_console_errors(self) -> list[str]:
+        # failed loads of the blocked Font Awesome sheets show as console errors too
+        return [m for m in self.console_errors if "ERR_FAILED" not in m and "Failed to load resource" not in m]
+
+
+@contextmanager
+def browser():
+    """A headless Chromium (Debian's) driven by Playwright."""
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def offline_page(b, viewport=(1280, 1000)):
+    """A new page in its own context with every non-local request blocked; returns (page, PageLog)."""
+    context = b.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+    page = context.new_page()
+    log = PageLog()
+
+    def route(r):
+        url = r.request.url
+        if url.startswith(("data:", "blob:", "about:")) or (urlparse(url).hostname or "") in LOCAL_HOSTS:
+            r.continue_()
+        else:
+            log.blocked.append(url)
+            r.abort()
+
+    page.route("**/*", route)
+    page.on("console", lambda m: log.console_errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: log.page_errors.append(str(e)))
+
+    def on_dialog(d):
+        log.dialogs.append(d.message)
+        d.dismiss()
+
+    page.on("dialog", on_dialog)
+    return page, log
+
+
+def write_notebook(path: Path, cells: list[str]) -> Path:
+    """A notebook of code cells (for tests that build their own small page)."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
