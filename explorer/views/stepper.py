@@ -1,0 +1,201 @@
+"""Step through the decoding: at each generated token, the text so far, where the new token looked, and the
+candidates it was chosen from.
+
+    view = explorer.views.stepper(trace)        # a slider and a play button over the steps
+
+Per step only small things cross to the browser: one attention row as float32 bytes, the bar chart's few
+candidates and the entropy marker. The tokens go over once. Two plotly FigureWidgets at most (each instance
+sends plotly.js again), built with their data and updated in place.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import anywidget
+import ipywidgets as widgets
+import numpy as np
+import plotly.graph_objects as go
+import traitlets
+
+from ..trace import Trace
+from .probabilities import entropy_chart, entropy_marker, probability_chart, probability_update
+from .selection import Selection
+from .tokens_html import token_span
+
+MEAN = -1  # the head selector's value for the mean of the layer's heads
+
+
+class TokenText(anywidget.AnyWidget):
+    """Tokens as text or chips, each coloured by a value (float32 bytes), the first `count` shown, one highlighted.
+
+    Tokens are set with textContent in the browser, so any token shows as the characters it holds.
+    """
+
+    _esm = Path(__file__).with_name("stepper.js")
+    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    titles = traitlets.List(traitlets.Unicode()).tag(sync=True)  # extra hover line per token
+    values = traitlets.Bytes(b"").tag(sync=True)  # float32, one per token
+    count = traitlets.Int(0).tag(sync=True)  # tokens 0..count-1 are shown
+    highlight = traitlets.Int(-1).tag(sync=True)
+    selected = traitlets.Int(-1).tag(sync=True)  # set by a click in the browser
+    mode = traitlets.Unicode("text").tag(sync=True)  # "text" or "chips"
+    rgb = traitlets.Unicode("31,119,180").tag(sync=True)
+    scale = traitlets.Float(0.0).tag(sync=True)  # value of full colour; 0 = the max of the shown values
+    value_name = traitlets.Unicode("").tag(sync=True)
+    max_height = traitlets.Unicode("14em").tag(sync=True)
+
+    def set_values(self, values: np.ndarray) -> None:
+        self.values = np.ascontiguousarray(values, dtype="<f4").tobytes()
+
+    @property
+    def value_array(self) -> np.ndarray:
+        return np.frombuffer(self.values, dtype="<f4")
+
+    @property
+    def shown_text(self) -> str:
+        return "".join(self.tokens[: self.count])
+
+
+class StepperView(widgets.VBox):
+    """A slider and play button over the decoding steps of a trace, with the text, attention and probabilities
+    of the current step. Follows and updates `selection` (layer, head, step; a click on a token sets token)."""
+
+    def __init__(self, trace: Trace, selection: Selection | None = None, play_interval: int = 800):
+        super().__init__()
+        self.add_class("stepper-view")
+        self.trace = trace
+        self.selection = selection if selection is not None else Selection()
+        if not trace.steps:
+            self.message = widgets.HTML(
+                "<p><b>No decoding steps to show.</b> This trace holds "
+                f"{trace.n_tokens} tokens read in one pass (<code>lm.trace(text)</code>), none generated. "
+                "Make one with <code>lm.generate(prompt, max_new_tokens=…)</code> to step through.</p>"
+            )
+            self.children = [self.message]
+            return
+        n = trace.n_generated
+        sel = self.selection
+        step = min(max(sel.step, 0), n - 1)
+        self.slider = widgets.IntSlider(value=step, min=0, max=n - 1, description="step",
+                                        continuous_update=True, layout=widgets.Layout(width="420px"))
+        self.play = widgets.Play(value=step, min=0, max=n - 1, interval=play_interval, description="play")
+        widgets.jslink((self.play, "value"), (self.slider, "value"))
+        self.layer = widgets.Dropdown(options=list(range(trace.n_layers)), value=min(sel.layer, trace.n_layers - 1),
+                                      description="layer", layout=widgets.Layout(width="150px"))
+        heads = [("mean of heads", MEAN)] + [(f"head {h}", h) for h in range(trace.n_heads)]
+        self.head = widgets.Dropdown(options=heads, value=MEAN if sel.head is None else sel.head,
+                                     description="head", layout=widgets.Layout(width="190px"))
+        self.info = widgets.HTML()
+        self.focus = widgets.HTML()
+        self.text = TokenText(tokens=list(trace.tokens), mode="text", value_name="attention", max_height="13em")
+        generated = trace.steps
+        self.strip = TokenText(
+            tokens=[s.token for s in generated], mode="chips", rgb="44,160,44", scale=1.0, value_name="p",
+            count=n, max_height="6em",
+            titles=[f"step {s.index} · p {s.prob:.4f} · rank {s.rank} · entropy {s.entropy:.3f} nats" for s in generated],
+        )
+        self.strip.set_values(np.array([s.prob for s in generated], dtype=np.float32))
+        self.bars = go.FigureWidget(probability_chart(trace, step))
+        self.entropy = go.FigureWidget(entropy_chart(trace, step))
+        self._show(step)
+
+        controls = widgets.HBox([self.play, self.slider, self.layer, self.head])
+        charts = widgets.HBox([_grow(self.bars), _grow(self.entropy)], layout=widgets.Layout(width="100%"))
+        self.children = [
+            controls, self.info,
+            widgets.HTML("<b>Text so far</b>: the new token outlined in red; blue = how much it attended to "
+                         "each earlier token (scaled to the largest weight; hover for the value, click to select)"),
+            self.text, self.focus,
+            widgets.HTML("<b>Generated tokens</b>: green = the probability the model gave each one "
+                         "(hover for probability, rank and entropy; click to go to that step)"),
+            self.strip, charts,
+        ]
+        self.slider.observe(lambda c: self._show(c["new"]), "value")
+        self.layer.observe(self._on_head, "value")
+        self.head.observe(self._on_head, "value")
+        self.strip.observe(lambda c: setattr(self.slider, "value", c["new"]) if c["new"] >= 0 else None, "selected")
+        self.text.observe(lambda c: setattr(sel, "token", c["new"]) if c["new"] >= 0 else None, "selected")
+        sel.observe(self._on_selection, ["step", "layer", "head"])
+
+    @property
+    def step(self) -> int:
+        return self.slider.value
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.slider.value = value
+
+    @property
+    def head_index(self) -> int | None:
+        return None if self.head.value == MEAN else self.head.value
+
+    def attention_values(self, step: int) -> np.ndarray:
+        """What the text view colours at `step`: the attention row that produced the new token, 0 elsewhere."""
+        row = self.trace.step_attention(step, self.layer.value, self.head_index)
+        values = np.zeros(self.trace.n_tokens, dtype=np.float32)
+        values[: row.shape[0]] = row
+        return values
+
+    def _show(self, step: int) -> None:
+        s = self.trace.steps[step]
+        self.selection.step = step
+        with self.text.hold_sync():
+            self.text.set_values(self.attention_values(step))
+            self.text.count = s.position + 1
+            self.text.highlight = s.position
+        self.strip.highlight = step
+        self._describe(step)
+        traces, layout = probability_update(self.trace, step)
+        with self.bars.batch_update():
+            for shown, update in zip(self.bars.data, traces):
+                shown.update(update)
+            self.bars.layout.annotations = layout.pop("annotations")
+            self.bars.update_layout(layout)
+        with self.entropy.batch_update():
+            self.entropy.data[2].update(entropy_marker(self.trace, step))
+
+    def _describe(self, step: int) -> None:
+        s = self.trace.steps[step]
+        sampled = f" · sampled with p {s.sampling_prob:.4f}" if abs(s.sampling_prob - s.prob) > 1e-6 else ""
+        self.info.value = (
+            f"<div style='font-family:monospace'>step <b>{step}</b> of {self.trace.n_generated} · position {s.position}"
+            f" · new token {token_span(s.token, marked=True)} · p {s.prob:.4f} · rank {s.rank}"
+            f" · entropy {s.entropy:.3f} nats{sampled}</div>"
+        )
+        row = self.text.value_array[: s.position]
+        top = np.argsort(-row, kind="stable")[:5]
+        who = "mean of heads" if self.head_index is None else f"head {self.head_index}"
+        parts = [f"{token_span(self.trace.tokens[i], 0.25)} <small>#{i}</small> {row[i]:.3f}" for i in top]
+        self.focus.value = (
+            f"<div style='font-family:monospace'>layer {self.layer.value}, {html.escape(who)}: most attended "
+            + " · ".join(parts) + "</div>"
+        )
+
+    def _on_head(self, change) -> None:
+        self.selection.layer = self.layer.value
+        self.selection.head = self.head_index
+        self.text.set_values(self.attention_values(self.step))
+        self._describe(self.step)
+
+    def _on_selection(self, change) -> None:
+        sel = self.selection
+        if change["name"] == "step" and 0 <= sel.step < self.trace.n_generated:
+            self.slider.value = sel.step
+        elif change["name"] == "layer" and 0 <= sel.layer < self.trace.n_layers:
+            self.layer.value = sel.layer
+        elif change["name"] == "head":
+            self.head.value = MEAN if sel.head is None else sel.head
+
+
+def _grow(figure: go.FigureWidget) -> widgets.Box:
+    return widgets.Box([figure], layout=widgets.Layout(flex="1 1 0", min_width="0"))
+
+
+def stepper(trace: Trace, selection: Selection | None = None) -> StepperView:
+    """Step through the decoding of a generated trace (a message for a trace with no generated tokens)."""
+    return StepperView(trace, selection)
+
+
+__all__ = ["StepperView", "TokenText", "stepper"]
