@@ -1,0 +1,193 @@
+"""How the model knows where a token stands: pictures of its positional encoding, from `trace.positional`.
+
+    explorer.views.positional(trace)
+
+learned / sinusoidal: the table (positions × dimensions) and the cosine similarity of every pair of positions.
+rotary: cos and sin of position × frequency, and the score (R_m q)·(R_n k) against the distance m − n for
+several query positions m: the curves coincide, because a rotation by m·θ then by −n·θ is one by (m − n)·θ.
+Big arrays are thinned to at most `max_size` rows and columns (every k-th, real indices on the axes).
+"""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as widgets
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ..trace import Positional, Trace
+from .selection import Selection
+
+MAX_SIZE = 200  # rows or columns plotted at most, per heatmap
+ROTARY_POSITIONS = 256  # rotary pictures cover at least this many positions (computed from inv_freq)
+
+HOW_TO_READ = {
+    "learned": (
+        "Left: the learned vector of each position (rows) over its dimensions (columns). Right: the cosine "
+        "similarity of every pair of positions; a bright band along the diagonal means neighbours get similar vectors."
+    ),
+    "sinusoidal": (
+        "Left: the fixed table, position (rows) × dimension (columns): fast waves in the first dimensions, slow "
+        "ones in the last. Right: cosine similarity of every pair of positions; it depends on their distance."
+    ),
+    "rotary": (
+        "Top: cos and sin of position × θ_i for each frequency θ_i (columns, fastest first). Bottom: the score "
+        "(R_m q)·(R_n k) of one fixed random q and k rotated to positions m and n, against the distance m − n, "
+        "for three query positions m: the curves lie on top of each other, so the score depends only on distance."
+    ),
+}
+
+
+def thin(n: int, max_size: int = MAX_SIZE) -> np.ndarray:
+    """At most max_size evenly spread indices of 0..n-1, first and last included."""
+    if n <= max_size:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max_size).round().astype(int))
+
+
+def cosine_similarity(x: np.ndarray) -> np.ndarray:
+    """Cosine similarity of every pair of rows of x, [n, n]."""
+    x = np.asarray(x, dtype=np.float64)
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return unit @ unit.T
+
+
+def rotary_tables(pos: Positional, n_positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of position × inv_freq (times attention_scaling), [n_positions, rotary_dim / 2]."""
+    scaling = float(pos.params.get("attention_scaling", 1.0))
+    angles = np.arange(n_positions, dtype=np.float64)[:, None] * pos.arrays["inv_freq"].astype(np.float64)[None, :]
+    return np.cos(angles) * scaling, np.sin(angles) * scaling
+
+
+def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate vectors x [..., 2h] by the angles whose cos/sin [..., h] are given, pairing dims i and i + h
+    (the rotate_half convention of Llama and GPT-NeoX)."""
+    h = cos.shape[-1]
+    x1, x2 = x[..., :h], x[..., h:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def random_query_key(pos: Positional, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed random query and key of the rotary width (seeded, standard normal)."""
+    rng = np.random.default_rng(seed)
+    width = 2 * pos.arrays["inv_freq"].shape[0]
+    return rng.standard_normal(width), rng.standard_normal(width)
+
+
+def relative_scores(pos: Positional, anchors, max_distance: int, seed: int = 0) -> np.ndarray:
+    """(R_m q)·(R_n k) for each query position m in anchors and n = m - d, d = 0..max_distance: [len(anchors), D+1].
+
+    Computed by rotating q to m and k to n one by one, as the model does; not from the distance formula.
+    """
+    q, k = random_query_key(pos, seed)
+    cos, sin = rotary_tables(pos, max(anchors) + 1)
+    out = np.zeros((len(anchors), max_distance + 1))
+    for a, m in enumerate(anchors):
+        n = m - np.arange(max_distance + 1)
+        q_m = rotate(q, cos[m], sin[m])
+        k_n = rotate(np.broadcast_to(k, (n.size, k.size)), cos[n], sin[n])
+        out[a] = k_n @ q_m
+    return out
+
+
+def rotary_layout(n_tokens: int) -> tuple[int, int, list[int]]:
+    """(positions pictured, largest distance, query positions m) for a trace of n_tokens."""
+    n_positions = max(n_tokens, ROTARY_POSITIONS)
+    max_distance = n_positions // 2
+    return n_positions, max_distance, [max_distance, max_distance + n_positions // 4, n_positions - 1]
+
+
+def _heatmap(z: np.ndarray, x: np.ndarray, y: np.ndarray, name: str, xname: str, **kw) -> go.Heatmap:
+    return go.Heatmap(z=z.astype(np.float32), x=x, y=y, name=name,
+                      hovertemplate=f"position %{{y}}, {xname} %{{x}}<br>%{{z:.3f}}<extra>{name}</extra>", **kw)
+
+
+def _table_figure(table: np.ndarray, kind: str, max_size: int) -> go.Figure:
+    rows, cols = thin(table.shape[0], max_size), thin(table.shape[1], max_size)
+    similarity = cosine_similarity(table)[np.ix_(rows, rows)]
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=(
+        f"{kind} position vectors: {table.shape[0]} positions × {table.shape[1]} dims",
+        "cosine similarity of positions"))
+    limit = float(np.abs(table).max()) or 1.0
+    fig.add_trace(_heatmap(table[np.ix_(rows, cols)], cols, rows, "value", "dim", colorscale="RdBu", zmid=0,
+                           zmin=-limit, zmax=limit, colorbar=dict(x=0.44, len=0.9, thickness=12)), 1, 1)
+    fig.add_trace(_heatmap(similarity, rows, rows, "cosine", "position", colorscale="Viridis", zmin=-1, zmax=1,
+                           colorbar=dict(x=1.0, len=0.9, thickness=12)), 1, 2)
+    fig.update_xaxes(title_text="dimension", row=1, col=1)
+    fig.update_xaxes(title_text="position", row=1, col=2)
+    fig.update_yaxes(title_text="position", autorange="reversed")
+    return fig
+
+
+def _rotary_figure(pos: Positional, n_tokens: int, max_size: int, seed: int) -> go.Figure:
+    n_positions, max_distance, anchors = rotary_layout(n_tokens)
+    cos, sin = rotary_tables(pos, n_positions)
+    rows, cols = thin(n_positions, max_size), thin(cos.shape[1], max_size)
+    fig = make_subplots(rows=2, cols=2, specs=[[{}, {}], [{"colspan": 2}, None]], vertical_spacing=0.16,
+                        horizontal_spacing=0.1, row_heights=[0.55, 0.45], subplot_titles=(
+                            f"cos(position × θ_i), positions 0..{n_positions - 1}", "sin(position × θ_i)",
+                            "(R_m q)·(R_n k) against the distance m − n"))
+    for col, (name, table) in enumerate([("cos", cos), ("sin", sin)], start=1):
+        fig.add_trace(_heatmap(table[np.ix_(rows, cols)], cols, rows, name, "frequency", coloraxis="coloraxis"),
+                      1, col)
+    scores = relative_scores(pos, anchors, max_distance, seed)
+    distance = np.arange(max_distance + 1)
+    for a, (m, dash) in enumerate(zip(anchors, ["solid", "dash", "dot"])):
+        fig.add_trace(go.Scatter(x=distance, y=scores[a].astype(np.float32), mode="lines", name=f"query at m = {m}",
+                                 line=dict(dash=dash, width=2.5 - 0.6 * a),
+                                 hovertemplate="m − n = %{x}<br>score %{y:.3f}<extra>m = " + str(m) + "</extra>"),
+                      2, 1)
+    scaling = float(pos.params.get("attention_scaling", 1.0))
+    fig.update_layout(coloraxis=dict(colorscale="RdBu", cmin=-scaling, cmax=scaling,
+                                     colorbar=dict(len=0.5, y=1, yanchor="top", thickness=12)),
+                      legend=dict(x=1, xanchor="right", y=0.4))
+    fig.update_xaxes(title_text="frequency i (fast → slow)", row=1, col=1)
+    fig.update_xaxes(title_text="frequency i", row=1, col=2)
+    fig.update_yaxes(title_text="position", autorange="reversed", row=1)
+    fig.update_xaxes(title_text="distance m − n", row=2, col=1)
+    fig.update_yaxes(title_text="score", row=2, col=1)
+    return fig
+
+
+def positional_figure(trace: Trace, max_size: int = MAX_SIZE, seed: int = 0) -> go.Figure | None:
+    """The plotly figure of the trace's positional encoding (None when the model has none)."""
+    pos = trace.positional
+    if pos.kind == "rotary":
+        fig = _rotary_figure(pos, trace.n_tokens, max_size, seed)
+        height = 640
+    elif pos.kind in ("learned", "sinusoidal"):
+        table = pos.arrays["embeddings" if pos.kind == "learned" else "table"]
+        fig = _table_figure(table, pos.kind, max_size)
+        height = 440
+    else:
+        return None
+    fig.update_layout(height=height, margin=dict(l=60, r=20, t=50, b=50), template="plotly_white")
+    fig.update_annotations(font_size=13)
+    return fig
+
+
+class PositionalView(widgets.VBox):
+    """A sentence on the model's positional encoding, how to read the picture, and the picture (one FigureWidget)."""
+
+    def __init__(self, trace: Trace, selection: Selection | None = None, max_size: int = MAX_SIZE, seed: int = 0):
+        super().__init__()
+        self.add_class("positional-view")
+        self.trace = trace
+        self.selection = selection  # positions do not depend on layer, head or step; kept for a uniform call
+        pos = trace.positional
+        how = HOW_TO_READ.get(pos.kind, "")
+        thinned = f" Large arrays are thinned to every k-th row and column (at most {max_size} of each)." if how else ""
+        self.description = widgets.HTML(
+            f"<p><b>Positional encoding: {html.escape(pos.kind)}.</b> {html.escape(pos.description)}</p>"
+            + (f"<p>{html.escape(how)}{thinned}</p>" if how else "")
+        )
+        fig = positional_figure(trace, max_size, seed)
+        self.figure = go.FigureWidget(fig) if fig is not None else None
+        self.children = [self.description] + ([self.figure] if self.figure is not None else [])
+
+
+def positional(trace: Trace, selection: Selection | None = None, max_size: int = MAX_SIZE) -> PositionalView:
+    """Pictures of the trace's positional encoding (learned, sinusoidal, rotary) with a sentence on each."""
+    return PositionalView(trace, selection, max_size)
