@@ -120,6 +120,8 @@ def test_windows(tiny_trace):
         bv.resolve_window(tiny_trace, 3, n + 1, 64)
     with pytest.raises(IndexError, match="heads"):
         bv.head_view_html(tiny_trace, heads=[tiny_trace.n_heads])
+    with pytest.raises(ValueError, match="decimals"):
+        bv.head_view_html(tiny_trace, decimals=9)
 
 
 def test_payload_appears_once_and_nothing_comes_from_a_cdn(tiny_trace):

@@ -224,6 +224,8 @@ class BertvizPage:
                  display_mode: str = "dark"):
         if view not in _HINTS:
             raise ValueError(f"view must be 'head_view' or 'model_view', not {view!r}")
+        if not 1 <= decimals <= 6:
+            raise ValueError(f"decimals must be 1..6 (opacity has 256 levels: 3 is already exact), not {decimals}")
         self.view = view
         self.layers = _subset(layers, trace.n_layers, "layers")
         self.heads = _subset(heads, trace.n_heads, "heads")
