@@ -18,7 +18,7 @@ from explorer.trace import Positional, QueryKeyLayer, Trace
 from explorer.views import Selection
 from explorer.views import bertviz_offline as bv
 
-HOSTILE = ["<img src=x onerror=alert(1)>", "</script>", "a&amp;b", "\u2028"]
+HOSTILE = ["<img src=x onerror=alert(1)>", "</script>", "a&amp;b", "\u2028", '"attn":null']
 PARAMS = re.compile(r'<script type="application/json" id="([^"]+)">(.*?)</script>', re.S)
 
 

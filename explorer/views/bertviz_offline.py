@@ -243,8 +243,8 @@ class BertvizPage:
                              f"{weight_budget(view):,} weights; pick fewer layers or heads to see more tokens.")
         self.vis_id = f"bertviz-{uuid.uuid4().hex}"
         self._weights_json = _weights_json(weights, decimals)
-        self.params = {  # bertviz's params, as its head_view / model_view build them, but for "attn"
-            "attention": [{"name": None, "attn": "__ATTN__", "left_text": self.tokens, "right_text": self.tokens}],
+        self.params = {  # bertviz's params, as its head_view / model_view build them; "attn" is spliced in
+            "attention": [{"name": None, "attn": None, "left_text": self.tokens, "right_text": self.tokens}],
             "default_filter": "0",
             "root_div_id": self.vis_id,
             "include_layers": self.layers,
@@ -262,7 +262,8 @@ class BertvizPage:
             params["layer"] = layer if layer in self.layers else None
             params["heads"] = [self.heads.index(head)] if head in self.heads else None
         text = _json_for_html(params)
-        return text.replace('"__ATTN__"', self._weights_json, 1)
+        # a key with its colon is structure, never inside a JSON string (quotes there are escaped)
+        return text.replace('"attn":null', '"attn":' + self._weights_json, 1)
 
     def height(self) -> int:
         """Pixels the page needs (caption, bertviz's own layout)."""
