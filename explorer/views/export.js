@@ -43,7 +43,8 @@ function refresh(m, changed) {
     exact[i * cols + j] = weight(s.layer, s.head, r0 + i, c0 + j);
     u8[i * cols + j] = quantise(exact[i * cols + j], s.scale, s.log_scale, s.log_decades);
   }
-  Object.assign(s, { window_rows: rows, window_cols: cols, window: u8, window_exact: new Uint8Array(exact.buffer) });
+  Object.assign(s, { window_rows: rows, window_cols: cols, window: u8, window_exact: new Uint8Array(exact.buffer),
+    shows: `${s.layer} ${s.head ?? "mean"}` });
   out.add("window");
   return out;
 }

@@ -145,7 +145,7 @@ function render({ model, el }) {
     drawTable();
     draws += 1;
     Object.assign(el.dataset, { drawCount: draws, drawnAt: performance.now(), drawMs: (performance.now() - t0).toFixed(1),
-      layer: selL, head: selH ?? "mean" });
+      layer: selL, head: selH ?? "mean", geometry: JSON.stringify({ left: LEFT, top: TOP, px, cw, ch }) });
   }
 
   function drawTable() {

@@ -220,7 +220,7 @@ function render({ model, el }) {
 
     draws += 1;
     Object.assign(el.dataset, { drawCount: draws, drawnAt: performance.now(), drawMs: (performance.now() - t0).toFixed(1),
-      layer: get("layer"), head: get("head") ?? "mean", windowStart: r0, keyStart: c0 });
+      layer: get("shows").split(" ")[0], head: get("shows").split(" ")[1], windowStart: r0, keyStart: c0 });
   }
   function schedule() { // one draw for all the traits one message changes
     if (pending) return;
@@ -289,7 +289,7 @@ function render({ model, el }) {
   });
   for (const e of [canvas, overview]) e.addEventListener("mouseleave", () => { tip.style.display = "none"; asked = null; });
 
-  const events = ["overview", "window", "selected_token", "window_size", "log_scale"].map((k) => "change:" + k);
+  const events = ["overview", "window", "selected_token", "window_size", "log_scale", "shows"].map((k) => "change:" + k);
   for (const e of events) model.on(e, schedule);
   draw();
   return () => { for (const e of events) model.off(e, schedule); model.off("msg:custom", onMsg); };

@@ -50,6 +50,7 @@ class HeatmapView(anywidget.AnyWidget):
     window_rows = traitlets.Int(0).tag(sync=True)
     window_cols = traitlets.Int(0).tag(sync=True)
     selected_token = traitlets.Int(None, allow_none=True).tag(sync=True)
+    shows = traitlets.Unicode("").tag(sync=True)  # "layer head" the bytes above are of (head "mean"), for tests
 
     def __init__(self, trace, selection: Selection | None = None, window_size: int = 64, log_scale: bool = False,
                  **kwargs):
@@ -124,6 +125,7 @@ class HeatmapView(anywidget.AnyWidget):
                 self.overview_n = pooled.shape[0]
                 self.overview = self.quantise(pooled).tobytes()
             w = self.window_weights()
+            self.shows = f"{self.layer} {'mean' if self.head is None else self.head}"
             self.window_rows, self.window_cols = w.shape
             self.window = self.quantise(w).tobytes()
             self.window_exact = w.astype("<f4").tobytes()
