@@ -121,6 +121,19 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all, checked in a few seconds instead of minutes of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _from_pretrained(cls, source: str, **kwargs):
     """Load local files first; go to the hub only when it is allowed, and say what was tried when all fail."""
     try:
@@ -130,6 +143,11 @@ def _from_pretrained(cls, source: str, **kwargs):
             where = "the local folder" if Path(source).expanduser().exists() else "the Hugging Face cache"
             why = "" if Path(source).expanduser().exists() else ", and downloads are off (HF_HUB_OFFLINE=1)"
             raise ModelLoadError(f"could not load model {source!r}: not found in {where}{why}") from local_error
+        if not _hub_reachable():
+            raise ModelLoadError(
+                f"could not load model {source!r}: it is not a local folder, not in the Hugging Face cache, "
+                f"and the hub cannot be reached from here"
+            ) from local_error
     try:
         return cls.from_pretrained(source, **kwargs)
     except OSError as e:

@@ -43,7 +43,7 @@ class AttentionRecorder:
         return self.layer_of.setdefault(id(module), len(self.layer_of))
 
     def _keep(self, x: torch.Tensor) -> torch.Tensor:
-        return x.detach()[0].to(self.precision)
+        return x.detach()[0].to(self.precision, copy=True)
 
     def record_query_key(self, module, query, key, value, kwargs) -> None:
         layer = self._layer(module)

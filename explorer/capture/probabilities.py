@@ -9,17 +9,10 @@ import torch
 from ..trace import Candidate, Step
 
 
-def _distribution(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Probabilities and entropy (nats) of softmax(logits); -inf logits get probability 0."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    probs = log_probs.exp()
-    entropy = torch.special.entr(probs).sum()
-    return probs, entropy
-
-
-def _top_k(probs: torch.Tensor, k: int, decode: Callable[[int], str]) -> list[Candidate]:
-    values, ids = torch.topk(probs, min(k, probs.shape[-1]))
-    return [Candidate(decode(int(i)), int(i), float(v)) for v, i in zip(values.tolist(), ids.tolist())]
+def _distributions(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities [S, V] and entropies [S] (nats) of softmax over each row; -inf logits get probability 0."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    return probs, torch.special.entr(probs).sum(dim=-1)
 
 
 def build_steps(
@@ -31,27 +24,43 @@ def build_steps(
     k: int = 10,
 ) -> list[Step]:
     """One Step per generated token from generate's `logits` (raw) and `scores` (after the processors)."""
+    if not raw_logits:
+        return []
+    logits = torch.cat(list(raw_logits)).float()  # [S, V], all steps at once
+    scores = torch.cat(list(sampling_scores)).float()
+    chosen = torch.tensor(token_ids[n_prompt : n_prompt + len(logits)], device=logits.device)
+    probs, entropy = _distributions(logits)
+    sampling_probs, sampling_entropy = _distributions(scores)
+    rows = torch.arange(len(logits), device=logits.device)
+    ranks = (logits > logits[rows, chosen][:, None]).sum(dim=-1) + 1
+    k = min(k, logits.shape[-1])
+    top_p, top_i = torch.topk(probs, k)
+    stop_p, stop_i = torch.topk(sampling_probs, k)
+    words: dict[int, str] = {}
+
+    def word(i: int) -> str:
+        if i not in words:
+            words[i] = decode(i)
+        return words[i]
+
+    def candidates(p_row, i_row) -> list[Candidate]:
+        return [Candidate(word(i), i, p) for p, i in zip(p_row, i_row)]
+
     steps = []
-    for index, (logits, scores) in enumerate(zip(raw_logits, sampling_scores)):
-        position = n_prompt + index
-        token_id = int(token_ids[position])
-        logits, scores = logits[0], scores[0]
-        probs, entropy = _distribution(logits)
-        sampling_probs, sampling_entropy = _distribution(scores)
-        rank = int((logits > logits[token_id]).sum()) + 1
+    for s, token_id in enumerate(chosen.tolist()):
         steps.append(
             Step(
-                index=index,
-                position=position,
-                token=decode(token_id),
+                index=s,
+                position=n_prompt + s,
+                token=word(token_id),
                 token_id=token_id,
-                prob=float(probs[token_id]),
-                rank=rank,
-                entropy=float(entropy),
-                top_k=_top_k(probs, k, decode),
-                sampling_prob=float(sampling_probs[token_id]),
-                sampling_entropy=float(sampling_entropy),
-                sampling_top_k=_top_k(sampling_probs, k, decode),
+                prob=float(probs[s, token_id]),
+                rank=int(ranks[s]),
+                entropy=float(entropy[s]),
+                top_k=candidates(top_p[s].tolist(), top_i[s].tolist()),
+                sampling_prob=float(sampling_probs[s, token_id]),
+                sampling_entropy=float(sampling_entropy[s]),
+                sampling_top_k=candidates(stop_p[s].tolist(), stop_i[s].tolist()),
             )
         )
     return steps

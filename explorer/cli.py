@@ -1,0 +1,138 @@
+"""The `attention-explorer` command: trace a prompt, run the benchmark, start the dashboard."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .errors import ExplorerError
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="Hugging Face id or local folder (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 elsewhere), float32, float16, bfloat16")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attention-explorer", description="Look inside a GPT while it writes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("trace", help="generate from a prompt, print each token's probability, save the trace")
+    t.add_argument("prompt")
+    _add_model_arguments(t)
+    t.add_argument("--max-new-tokens", type=int, default=20)
+    t.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    t.add_argument("--top-k", type=int, default=None)
+    t.add_argument("--top-p", type=float, default=None)
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    t.add_argument("--candidates", type=int, default=10, help="top tokens kept per step (default 10)")
+    t.add_argument("--precision", default="auto", choices=["auto", "float32", "float16"])
+    t.add_argument("-o", "--output", type=Path, default=None, help="write the trace to this file")
+
+    b = sub.add_parser("bench", help="capture overhead, trace memory and load time on the default model")
+    b.add_argument("--repeats", type=int, default=3)
+
+    d = sub.add_parser("dashboard", help="start the Voilà dashboard (other flags go to Voilà)")
+    d.add_argument("--model", default=None, help="Hugging Face id or local folder (default: embedded model)")
+    d.add_argument("--trace", type=Path, default=None, help="show a saved trace; no model is loaded")
+    d.add_argument("--port", type=int, default=8866)
+    d.add_argument("--ip", default="127.0.0.1", help="address to listen on (default: this machine only)")
+
+    s = sub.add_parser("show", help="print a summary of a saved trace")
+    s.add_argument("path", type=Path)
+    return parser
+
+
+def _print_trace(trace, seconds: dict) -> None:
+    m = trace.model
+    heads = f"{m.get('heads')} heads" + (f" ({m['kv_heads']} kv)" if m.get("kv_heads") != m.get("heads") else "")
+    params = m.get("parameters")
+    size = f"{params / 1e6:.0f}M params, " if params else ""
+    print(f"model    {m.get('name')} ({m.get('architecture')}, {size}{m.get('layers')} layers x {heads}, "
+          f"{trace.positional.kind} positions) on {m.get('device')}, {m.get('dtype')}")
+    print(f"prompt   {trace.prompt_text!r} ({trace.n_prompt} tokens)")
+    if trace.steps:
+        width = max(8, *(len(repr(s.token)) for s in trace.steps))
+        print(f"\n{'step':>4}  {'token':<{width}}  {'prob':>7}  {'rank':>5}  {'entropy':>7}  {'top alternative':<20}")
+        for s in trace.steps:
+            other = next((c for c in s.top_k if c.token_id != s.token_id), None)
+            alt = f"{other.token!r} {other.prob:.3f}" if other else ""
+            print(f"{s.index + 1:>4}  {s.token!r:<{width}}  {s.prob:>7.4f}  {s.rank:>5}  {s.entropy:>7.3f}  {alt}")
+        print(f"\ntext     {trace.text!r}")
+    timing = " . ".join(f"{k} {v:.2f} s" for k, v in seconds.items())
+    if trace.steps and "generate" in trace.timings:
+        timing += f" ({trace.n_generated / trace.timings['generate']:.1f} tok/s)"
+    print(f"time     {timing}")
+    print(f"trace    {trace.n_tokens} tokens, {trace.n_layers} layers x {trace.n_heads} heads, "
+          f"{trace.nbytes / 1e6:.1f} MB held ({trace.settings.get('precision', '?')} queries and keys)")
+
+
+def _trace_command(args) -> None:
+    import explorer
+    from .capture.settings import GenerationSettings
+
+    # check what can be checked before spending seconds on loading the model
+    GenerationSettings(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    if not args.prompt:
+        raise explorer.SettingsError("the prompt is empty: type some text")
+    started = time.perf_counter()
+    lm = explorer.load_model(args.model, device=args.device, dtype=args.dtype)
+    loaded = time.perf_counter() - started
+    trace = lm.generate(
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        chat=args.chat,
+        candidates=args.candidates,
+        precision=args.precision,
+    )
+    _print_trace(trace, {"load": loaded, "generate": trace.timings["total"]})
+    if args.output:
+        trace.save(args.output)
+        print(f"saved    {args.output}")
+
+
+def _show_command(args) -> None:
+    from .trace_file import load_trace
+
+    trace = load_trace(args.path)
+    _print_trace(trace, dict(trace.timings))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "dashboard":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        if args.command == "trace":
+            _trace_command(args)
+        elif args.command == "show":
+            _show_command(args)
+        elif args.command == "bench":
+            from .bench import run_benchmark
+
+            run_benchmark(repeats=args.repeats)
+        elif args.command == "dashboard":
+            from .dashboard.launch import launch
+
+            return launch(model=args.model, trace=args.trace, port=args.port, ip=args.ip, voila_args=rest)
+    except ExplorerError as e:
+        print(f"attention-explorer: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
