@@ -12,6 +12,7 @@ from ..capture.settings import GenerationSettings
 from ..errors import SettingsError
 from ..trace import Positional, QueryKeyLayer, Trace
 from .model import GPT
+from .train import one_thread
 
 SINUSOIDAL = (
     "Sinusoidal: a fixed table, PE(pos, 2i) = sin(pos / 10000^(2i/d)) and PE(pos, 2i+1) = "
@@ -77,7 +78,8 @@ class TextbookLM:
         """Read `tokens` in one forward pass and capture every head's q, k, v and weights (no generated steps)."""
         ids = self._check_length(self.encode(tokens), 0)
         started = time.perf_counter()
-        self.model(torch.tensor([ids]))
+        with one_thread():
+            self.model(torch.tensor([ids]))
         return self._build_trace(ids, len(ids), [], {}, {"forward": time.perf_counter() - started})
 
     @torch.no_grad()
@@ -99,18 +101,19 @@ class TextbookLM:
         raw_logits, sampling_scores = [], []
         started = time.perf_counter()
         idx = torch.tensor([ids])
-        for _ in range(max_new_tokens):
-            logits = self.model(idx)[0][:, -1]
-            scores = self._processed(logits, settings)
-            if settings.greedy:
-                next_id = logits.argmax(-1, keepdim=True)
-            else:
-                next_id = torch.multinomial(scores.softmax(-1), 1, generator=generator)
-            raw_logits.append(logits)
-            sampling_scores.append(scores)
-            idx = torch.cat([idx, next_id], dim=1)
-        generated_at = time.perf_counter()
-        self.model(idx)  # the last token's own attention row, as the wrapper records it
+        with one_thread():
+            for _ in range(max_new_tokens):
+                logits = self.model(idx)[0][:, -1]
+                scores = self._processed(logits, settings)
+                if settings.greedy:
+                    next_id = logits.argmax(-1, keepdim=True)
+                else:
+                    next_id = torch.multinomial(scores.softmax(-1), 1, generator=generator)
+                raw_logits.append(logits)
+                sampling_scores.append(scores)
+                idx = torch.cat([idx, next_id], dim=1)
+            generated_at = time.perf_counter()
+            self.model(idx)  # the last token's own attention row, as the wrapper records it
         token_ids = idx[0].tolist()
         steps = build_steps(token_ids, len(ids), raw_logits, sampling_scores, self.vocab.__getitem__, candidates)
         timings = {"generate": generated_at - started, "total": time.perf_counter() - started}

@@ -87,14 +87,19 @@ def accuracy(model: GPT, task: CopyTask | None = None, n: int = 500, seed: int =
     vocab = model.config.vocab
     examples = [[vocab.index(t) for t in task.sample(rng)] for _ in range(n)]
     right = 0
-    for length in range(task.min_length, task.max_length + 1):
-        batch = torch.tensor([e for e in examples if len(e) == 2 * length + 1]).reshape(-1, 2 * length + 1)
-        idx = batch[:, : length + 1]
-        while idx.shape[1] < batch.shape[1]:
-            logits, _ = model(idx)
-            idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-        right += int((idx == batch).all(dim=1).sum())
+    with one_thread():
+        for length in range(task.min_length, task.max_length + 1):
+            right += _copied_right(model, [e for e in examples if len(e) == 2 * length + 1], length)
     return right / n
+
+
+def _copied_right(model: GPT, examples: list[list[int]], length: int) -> int:
+    batch = torch.tensor(examples).reshape(-1, 2 * length + 1)
+    idx = batch[:, : length + 1]
+    while idx.shape[1] < batch.shape[1]:
+        logits, _ = model(idx)
+        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return int((idx == batch).all(dim=1).sum())
 
 
 def main() -> None:
