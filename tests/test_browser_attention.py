@@ -160,6 +160,18 @@ def test_clicking_a_thumbnail_opens_that_head(page):
     page.locator(".ae-heads-map").screenshot(path=str(OUTPUT / "attention_voila_heads_map.png"))
 
 
+def test_statistics_table_sorts(page, trace):
+    page, _ = page
+    page.locator(".ae-stats th[data-key='first']").click()  # a statistic sorts largest first
+    shown = [(int(r.get_attribute("data-layer")), int(r.get_attribute("data-head")))
+             for r in page.locator(".ae-stats tr[data-layer]").all()]
+    first = {(layer, head): float(trace.attention(layer, head)[1:, 0].mean())
+             for layer in range(trace.n_layers) for head in range(trace.n_heads)}
+    values = [first[k] for k in shown]
+    assert len(shown) == len(first)
+    assert all(a >= b - 1e-5 for a, b in zip(values, values[1:]))  # the table holds 6 decimals
+
+
 def test_hostile_tokens_show_as_text(page, trace):
     page, log = page
     labels = page.locator(".ae-row-label").all_text_contents()

@@ -138,9 +138,12 @@ def test_heatmap_tooltip_message_answers_with_the_exact_block_maximum(monkeypatc
 def test_selection_round_trips_between_heads_map_and_heatmap(tiny_trace):
     sel = Selection()
     hmap, view = heads_map(tiny_trace, selection=sel), heatmap(tiny_trace, selection=sel)
-    before = view.overview
-    hmap.layer, hmap.head = 1, 3  # what a click on a thumbnail sets from the browser
+    before, shown = view.overview, []
+    view.observe(lambda change: shown.append(change["new"]), "shows")
+    with hmap.hold_trait_notifications():  # what a click on a thumbnail sets from the browser, in one message
+        hmap.layer, hmap.head = 1, 3
     assert (sel.layer, sel.head) == (1, 3) and (view.layer, view.head) == (1, 3)
+    assert shown == ["1 3"]  # computed once for the pair, not for layer 1 with the old head first
     a = tiny_trace.attention(1, 3)
     assert view.overview != before
     assert np.abs(decode(view.overview, a.shape) - linear_codes(a, a.max())).max() <= 1

@@ -75,7 +75,7 @@ function render({ model, el }) {
   tip.classList.add("ae-tip");
   el.append(controls, scroller, caption, tableBox, tip);
 
-  let draws = 0, sortKey = "layer", sortDir = 1, pending = false;
+  let draws = 0, sortKey = "layer", sortDir = 1, pending = false, scrolledTo = "";
   const stat = (name, l, hd) => get("stats")[name][l][hd];
   const geometry = () => {
     const px = get("thumb_px"), strip = get("colour_by") ? STRIP + 1 : 0;
@@ -181,6 +181,11 @@ function render({ model, el }) {
       return tr;
     });
     table.replaceChildren(head, ...body);
+    const shown = body.find((tr) => +tr.dataset.layer === selL && +tr.dataset.head === selH);
+    if (shown && `${selL} ${selH}` !== scrolledTo) { // bring a newly selected head's row into view, once
+      scrolledTo = `${selL} ${selH}`;
+      tableBox.scrollTop = shown.offsetTop - tableBox.clientHeight / 2;
+    }
   }
 
   const at = (ev) => {

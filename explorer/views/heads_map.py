@@ -55,10 +55,20 @@ class HeadsMapView(anywidget.AnyWidget):
             thumb_factor=ad.pool_factor(trace.n_tokens, thumb_px), thumb_px=thumb_px, log_scale=log_scale,
             stats=table, **kwargs,
         )
-        traitlets.link((self.selection, "layer"), (self, "layer"))
-        traitlets.link((self.selection, "head"), (self, "head"))
+        self._follow_selection()
+        self.selection.observe(self._follow_selection, ["layer", "head"])
+        self.observe(self._update_selection, ["layer", "head"])
         self.observe(lambda _: self._send_thumbs(), ["log_scale", "log_decades"])
         self._send_thumbs()
+
+    def _follow_selection(self, _change=None) -> None:
+        with self.hold_trait_notifications():
+            self.layer, self.head = self.selection.layer, self.selection.head
+
+    def _update_selection(self, _change=None) -> None:
+        """A click sets layer and head together: pass them on together, so a heatmap computes the pair once."""
+        with self.selection.hold_trait_notifications():
+            self.selection.layer, self.selection.head = self.layer, self.head
 
     @traitlets.validate("layer")
     def _valid_layer(self, proposal):

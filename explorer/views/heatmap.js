@@ -209,18 +209,22 @@ function render({ model, el }) {
     labels(r0, c0, rows, cols);
     drawLegend(legend, get("scale"), get("log_scale"), get("log_decades"));
 
-    layerSel.value = String(get("layer"));
-    headSel.value = String(get("head") ?? -1);
-    sizeSel.value = String(ws);
-    logBox.checked = get("log_scale");
-    slider.max = String(Math.max(0, T - ws));
-    slider.value = String(r0);
+    syncControls();
     readout.textContent = sel === null ? "click a token label or a cell to select a token"
       : `selected token ${token(sel)}${sel >= get("n_prompt") ? " (generated)" : ""}`;
 
     draws += 1;
     Object.assign(el.dataset, { drawCount: draws, drawnAt: performance.now(), drawMs: (performance.now() - t0).toFixed(1),
       layer: get("shows").split(" ")[0], head: get("shows").split(" ")[1], windowStart: r0, keyStart: c0 });
+  }
+  function syncControls() { // the pickers show the model's values, wherever they were changed
+    const ws = get("window_size");
+    layerSel.value = String(get("layer"));
+    headSel.value = String(get("head") ?? -1);
+    sizeSel.value = String(ws);
+    logBox.checked = get("log_scale");
+    slider.max = String(Math.max(0, T - ws));
+    slider.value = String(get("window_start"));
   }
   function schedule() { // one draw for all the traits one message changes
     if (pending) return;
@@ -291,8 +295,14 @@ function render({ model, el }) {
 
   const events = ["overview", "window", "selected_token", "window_size", "log_scale", "shows"].map((k) => "change:" + k);
   for (const e of events) model.on(e, schedule);
+  const picks = ["layer", "head"].map((k) => "change:" + k);
+  for (const e of picks) model.on(e, syncControls);
   draw();
-  return () => { for (const e of events) model.off(e, schedule); model.off("msg:custom", onMsg); };
+  return () => {
+    for (const e of events) model.off(e, schedule);
+    for (const e of picks) model.off(e, syncControls);
+    model.off("msg:custom", onMsg);
+  };
 }
 
 export default { render };

@@ -61,14 +61,25 @@ class HeatmapView(anywidget.AnyWidget):
             tokens=[visible(t) for t in trace.tokens], n_prompt=trace.n_prompt, n_layers=trace.n_layers,
             n_heads=trace.n_heads, window_size=window_size, log_scale=log_scale, **kwargs,
         )
-        with self.hold_trait_notifications():
-            for name, mine in (("layer", "layer"), ("head", "head"), ("token", "selected_token")):
-                traitlets.link((self.selection, name), (self, mine))
-        self.observe(lambda _: self._refresh(whole=True), ["layer", "head", "log_scale", "log_decades"])
-        self.observe(lambda _: self._refresh(whole=False), ["window_start", "key_start", "window_size"])
+        self._follow_selection()
+        self.selection.observe(self._follow_selection, ["layer", "head", "token"])
+        self.observe(self._update_selection, ["layer", "head", "selected_token"])
+        self._sent: tuple | None = None  # the state the bytes were last computed for
+        self.observe(self._refresh, ["layer", "head", "log_scale", "log_decades", "window_start", "key_start",
+                                     "window_size"])
         self.observe(self._follow_token, "selected_token")
         self.on_msg(self._on_msg)
-        self._refresh(whole=True)
+        self._refresh()
+
+    # --- the shared selection, layer and head changed together so a new pair is computed once, not in two steps
+    def _follow_selection(self, _change=None) -> None:
+        sel = self.selection
+        with self.hold_trait_notifications():
+            self.layer, self.head, self.selected_token = sel.layer, sel.head, sel.token
+
+    def _update_selection(self, _change=None) -> None:
+        with self.selection.hold_trait_notifications():
+            self.selection.layer, self.selection.head, self.selection.token = self.layer, self.head, self.selected_token
 
     # --- traits kept in range (the browser may send anything)
     @traitlets.validate("layer")
@@ -115,8 +126,13 @@ class HeatmapView(anywidget.AnyWidget):
     def quantise(self, weights: np.ndarray) -> np.ndarray:
         return ad.quantise(weights, self.scale, self.log_decades if self.log_scale else None)
 
-    def _refresh(self, whole: bool) -> None:
-        """Recompute what changed and send it in one message."""
+    def _refresh(self, _change=None) -> None:
+        """Recompute what changed and send it in one message (several traits set at once: only once)."""
+        head_state = (self.layer, self.head, self.log_scale, self.log_decades)
+        state = (*head_state, self.window_start, self.key_start, self.window_size)
+        if state == self._sent:
+            return
+        whole, self._sent = self._sent is None or self._sent[:4] != head_state, state
         with self.hold_sync():
             if whole:
                 pooled = self.pooled()
