@@ -139,10 +139,13 @@ def _from_pretrained(cls, source: str, **kwargs):
     try:
         return cls.from_pretrained(source, local_files_only=True, **kwargs)
     except OSError as local_error:
-        if Path(source).expanduser().exists() or _hub_offline():
-            where = "the local folder" if Path(source).expanduser().exists() else "the Hugging Face cache"
-            why = "" if Path(source).expanduser().exists() else ", and downloads are off (HF_HUB_OFFLINE=1)"
-            raise ModelLoadError(f"could not load model {source!r}: not found in {where}{why}") from local_error
+        if Path(source).expanduser().exists():
+            raise ModelLoadError(f"could not load model {source!r}: the folder has no usable model files") from local_error
+        if _hub_offline():
+            raise ModelLoadError(
+                f"could not load model {source!r}: it is not a local folder, not in the Hugging Face cache, "
+                f"and downloads are off (HF_HUB_OFFLINE=1)"
+            ) from local_error
         if not _hub_reachable():
             raise ModelLoadError(
                 f"could not load model {source!r}: it is not a local folder, not in the Hugging Face cache, "

@@ -35,7 +35,7 @@ def tiny_config(arch: str):
     if arch == "gpt_neo":  # outside the attention interface: hooks
         return tf.GPTNeoConfig(
             hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
-            window_size=8, max_position_embeddings=128, vocab_size=96,
+            window_size=8, max_position_embeddings=128, vocab_size=96, bos_token_id=1, eos_token_id=0,
         )
     raise ValueError(arch)
 
@@ -79,7 +79,7 @@ def tiny_lm(request):
 
 @pytest.fixture(scope="session")
 def tiny_trace():
-    """A small generated trace (tiny Llama with GQA): 12 prompt tokens + 10 generated, for view tests."""
+    """A small generated trace (tiny Llama with GQA): 13 prompt tokens (<bos> + 12 bytes) + 10 generated."""
     lm = make_tiny_lm("llama")
     return lm.generate("Hello, world", max_new_tokens=10, temperature=0.8, seed=3, progress=False)
 

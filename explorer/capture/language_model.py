@@ -56,7 +56,7 @@ class LanguageModel:
 
     def __init__(self, model: PreTrainedModel, tokenizer, name: str | None = None):
         if not isinstance(model, PreTrainedModel) or not hasattr(model, "generate"):
-            raise ModelLoadError(f"{type(model).__name__} is not a transformers model that can generate")
+            raise ModelLoadError(f"{type(model).__name__} is not a causal language model that can generate text")
         if getattr(model.config, "is_encoder_decoder", False) or not model.can_generate():
             raise ModelLoadError(f"{type(model).__name__} is not a causal language model")
         self.model = model.eval()

@@ -1,0 +1,40 @@
+"""The command line as a user runs it: trace a prompt, read the table, open the saved file without a model."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import explorer
+
+CLI = [str(Path(sys.executable).with_name("attention-explorer"))]
+
+
+def run(*args, check=True):
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=300, check=check)
+
+
+@pytest.mark.slow
+def test_trace_prints_every_token_and_saves_a_file_that_loads(tmp_path):
+    out = run("trace", "The capital of France is", "--max-new-tokens", "6", "-o", str(tmp_path / "p.trace"))
+    trace = explorer.load_trace(tmp_path / "p.trace")
+    assert trace.n_generated == 6 and trace.prompt_text.startswith("The capital of France is")
+    for step in trace.steps:  # each generated token's line shows its probability, rank and entropy
+        assert f"{step.index + 1:>4}  {step.token!r}" in out.stdout
+        assert f"{step.prob:.4f}" in out.stdout and f"{step.entropy:.3f}" in out.stdout
+    assert "SmolLM2-135M-Instruct" in out.stdout and "on cpu" in out.stdout and "tok/s" in out.stdout
+    shown = run("show", str(tmp_path / "p.trace"))
+    assert f"{trace.steps[0].prob:.4f}" in shown.stdout
+
+
+def test_errors_are_one_line_not_a_traceback(tmp_path):
+    bad = run("trace", "", check=False)
+    assert bad.returncode == 2 and "prompt is empty" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run("trace", "x", "--max-new-tokens", "0", check=False)
+    assert bad.returncode == 2 and "max_new_tokens" in bad.stderr and "Traceback" not in bad.stderr
+    (tmp_path / "x.trace").write_text("not a trace")
+    bad = run("show", str(tmp_path / "x.trace"), check=False)
+    assert bad.returncode == 2 and "not a readable attention-explorer trace" in bad.stderr
+    bad = run("trace", "x", "--model", "no-such/model", check=False)
+    assert bad.returncode == 2 and "could not load model 'no-such/model'" in bad.stderr

@@ -1,0 +1,148 @@
+"""Saving and loading traces: everything kept, and every kind of bad file refused with our one error type."""
+
+import json
+import pickle
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import explorer
+from explorer import TraceFileError
+from explorer.trace_file import FORMAT, VERSION
+
+
+def assert_same_trace(a, b):
+    assert a.tokens == b.tokens and a.token_ids == b.token_ids and a.pieces == b.pieces
+    assert a.n_prompt == b.n_prompt and a.n_layers == b.n_layers and a.n_heads == b.n_heads
+    assert a.steps == b.steps
+    assert a.model == b.model and a.settings == b.settings and a.timings == b.timings
+    assert a.positional.kind == b.positional.kind and a.positional.params == b.positional.params
+    assert a.positional.description == b.positional.description
+    assert a.positional.arrays.keys() == b.positional.arrays.keys()
+    for name in a.positional.arrays:
+        np.testing.assert_array_equal(a.positional.arrays[name], b.positional.arrays[name])
+    for la, lb in zip(a.layers, b.layers):
+        assert la.meta() == lb.meta()
+        for name, array in la.tensors().items():
+            np.testing.assert_array_equal(array, lb.tensors()[name])
+    for layer in range(a.n_layers):
+        np.testing.assert_array_equal(a.attention(layer), b.attention(layer))
+
+
+def test_round_trip_keeps_everything(tiny_trace, tmp_path):
+    path = tmp_path / "run.trace"
+    tiny_trace.save(path)
+    assert_same_trace(tiny_trace, explorer.load_trace(path))
+    assert not (tmp_path / "run.trace.partial").exists()
+
+
+def test_round_trip_of_weights_layers_and_values(tmp_path):
+    from conftest import make_tiny_lm
+
+    for arch, kwargs in [("gpt_neo", {}), ("llama", {"keep_values": True})]:
+        trace = make_tiny_lm(arch).generate("<b>&</b>", max_new_tokens=4, progress=False, **kwargs)
+        trace.save(tmp_path / f"{arch}.trace")
+        assert_same_trace(trace, explorer.load_trace(tmp_path / f"{arch}.trace"))
+
+
+def test_loading_a_trace_needs_no_torch(tiny_trace, tmp_path):
+    path = tmp_path / "light.trace"
+    tiny_trace.save(path)
+    code = (
+        "import sys, explorer; t = explorer.load_trace(sys.argv[1]); t.attention(0, 0); "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+
+
+def _header(trace_path):
+    from safetensors import safe_open
+
+    with safe_open(str(trace_path), framework="numpy") as f:
+        return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+
+
+def _rewrite(src, dst, change_header=None, change_tensors=None, change_meta=None):
+    meta, tensors = _header(src)
+    header = json.loads(meta["header"])
+    if change_header:
+        change_header(header)
+    if change_tensors:
+        change_tensors(tensors)
+    meta = dict(meta, header=json.dumps(header))
+    if change_meta:
+        change_meta(meta)
+    save_file(tensors, str(dst), metadata=meta)
+    return dst
+
+
+class Boom:
+    def __reduce__(self):
+        return (exec, ("open('PWNED', 'w').write('pickle ran')",))
+
+
+def bad_files(good, d):
+    """(name, path) of files that are not valid traces, each broken a different way."""
+    data = good.read_bytes()
+    header_len = struct.unpack("<Q", data[:8])[0]
+    files = {
+        "empty": b"",
+        "random bytes": np.random.default_rng(0).bytes(4096),
+        "text": b"hello, this is not a trace\n",
+        "json": json.dumps({"format": FORMAT, "version": 1}).encode(),
+        "pickle": pickle.dumps(Boom()),
+        "truncated in the length": data[:5],
+        "truncated in the header": data[: 8 + header_len // 2],
+        "truncated in the data": data[: len(data) - 100],
+        "huge header length": struct.pack("<Q", 2**60) + data[8:],
+        "header not json": data[:8] + b"{" * header_len + data[8 + header_len :],
+    }
+    out = []
+    for name, content in files.items():
+        path = d / (name.replace(" ", "_") + ".trace")
+        path.write_bytes(content)
+        out.append((name, path))
+    out += [
+        ("foreign safetensors", d / "foreign.safetensors"),
+        ("future version", _rewrite(good, d / "future.trace", change_meta=lambda m: m.update(version=str(VERSION + 1)))),
+        ("missing header key", _rewrite(good, d / "nokey.trace", change_header=lambda h: h.pop("tokens"))),
+        ("header json broken", _rewrite(good, d / "badjson.trace", change_meta=lambda m: m.update(header="{oops"))),
+        ("wrong step count", _rewrite(good, d / "steps.trace", change_header=lambda h: h["steps"].pop())),
+        ("missing tensor", _rewrite(good, d / "notensor.trace", change_tensors=lambda t: t.pop("layers.0.attn.key"))),
+        ("shape mismatch", _rewrite(good, d / "shape.trace",
+                                    change_tensors=lambda t: t.update({"layers.1.attn.query": np.zeros((4, 3, 8), np.float32)}))),
+        ("tokens not a list", _rewrite(good, d / "tokens.trace", change_header=lambda h: h.update(tokens=5))),
+        ("unknown layer kind", _rewrite(good, d / "kind.trace",
+                                        change_header=lambda h: h["layers"][0].update(kind="pickled"))),
+        ("a folder", d),
+        ("no such file", d / "missing.trace"),
+    ]
+    save_file({"weight": np.zeros((2, 2), np.float32)}, str(d / "foreign.safetensors"))
+    return out
+
+
+def test_every_bad_file_raises_our_error_and_runs_nothing(tiny_trace, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    good = tmp_path / "good.trace"
+    tiny_trace.save(good)
+    (tmp_path / "bad").mkdir()
+    cases = bad_files(good, tmp_path / "bad")
+    assert len(cases) >= 12
+    for name, path in cases:
+        with pytest.raises(TraceFileError) as info:
+            explorer.load_trace(path)
+        assert str(path) in str(info.value), name
+    assert not (tmp_path / "PWNED").exists()
+    explorer.load_trace(good)  # the good one still loads
+
+
+def test_future_version_error_says_to_upgrade(tiny_trace, tmp_path):
+    good = tmp_path / "good.trace"
+    tiny_trace.save(good)
+    future = _rewrite(good, tmp_path / "future.trace", change_meta=lambda m: m.update(version="99"))
+    with pytest.raises(TraceFileError, match="upgrade"):
+        explorer.load_trace(future)
