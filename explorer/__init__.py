@@ -14,6 +14,13 @@ from .trace_file import load_trace
 __version__ = "0.1.0"
 
 
+def show(trace: Trace):
+    """Open the full explorer of a trace (tabs of every view, one shared selection)."""
+    from .views.explorer_view import show as _show
+
+    return _show(trace)
+
+
 def __getattr__(name):
     # the model side imports torch and transformers: only when it is asked for, so views load fast
     if name in {"load_model", "wrap", "LanguageModel"}:
@@ -35,5 +42,6 @@ __all__ = [
     "TraceFileError",
     "load_model",
     "load_trace",
+    "show",
     "wrap",
 ]

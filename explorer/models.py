@@ -183,6 +183,10 @@ def load_model(
     source = str(default_model_dir(progress)) if is_default else str(name_or_path)
     name = DEFAULT_MODEL if is_default else str(name_or_path)
     started = time.perf_counter()
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     tokenizer = _from_pretrained(AutoTokenizer, source)
     kwargs = {"dtype": resolved_dtype, **from_pretrained_kwargs}
     if device_map is not None:

@@ -5,32 +5,38 @@
     views.stepper(trace)
 """
 
-from importlib import import_module
-
+# Imported eagerly: several modules share their name with the function they define (heatmap.heatmap), and
+# binding the functions here, after the modules, is what makes `views.heatmap` the function.
+from .attention_math import AttentionMathView, attention_math
+from .bertviz_offline import head_view, head_view_html, model_view, model_view_html
+from .explorer_view import ExplorerView, show
+from .export import standalone_html, to_json
+from .heads_map import HeadsMapView, heads_map
+from .heatmap import HeatmapView, heatmap
+from .positional import positional
+from .probabilities import entropy_chart, probability_chart
 from .selection import Selection
+from .stepper import StepperView, stepper
 
-# name -> module that defines it; imported on first use so `import explorer.views` stays light
-_LAZY = {
-    "heatmap": ".heatmap",
-    "HeatmapView": ".heatmap",
-    "heads_map": ".heads_map",
-    "HeadsMapView": ".heads_map",
-    "stepper": ".stepper",
-    "StepperView": ".stepper",
-    "probability_chart": ".probabilities",
-    "entropy_chart": ".probabilities",
-    "positional": ".positional",
-    "head_view": ".bertviz_offline",
-    "model_view": ".bertviz_offline",
-    "to_json": ".export",
-    "standalone_html": ".export",
-}
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module 'explorer.views' has no attribute {name!r}")
-
-
-__all__ = ["Selection", *_LAZY]
+__all__ = [
+    "AttentionMathView",
+    "ExplorerView",
+    "HeadsMapView",
+    "HeatmapView",
+    "Selection",
+    "StepperView",
+    "attention_math",
+    "entropy_chart",
+    "head_view",
+    "head_view_html",
+    "heatmap",
+    "heads_map",
+    "model_view",
+    "model_view_html",
+    "positional",
+    "probability_chart",
+    "show",
+    "standalone_html",
+    "stepper",
+    "to_json",
+]

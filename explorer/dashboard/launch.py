@@ -1,0 +1,48 @@
+"""Starting the dashboard: Voilà serving notebooks/dashboard.ipynb, bound to this machine unless asked."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from ..errors import SettingsError
+from ..trace_file import load_trace
+
+NOTEBOOK = "dashboard.ipynb"
+
+
+def notebook_path() -> Path:
+    """The dashboard notebook: notebooks/ of a source checkout, else the copy shipped inside the package."""
+    checkout = Path(__file__).resolve().parents[2] / "notebooks" / NOTEBOOK
+    return checkout if checkout.is_file() else Path(__file__).with_name(NOTEBOOK)
+
+
+def voila_arguments(port: int, ip: str, voila_args: list[str]) -> list[str]:
+    """Voilà's command line: ours first, so that the user's own flags (theme, preheating ...) come last and win."""
+    return [
+        str(notebook_path()),
+        f"--port={port}",
+        f"--Voila.ip={ip}",
+        "--Voila.port_retries=0",
+        "--no-browser",
+        "--VoilaConfiguration.file_allowlist=[]",  # serve no files of the folder, only the dashboard
+        *voila_args,
+    ]
+
+
+def launch(model: str | None, trace: Path | None, port: int, ip: str, voila_args: list[str]) -> int:
+    """Serve the dashboard and print its address; the kernels read the model or trace from the environment."""
+    if model and trace:
+        raise SettingsError("give --model or --trace, not both: a saved trace needs no model")
+    if trace is not None:
+        load_trace(trace)  # refuse a bad file now, with our error, rather than in the page
+        os.environ["ATTENTION_EXPLORER_TRACE"] = str(trace.resolve())
+    if model:
+        os.environ["ATTENTION_EXPLORER_MODEL"] = model
+    from voila.app import main as voila_main
+
+    print(f"attention-explorer dashboard: http://{ip}:{port}/  (Ctrl-C stops it)", flush=True)
+    sys.argv = ["voila", *voila_arguments(port, ip, voila_args)]
+    voila_main()
+    return 0
