@@ -1,0 +1,48 @@
+"""Every lesson notebook runs headless from top to bottom, offline, without an error, within its time budget.
+
+The budget is generous (120 s; each lesson takes well under a minute on an idle 2-core machine) so that a busy
+shared machine does not make the suite flaky; the real times are printed and written to tests/output/.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+LESSONS = sorted(NOTEBOOKS.glob("0[0-9]-*.ipynb"))
+BUDGET_SECONDS = 120
+OUTPUT = Path(__file__).parent / "output"
+
+
+def test_all_four_lessons_are_there():
+    assert [p.stem for p in LESSONS] == [
+        "01-self-attention", "02-positional-encoding", "03-multi-head", "04-generation",
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
+def test_lesson_runs(path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the kernel inherits it: the lessons never touch the network
+    nb = nbformat.read(path, as_version=4)
+    assert not any(cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), (
+        f"{path.name} is stored with outputs: clear them before committing"
+    )
+    client = NotebookClient(nb, kernel_name="python3", timeout=BUDGET_SECONDS,
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    started = time.perf_counter()
+    client.execute()  # raises CellExecutionError, naming the cell, on the first error
+    seconds = time.perf_counter() - started
+    errors = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if o.output_type == "error"]
+    assert not errors
+    OUTPUT.mkdir(exist_ok=True)
+    with open(OUTPUT / "lesson-times.txt", "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {path.name}  {seconds:.1f} s\n")
+    with capsys.disabled():
+        print(f"\n{path.name}: ran in {seconds:.1f} s (budget {BUDGET_SECONDS} s)")
+    assert seconds < BUDGET_SECONDS, f"{path.name} took {seconds:.0f} s"
