@@ -54,6 +54,10 @@ def test_learned_heatmap_and_similarity_equal_numpy(gpt2_trace):
     np.testing.assert_allclose(np.asarray(sim.z), numpy_cosine(table), atol=1e-6)
     assert list(heat.y) == list(range(table.shape[0])) and list(heat.x) == list(range(table.shape[1]))
     assert "Learned" in view.description.value and "cosine similarity" in view.description.value
+    # drawn by plotly's mime renderer from the same figure (plotly.js is not sent per figure)
+    shown = view.plot.outputs[0]["data"]["application/vnd.plotly.v1+json"]
+    assert [t["type"] for t in shown["data"]] == ["heatmap", "heatmap"]
+    assert shown["data"][1]["z"]["dtype"] == "f4" and view.children == (view.description, view.plot)
 
 
 def test_big_tables_are_thinned_to_real_rows(gpt2_trace):
@@ -121,7 +125,7 @@ def test_rotary_score_depends_only_on_distance(tiny_trace, neox_trace):
 def test_no_positional_encoding_is_a_sentence(tiny_trace):
     trace = dataclasses.replace(tiny_trace, positional=Positional("none", description="No positional encoding."))
     view = positional(trace)
-    assert view.figure is None and view.children == (view.description,)
+    assert view.figure is None and view.plot is None and view.children == (view.description,)
     assert "No positional encoding" in view.description.value
 
 

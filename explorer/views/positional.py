@@ -11,6 +11,7 @@ Big arrays are thinned to at most `max_size` rows and columns (every k-th, real 
 from __future__ import annotations
 
 import html
+import json
 
 import ipywidgets as widgets
 import numpy as np
@@ -142,7 +143,7 @@ def _rotary_figure(pos: Positional, n_tokens: int, max_size: int, seed: int) -> 
     scaling = float(pos.params.get("attention_scaling", 1.0))
     fig.update_layout(coloraxis=dict(colorscale="RdBu", cmin=-scaling, cmax=scaling,
                                      colorbar=dict(len=0.5, y=1, yanchor="top", thickness=12)),
-                      legend=dict(x=1, xanchor="right", y=0.4))
+                      legend=dict(x=1.02, y=0.05, yanchor="bottom"))
     fig.update_xaxes(title_text="frequency i (fast → slow)", row=1, col=1)
     fig.update_xaxes(title_text="frequency i", row=1, col=2)
     fig.update_yaxes(title_text="position", autorange="reversed", row=1)
@@ -156,20 +157,31 @@ def positional_figure(trace: Trace, max_size: int = MAX_SIZE, seed: int = 0) -> 
     pos = trace.positional
     if pos.kind == "rotary":
         fig = _rotary_figure(pos, trace.n_tokens, max_size, seed)
-        height = 640
+        height, width = 680, 980
     elif pos.kind in ("learned", "sinusoidal"):
         table = pos.arrays["embeddings" if pos.kind == "learned" else "table"]
         fig = _table_figure(table, pos.kind, max_size)
-        height = 440
+        height, width = 460, 980
     else:
         return None
-    fig.update_layout(height=height, margin=dict(l=60, r=20, t=50, b=50), template="plotly_white")
+    fig.update_layout(height=height, width=width, margin=dict(l=60, r=20, t=50, b=50), template="plotly_white")
     fig.update_annotations(font_size=13)
     return fig
 
 
+def plotly_output(fig: go.Figure) -> widgets.Output:
+    """A static figure in an Output widget, drawn by plotly's own mime renderer (jupyterlab-plotly).
+
+    Unlike a FigureWidget, this does not send plotly.js again for each figure: the page loads it once.
+    """
+    out = widgets.Output()
+    bundle = {"application/vnd.plotly.v1+json": json.loads(fig.to_json()), "text/plain": "<plotly figure>"}
+    out.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+    return out
+
+
 class PositionalView(widgets.VBox):
-    """A sentence on the model's positional encoding, how to read the picture, and the picture (one FigureWidget)."""
+    """A sentence on the model's positional encoding, how to read the picture, and the picture (static plotly)."""
 
     def __init__(self, trace: Trace, selection: Selection | None = None, max_size: int = MAX_SIZE, seed: int = 0):
         super().__init__()
@@ -183,9 +195,9 @@ class PositionalView(widgets.VBox):
             f"<p><b>Positional encoding: {html.escape(pos.kind)}.</b> {html.escape(pos.description)}</p>"
             + (f"<p>{html.escape(how)}{thinned}</p>" if how else "")
         )
-        fig = positional_figure(trace, max_size, seed)
-        self.figure = go.FigureWidget(fig) if fig is not None else None
-        self.children = [self.description] + ([self.figure] if self.figure is not None else [])
+        self.figure = positional_figure(trace, max_size, seed)
+        self.plot = plotly_output(self.figure) if self.figure is not None else None
+        self.children = [self.description] + ([self.plot] if self.plot is not None else [])
 
 
 def positional(trace: Trace, selection: Selection | None = None, max_size: int = MAX_SIZE) -> PositionalView:

@@ -85,7 +85,7 @@ def probability_chart(trace: Trace, step: int) -> go.Figure:
         data=[go.Bar(name="model", hovertemplate=hover, **model),
               go.Bar(name="sampled from", hovertemplate=hover, **sampling)],
         layout=dict(barmode="group", height=300, margin=dict(l=50, r=10, t=40, b=70), bargap=0.2,
-                    xaxis=dict(type="category", tickangle=-40), legend=dict(x=1, xanchor="right", y=1),
+                    xaxis=dict(type="category", tickangle=-40, tickmode="linear", dtick=1),  # every label
                     template="plotly_white"),
     )
     fig.update_layout(**layout)
@@ -110,7 +110,7 @@ def entropy_chart(trace: Trace, step: int = 0) -> go.Figure:
     fig = go.Figure(data=data, layout=dict(
         height=300, margin=dict(l=50, r=10, t=40, b=40), template="plotly_white", showlegend=differs,
         title=dict(text="entropy of each step (nats): low = sure, high = hesitant", x=0.01),
-        xaxis=dict(title="step"), yaxis=dict(rangemode="tozero"), legend=dict(x=1, xanchor="right", y=1)))
+        xaxis=dict(title="step"), yaxis=dict(rangemode="tozero")))
     if not steps:
         fig.add_annotation(text="no generated tokens", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     return fig

@@ -86,7 +86,7 @@ class StepperView(widgets.VBox):
                                       description="layer", layout=widgets.Layout(width="150px"))
         heads = [("mean of heads", MEAN)] + [(f"head {h}", h) for h in range(trace.n_heads)]
         self.head = widgets.Dropdown(options=heads, value=MEAN if sel.head is None else sel.head,
-                                     description="head", layout=widgets.Layout(width="190px"))
+                                     description="head", layout=widgets.Layout(width="230px"))
         self.info = widgets.HTML()
         self.focus = widgets.HTML()
         self.text = TokenText(tokens=list(trace.tokens), mode="text", value_name="attention", max_height="13em")
@@ -97,12 +97,13 @@ class StepperView(widgets.VBox):
             titles=[f"step {s.index} · p {s.prob:.4f} · rank {s.rank} · entropy {s.entropy:.3f} nats" for s in generated],
         )
         self.strip.set_values(np.array([s.prob for s in generated], dtype=np.float32))
-        self.bars = go.FigureWidget(probability_chart(trace, step))
-        self.entropy = go.FigureWidget(entropy_chart(trace, step))
+        # fixed widths: a FigureWidget does not follow its box; the row wraps on narrow pages
+        self.bars = go.FigureWidget(probability_chart(trace, step).update_layout(width=600))
+        self.entropy = go.FigureWidget(entropy_chart(trace, step).update_layout(width=560))
         self._show(step)
 
         controls = widgets.HBox([self.play, self.slider, self.layer, self.head])
-        charts = widgets.HBox([_grow(self.bars), _grow(self.entropy)], layout=widgets.Layout(width="100%"))
+        charts = widgets.HBox([self.bars, self.entropy], layout=widgets.Layout(flex_flow="row wrap"))
         self.children = [
             controls, self.info,
             widgets.HTML("<b>Text so far</b>: the new token outlined in red; blue = how much it attended to "
@@ -187,10 +188,6 @@ class StepperView(widgets.VBox):
             self.layer.value = sel.layer
         elif change["name"] == "head":
             self.head.value = MEAN if sel.head is None else sel.head
-
-
-def _grow(figure: go.FigureWidget) -> widgets.Box:
-    return widgets.Box([figure], layout=widgets.Layout(flex="1 1 0", min_width="0"))
 
 
 def stepper(trace: Trace, selection: Selection | None = None) -> StepperView:

@@ -1,0 +1,188 @@
+"""The stepper and the positional view in Voilà, in headless Chromium, offline.
+
+One Voilà page for the module: the stepper and positional view of the real default trace (rotary), with
+HTML put into some of its tokens, and the positional view of a tiny GPT-2 trace (learned positions).
+Tests read what the browser shows: the text, the highlight, plotly's own SVG text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from explorer.trace import Candidate
+from explorer.views.tokens_html import visible
+from voila_harness import OUTPUT, browser, offline_page, voila_server, write_notebook
+
+pytestmark = pytest.mark.browser
+
+XSS = "<img src=x onerror=alert(1)>"
+SCRIPT = "</script><script>alert(2)</script>"
+
+CELL = """
+import explorer
+from ipywidgets import HTML, VBox
+from explorer.views.stepper import stepper
+from explorer.views.positional import positional
+
+def case(name, *views):
+    box = VBox([HTML("<h3>" + name + "</h3>"), *views])
+    box.add_class("case-" + name)
+    return box
+
+rotary = explorer.load_trace(ROTARY)
+learned = explorer.load_trace(LEARNED)
+display(case("rotary", stepper(rotary), positional(rotary)))
+display(case("learned", positional(learned)))
+"""
+
+# the text a TokenText shows: tokens of the visible spans, a newline drawn as "↵" before the line break
+SHOWN_TEXT = """(root) => [...root.querySelectorAll('.token-text-box span')].filter(s => !s.hidden)
+    .map(s => s.textContent.replaceAll('↵\\n', '\\n')).join('')"""
+
+
+def hostile(trace):
+    """The trace with HTML in a prompt token, in the 4th generated token and in that step's last candidate."""
+    tokens = list(trace.tokens)
+    tokens[1] = XSS
+    steps = list(trace.steps)
+    s = steps[3]
+    tokens[s.position] = SCRIPT
+    top = [Candidate(SCRIPT if c.token_id == s.token_id else c.token, c.token_id, c.prob) for c in s.top_k]
+    top[-1] = Candidate(XSS, top[-1].token_id, top[-1].prob) if top[-1].token_id != s.token_id else top[-1]
+    steps[3] = dataclasses.replace(s, token=SCRIPT, top_k=top)
+    return dataclasses.replace(trace, tokens=tokens, steps=steps)
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory, default_trace):
+    from conftest import make_tiny_lm
+
+    learned = make_tiny_lm("gpt2").trace("Hello, world")
+    rotary = hostile(default_trace)
+    folder = tmp_path_factory.mktemp("stepper")
+    rotary.save(folder / "rotary.trace")
+    learned.save(folder / "learned.trace")
+    return folder, rotary, learned
+
+
+@pytest.fixture(scope="module")
+def page(traces):
+    folder, _, _ = traces
+    paths = f"ROTARY = {str(folder / 'rotary.trace')!r}\nLEARNED = {str(folder / 'learned.trace')!r}"
+    notebook = write_notebook(folder / "stepper.ipynb", [paths, CELL])
+    with voila_server(notebook) as url, browser() as b:
+        page, log = offline_page(b, viewport=(1300, 1600))
+        page.goto(url + "/", wait_until="domcontentloaded")
+        # the last view drew, or the notebook failed (Voilà shows the traceback in the page)
+        page.wait_for_selector(".case-learned .positional-view .main-svg, .jp-OutputArea-output pre",
+                               timeout=180_000)
+        errors = page.locator(".jp-OutputArea-output pre").all_inner_texts()
+        assert not errors, errors[0][-2000:]
+        page.wait_for_selector(".case-learned .positional-view .main-svg", timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('.token-text[data-draw-count]').length >= 2")
+        page.wait_for_function("document.querySelectorAll('.stepper-view .xtick text').length >= 2")
+        page.screenshot(path=str(OUTPUT / "stepper-load.png"), full_page=True)
+        yield page, log
+        page.screenshot(path=str(OUTPUT / "stepper-end.png"), full_page=True)
+
+
+def shown(page) -> dict:
+    """What the stepper shows now; the text and its highlight are read in one go."""
+    root = page.locator(".case-rotary .stepper-view").first
+    text = root.locator(".token-text").first
+    now = text.evaluate("(el) => ({highlight: +el.dataset.highlight, text: (" + SHOWN_TEXT + ")(el),"
+                        " marked: el.querySelector('span.highlight').textContent})")
+    now["ticks"] = root.locator(".xtick text").all_text_contents()
+    now["title"] = root.locator(".gtitle").first.text_content()
+    return now
+
+
+def wait_step(page, trace, step: int) -> None:
+    """Until the text highlights the token of `step` and the bar chart is titled with it."""
+    page.wait_for_function(
+        "([position, title]) => { const root = document.querySelector('.case-rotary .stepper-view');"
+        " return root.querySelector('.token-text').dataset.highlight == position"
+        " && root.querySelector('.gtitle')?.textContent.startsWith(title); }",
+        arg=[str(trace.steps[step].position), f"step {step}:"])
+
+
+def slider_value(page) -> int:
+    return int(page.locator(".case-rotary .stepper-view .widget-readout").first.inner_text())
+
+
+def test_slider_steps_change_the_text_highlight_and_bars(page, traces):
+    page, _ = page
+    _, trace, _ = traces
+    for step in (0, 1, 2):
+        if step:
+            page.locator(".case-rotary .stepper-view .noUi-handle").first.focus()
+            page.keyboard.press("ArrowRight")
+        wait_step(page, trace, step)
+        s, now = trace.steps[step], shown(page)
+        assert now["text"] == "".join(trace.tokens[: s.position + 1])
+        assert now["marked"].replace("↵\n", "\n") == s.token
+        assert visible(s.top_k[0].token) in now["ticks"]  # the step's most likely candidate is a bar
+        assert visible(s.token) in now["title"]
+    page.locator(".case-rotary .stepper-view").screenshot(path=str(OUTPUT / "stepper-step2.png"))
+
+
+def test_play_button_advances_the_steps(page, traces):
+    page, _ = page
+    _, trace, _ = traces
+    start = slider_value(page)
+    play = page.locator(".case-rotary .widget-play button").first
+    play.click()
+    target = trace.steps[min(start + 2, trace.n_generated - 1)].position
+    page.wait_for_function(
+        f"+document.querySelector('.case-rotary .stepper-view .token-text').dataset.highlight >= {target}",
+        timeout=30_000)
+    play.click()  # the same button pauses
+    page.wait_for_timeout(1000)  # a step already on its way may still land
+    step = slider_value(page)
+    assert step >= start + 2
+    wait_step(page, trace, step)
+    assert shown(page)["text"] == "".join(trace.tokens[: trace.steps[step].position + 1])
+
+
+def test_positional_views_draw(page):
+    page, _ = page
+    for case in ("rotary", "learned"):
+        view = page.locator(f".case-{case} .positional-view")
+        assert view.locator(".main-svg").count() >= 1
+        assert view.locator(".heatmaplayer image").count() == 2  # two heatmaps drawn as images
+    assert page.locator(".case-rotary .positional-view .scatterlayer .js-line").count() == 3
+    assert "Rotary" in page.locator(".case-rotary .positional-view").inner_text()
+    assert "Learned" in page.locator(".case-learned .positional-view").inner_text()
+    page.locator(".case-rotary .positional-view").screenshot(path=str(OUTPUT / "positional-rotary.png"))
+    page.locator(".case-learned .positional-view").screenshot(path=str(OUTPUT / "positional-learned.png"))
+
+
+def test_html_in_tokens_shows_as_text(page, traces):
+    page, log = page
+    _, trace, _ = traces
+    stepper_view = page.locator(".case-rotary .stepper-view").first
+    stepper_view.locator(".token-text-box.chips span[data-index='3']").click()  # a click on a chip goes to step 3
+    wait_step(page, trace, 3)
+    now = shown(page)
+    assert now["text"] == "".join(trace.tokens[: trace.steps[3].position + 1])
+    assert XSS in now["text"] and now["marked"] == SCRIPT
+    assert any(t.startswith("<img␣src=x") for t in now["ticks"])  # plotly shows the escaped label as text
+    assert stepper_view.locator("img").count() == 0 and page.locator("img[src='x']").count() == 0
+    assert SCRIPT in stepper_view.inner_text()  # the info line, escaped
+    stepper_view.locator(".token-text span[data-index='1']").first.hover()  # hover shows the token as text
+    tip = stepper_view.locator(".token-text-tip").first
+    assert XSS.replace(" ", "␣") in tip.text_content() and "attention" in tip.text_content()
+    page.locator(".case-rotary .stepper-view").screenshot(path=str(OUTPUT / "stepper-hostile.png"))
+    assert log.dialogs == []
+
+
+def test_nothing_of_ours_went_out_and_no_errors(page):
+    page, log = page
+    page.wait_for_timeout(300)
+    assert log.our_blocked() == [], log.our_blocked()
+    assert log.page_errors == [], log.page_errors
+    assert log.our_console_errors() == [], json.dumps(log.our_console_errors())[:2000]
+    assert log.dialogs == []
