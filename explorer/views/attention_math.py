@@ -108,7 +108,8 @@ def _token(trace: Trace, position: int) -> str:
     return f"<code>{escape(visible(trace.tokens[position]))}</code>"
 
 
-TABLE_CSS = "<style>.am-table td,.am-table th{padding:1px 3px;text-align:left;white-space:nowrap}</style>"
+TABLE_CSS = ("<style>.am-table{line-height:1.3}"
+             ".am-table td,.am-table th{padding:1px 3px;text-align:left;white-space:nowrap}</style>")
 
 
 def _table(rows: list[str], header: str) -> str:
