@@ -121,6 +121,9 @@ def test_follows_and_updates_the_shared_selection(tiny_trace):
     assert view.step == 7 and sel.step == 7
     view.text.selected = 5  # a click in the text selects that token
     assert sel.token == 5
+    view.close()  # a closed view lets go of the shared selection, which outlives it
+    sel.step = 1
+    assert view.slider.value == 7
 
 
 def test_a_trace_with_no_generated_tokens_gets_a_message(tiny_trace):

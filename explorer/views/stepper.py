@@ -120,6 +120,12 @@ class StepperView(widgets.VBox):
         self.text.observe(lambda c: setattr(sel, "token", c["new"]) if c["new"] >= 0 else None, "selected")
         sel.observe(self._on_selection, ["step", "layer", "head"])
 
+    def close(self) -> None:
+        """Close the view and stop following the shared selection (which outlives it)."""
+        if self.trace.steps:
+            self.selection.unobserve(self._on_selection, ["step", "layer", "head"])
+        super().close()
+
     @property
     def step(self) -> int:
         return self.slider.value
