@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -105,11 +106,13 @@ def _copied_right(model: GPT, examples: list[list[int]], length: int) -> int:
 def main() -> None:
     from .checkpoint import save
 
+    task = CopyTask()
     started = time.perf_counter()
-    model, losses = train()
+    model, losses = train(task)
     seconds = time.perf_counter() - started
-    score = accuracy(model)
-    path = save(model, losses=losses, training={"seconds": round(seconds, 1), "accuracy": score})
+    score = accuracy(model, task)
+    record = {"seconds": round(seconds, 1), "accuracy": score, "threads": 1, "torch": torch.__version__}
+    path = save(model, losses=losses, task={"name": "copy", **asdict(task)}, training=record)
     print(f"trained in {seconds:.1f} s, final loss {losses[-1]:.4f}, copy accuracy {score:.3f}: {path}")
 
 
