@@ -157,8 +157,8 @@ class TextbookLM:
             description=SINUSOIDAL,
         )
         tokens = [self.vocab[i] for i in token_ids]
-        return Trace(tokens, token_ids, n_prompt, layers, steps, positional, self.info(), settings, timings,
-                     pieces=list(tokens))
+        return Trace(tokens=tokens, token_ids=token_ids, n_prompt=n_prompt, layers=layers, steps=steps,
+                     positional=positional, model=self.info(), settings=settings, timings=timings, pieces=list(tokens))
 
     def __repr__(self) -> str:
         c = self.model.config
