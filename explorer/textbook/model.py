@@ -86,8 +86,8 @@ class CausalSelfAttention(nn.Module):
         mask = torch.full((T, T), float("-inf"), device=X.device).triu(diagonal=1)
         A = torch.softmax(scores + mask, dim=-1)
         heads = A @ V
-        self.internals = AttentionInternals(query=Q.detach(), key=K.detach(), value=V.detach(),
-                                            scores=scores.detach(), mask=mask, weights=A.detach(), output=heads.detach())
+        self.internals = AttentionInternals(query=Q.detach(), key=K.detach(), value=V.detach(), scores=scores.detach(),
+                                            mask=mask, weights=A.detach(), output=heads.detach())
         concat = heads.transpose(1, 2).reshape(B, T, C)
         return self.W_O(concat)
 
