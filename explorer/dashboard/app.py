@@ -150,6 +150,7 @@ class Dashboard(widgets.VBox):
         if self.lm is None or self.generate_button.disabled:
             return None
         self.generate_button.disabled = True
+        self._say("")
         try:
             settings = self._settings()
             total = settings["max_new_tokens"]
@@ -164,6 +165,7 @@ class Dashboard(widgets.VBox):
             trace = self.lm.generate(self.prompt.value, progress=False, on_token=on_token, **settings)
             seconds = time.perf_counter() - started
             self.show_trace(trace, f"Generated {trace.n_generated} tokens in {seconds:.1f} s.")
+            self.progress.value = self.progress.max  # done, also when an end-of-text token stopped it early
             self.progress_label.value = f"{trace.n_generated} tokens, {seconds:.1f} s"
             return trace
         except ExplorerError as e:

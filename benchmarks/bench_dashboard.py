@@ -1,0 +1,121 @@
+"""Dashboard figures in a real browser: start-up to first trace drawn (cold and with a preheated kernel),
+kernel memory over 20 Generate presses, and four browser sessions at once.
+
+    .venv/bin/python benchmarks/bench_dashboard.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from test_browser_dashboard import start_dashboard, stop  # noqa: E402
+from voila_harness import browser, offline_page  # noqa: E402
+
+DRAWN = "() => /step 0 of/.test(document.querySelector('.stepper-view')?.innerText || '')"
+
+
+def kernel_rss_mb(server_pid: int) -> dict[int, float]:
+    """Resident memory of each ipykernel started by the server, from /proc."""
+    out = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            pid = int(status.parent.name)
+            cmdline = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except (OSError, ValueError):
+            continue
+        if b"ipykernel" in cmdline and int(fields.get("PPid", 0)) == server_pid:
+            out[pid] = int(fields["VmRSS"].split()[0]) / 1024
+    return out
+
+
+def first_draw(*args: str) -> float:
+    """Seconds from starting `attention-explorer dashboard` to the first trace drawn in Chromium."""
+    started = time.monotonic()
+    proc, url, _ = start_dashboard(*args)
+    try:
+        with browser() as b:
+            page, _ = offline_page(b)
+            if "--preheat_kernel=True" in args:
+                time.sleep(15)  # let the pool execute the notebook, as it would before a user arrives
+                started = time.monotonic()
+            page.goto(url, timeout=180_000)
+            page.wait_for_function(DRAWN, timeout=180_000)
+            return time.monotonic() - started
+    finally:
+        stop(proc)
+
+
+def presses(n: int = 20) -> tuple[list[float], list[float], int]:
+    proc, url, _ = start_dashboard()
+    try:
+        with browser() as b:
+            page, log = offline_page(b)
+            page.goto(url, timeout=180_000)
+            page.wait_for_function(DRAWN, timeout=180_000)
+            page.locator(".ae-dashboard input[type=checkbox]").first.uncheck()
+            page.locator(".ae-prompt textarea").fill("The cat sat on the mat and")
+            page.locator(".ae-max-new-tokens input").fill("24")
+            page.locator(".ae-max-new-tokens input").press("Enter")
+            rss, seconds, drawn = [], [], 0
+            for i in range(n):
+                page.locator(".ae-message").evaluate("el => el.innerText = ''")
+                t = time.monotonic()
+                page.locator(".ae-generate").click()
+                page.wait_for_function("() => /Generated 24 tokens/.test(document.querySelector('.ae-message').innerText)"
+                                       " && /step 0 of 24/.test(document.querySelector('.stepper-view')?.innerText || '')",
+                                       timeout=120_000)
+                seconds.append(time.monotonic() - t)
+                drawn += 1
+                rss.append(sum(kernel_rss_mb(proc.pid).values()))
+            return rss, seconds, drawn
+    finally:
+        stop(proc)
+
+
+def sessions(n: int = 4) -> list[str]:
+    proc, url, _ = start_dashboard()
+    results = [""] * n
+
+    def one(i: int) -> None:
+        try:
+            with browser() as b:
+                page, log = offline_page(b)
+                t = time.monotonic()
+                page.goto(url, timeout=300_000)
+                page.wait_for_function(DRAWN, timeout=300_000)
+                results[i] = f"drawn in {time.monotonic() - t:.1f} s"
+        except Exception as e:  # report, do not hide
+            results[i] = f"FAILED: {type(e).__name__}: {str(e)[:120]}"
+
+    try:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
+    finally:
+        stop(proc)
+
+
+def main() -> None:
+    cold = first_draw()
+    print(f"start-up to first trace drawn: {cold:.1f} s   (target <= 15 s)")
+    warm = first_draw("--preheat_kernel=True", "--pool_size=1")
+    print(f"page open to first trace drawn, preheated kernel: {warm:.1f} s   (target <= 6 s)")
+    rss, seconds, drawn = presses()
+    growth = (rss[-1] - rss[0]) / rss[0]
+    print(f"20 Generate presses: {drawn}/20 drawn, median {statistics.median(seconds):.1f} s a press; kernel RSS "
+          f"{rss[0]:.0f} MB after the first, {rss[-1]:.0f} MB after the last: {growth:+.1%}   (target < +10 %)")
+    print("four browser sessions at once:", "; ".join(sessions()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""The dashboard as a new user meets it: started by the real command, driven in headless Chromium, offline."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from voila_harness import OUTPUT, browser, free_port, offline_page
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CLI = str(Path(sys.executable).with_name("attention-explorer"))
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def start_dashboard(*args: str, timeout: float = 180):
+    """Run `attention-explorer dashboard ARGS` on a free port; return (process, url, seconds to serve)."""
+    port = free_port()
+    OUTPUT.mkdir(exist_ok=True)
+    log = open(OUTPUT / f"dashboard-{port}.log", "w")
+    started = time.monotonic()
+    proc = subprocess.Popen([CLI, "dashboard", "--port", str(port), *args], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}/"
+    while time.monotonic() - started < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the dashboard exited with {proc.returncode}: see {log.name}")
+        try:
+            urllib.request.urlopen(url + "voila/static/voila.js", timeout=2).close()
+            return proc, url, time.monotonic() - started
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the dashboard did not start")
+
+
+def stop(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def hostile_trace(tmp_path_factory):
+    """A saved trace (tiny GPT-2) whose tokens hold HTML, to load through the page."""
+    from conftest import make_tiny_lm
+
+    trace = make_tiny_lm("gpt2").generate("hello", max_new_tokens=6, progress=False)
+    trace.tokens[2] = HOSTILE
+    trace.steps[1].token = trace.tokens[trace.steps[1].position] = "</script><b>bold</b>"
+    path = tmp_path_factory.mktemp("traces") / "hostile.trace"
+    trace.save(path)
+    return path
+
+
+def upload(page, path) -> None:
+    """Choose a file with the Load trace button, as a user does."""
+    with page.expect_file_chooser() as chooser:
+        page.locator(".ae-upload").click()
+    chooser.value.set_files(str(path))
+
+
+def wait_error(page, pattern: str) -> str:
+    """Wait until the page shows an error message matching `pattern`."""
+    text = wait_message(page, pattern, timeout=60_000)
+    assert page.locator(".ae-message .ae-error").count() == 1, text
+    return text
+
+
+def wait_message(page, pattern: str, timeout=120_000) -> str:
+    try:
+        page.wait_for_function(
+            "p => new RegExp(p).test(document.querySelector('.ae-message')?.innerText || '')", arg=pattern,
+            timeout=timeout,
+        )
+    except Exception:
+        page.screenshot(path=str(OUTPUT / "dashboard-failure.png"), full_page=True)
+        raise
+    return page.locator(".ae-message").inner_text()
+
+
+def step_info(page) -> str:
+    return page.locator(".stepper-view").first.inner_text()
+
+
+def test_a_new_user_generates_scrubs_selects_loads_and_meets_clear_errors(hostile_trace):
+    proc, url, _ = start_dashboard()
+    try:
+        with browser() as b:
+            page, log = offline_page(b, viewport=(1400, 1100))
+            page.goto(url, timeout=180_000)
+            wait_message(page, r"Generated \d+ tokens")  # the chat answer may end before 20 tokens
+            page.wait_for_selector(".stepper-view")
+            assert "SmolLM2-135M-Instruct" in page.locator(".ae-facts").inner_text()
+            assert "9 query / 3 key-value" in page.locator(".ae-facts").inner_text()
+
+            # type a prompt and generate (no chat template: plain continuation, 8 tokens)
+            page.locator(".ae-prompt textarea").fill("The cat sat on the")
+            page.locator(".ae-dashboard input[type=checkbox]").first.uncheck()
+            page.locator(".ae-max-new-tokens input").fill("8")
+            page.locator(".ae-max-new-tokens input").press("Enter")
+            page.locator(".ae-generate").click()
+            page.wait_for_function("() => /step 0 of 8/.test((document.querySelector('.stepper-view')?.innerText || ''))",
+                                   timeout=120_000)
+            wait_message(page, r"Generated 8 tokens")
+            assert re.search(r"step 0 of 8", step_info(page))
+            page.wait_for_function(  # the views now show the new text (spaces are drawn visible)
+                "() => /The\\W+cat\\W+sat\\W+on\\W+the/.test((document.querySelector('.stepper-view')?.innerText || ''))",
+                timeout=120_000)
+            assert page.locator(".ae-progress-label").inner_text().startswith("8 tokens")
+
+            # scrub the stepper with the keyboard
+            page.locator(".stepper-view .slider-container .noUi-handle, .stepper-view .ui-slider-handle").first.focus()
+            page.keyboard.press("ArrowRight")
+            page.wait_for_function("() => /step 1 of 8/.test((document.querySelector('.stepper-view')?.innerText || ''))")
+            page.keyboard.press("ArrowRight")
+            page.wait_for_function("() => /step 2 of 8/.test((document.querySelector('.stepper-view')?.innerText || ''))")
+
+            # switch the head: the most-attended line is recomputed for that head
+            before = page.locator(".stepper-view").inner_text()
+            page.locator(".stepper-view select").nth(1).select_option(label="head 4")
+            page.wait_for_function("() => /head 4: most attended/.test((document.querySelector('.stepper-view')?.innerText || ''))")
+            assert page.locator(".stepper-view").inner_text() != before
+
+            # the heatmap tab opens on the same layer and head; clicking a token label selects it there
+            page.get_by_role("tab", name="Heatmap").click()
+            page.wait_for_selector(".explorer-view canvas")
+            page.screenshot(path=str(OUTPUT / "dashboard-heatmap.png"), full_page=True)
+            page.get_by_role("tab", name="Step through").click()
+
+            # errors show in the page and lose nothing
+            page.locator(".ae-prompt textarea").fill("")
+            page.locator(".ae-generate").click()
+            wait_error(page, "prompt is empty")
+            assert re.search(r"step \d of 8", step_info(page))  # the last trace is still shown
+            page.locator(".ae-prompt textarea").fill("Hello")
+            page.locator(".ae-max-new-tokens input").fill("0")
+            page.locator(".ae-max-new-tokens input").press("Enter")
+            page.locator(".ae-generate").click()
+            wait_error(page, "max_new_tokens must be at least 1")
+            page.locator(".ae-max-new-tokens input").fill("5")
+            page.locator(".ae-max-new-tokens input").press("Enter")
+            page.locator(".ae-mode button", has_text="sample").click()
+            page.locator(".ae-top-p input").fill("1.5")
+            page.locator(".ae-top-p input").press("Enter")
+            page.locator(".ae-generate").click()
+            wait_error(page, r"top_p must be in \(0, 1\]")
+            not_a_trace = hostile_trace.with_name("notes.trace")
+            not_a_trace.write_text("this is not a trace")
+            upload(page, not_a_trace)
+            wait_error(page, "notes.trace: the file is not a readable attention-explorer trace")
+            assert re.search(r"step \d of 8", step_info(page))
+
+            # the kernel lives on: a sampled generation with a seed
+            page.locator(".ae-top-p input").fill("0.9")
+            page.locator(".ae-top-p input").press("Enter")
+            page.locator(".ae-seed input").fill("3")
+            page.locator(".ae-seed input").press("Enter")
+            page.locator(".ae-generate").click()
+            page.wait_for_function("() => /step 0 of 5/.test((document.querySelector('.stepper-view')?.innerText || ''))",
+                                   timeout=120_000)
+            wait_message(page, r"Generated 5 tokens")
+
+            # load a saved trace: its HTML tokens show as text, and nothing runs
+            upload(page, hostile_trace)
+            wait_message(page, r"Loaded hostile.trace")
+            text = page.locator(".stepper-view").inner_text()
+            assert HOSTILE in text and "</script><b>bold</b>" in text
+            assert page.locator(".stepper-view img[src=x]").count() == 0
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(OUTPUT / "dashboard-loaded.png"), full_page=True)
+            assert log.dialogs == [] and log.page_errors == []
+            assert log.our_blocked() == [], log.our_blocked()
+            assert log.our_console_errors() == [], log.our_console_errors()
+    finally:
+        stop(proc)
+
+
+def test_a_saved_trace_is_shown_with_no_model(hostile_trace):
+    proc, url, _ = start_dashboard("--trace", str(hostile_trace))
+    try:
+        with browser() as b:
+            page, log = offline_page(b)
+            page.goto(url, timeout=120_000)
+            wait_message(page, r"Loaded .*hostile.trace")
+            assert "no model is loaded" in page.locator(".ae-dashboard").inner_text()
+            assert page.locator(".ae-generate").count() == 0
+            assert "tiny-gpt2" in page.locator(".ae-facts").inner_text()
+            assert HOSTILE in page.locator(".stepper-view").inner_text()
+            assert log.dialogs == [] and log.page_errors == [] and log.our_blocked() == []
+    finally:
+        stop(proc)
+
+
+def test_a_bad_trace_is_refused_before_serving(tmp_path):
+    bad = tmp_path / "bad.trace"
+    bad.write_bytes(b"\x00" * 64)
+    out = subprocess.run([CLI, "dashboard", "--trace", str(bad)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "not a readable attention-explorer trace" in out.stderr
