@@ -84,6 +84,7 @@ def page(traces):
         page.wait_for_selector(".case-learned .positional-view .main-svg", timeout=60_000)
         page.wait_for_function("document.querySelectorAll('.token-text[data-draw-count]').length >= 2")
         page.wait_for_function("document.querySelectorAll('.stepper-view .xtick text').length >= 2")
+        assert page.locator(".stepper-view .js-plotly-plot").count() == 1  # one FigureWidget for both charts
         page.screenshot(path=str(OUTPUT / "stepper-load.png"), full_page=True)
         yield page, log
         page.screenshot(path=str(OUTPUT / "stepper-end.png"), full_page=True)
@@ -96,7 +97,7 @@ def shown(page) -> dict:
     now = text.evaluate("(el) => ({highlight: +el.dataset.highlight, text: (" + SHOWN_TEXT + ")(el),"
                         " marked: el.querySelector('span.highlight').textContent})")
     now["ticks"] = root.locator(".xtick text").all_text_contents()
-    now["title"] = root.locator(".gtitle").first.text_content()
+    now["title"] = next(t for t in root.locator(".annotation-text").all_text_contents() if t.startswith("step "))
     return now
 
 
@@ -105,7 +106,7 @@ def wait_step(page, trace, step: int) -> None:
     page.wait_for_function(
         "([position, title]) => { const root = document.querySelector('.case-rotary .stepper-view');"
         " return root.querySelector('.token-text').dataset.highlight == position"
-        " && root.querySelector('.gtitle')?.textContent.startsWith(title); }",
+        " && [...root.querySelectorAll('.annotation-text')].some(a => a.textContent.startsWith(title)); }",
         arg=[str(trace.steps[step].position), f"step {step}:"])
 
 

@@ -68,7 +68,7 @@ def test_bars_hold_the_model_and_sampling_probabilities_of_the_step(tiny_trace):
     view = stepper(tiny_trace)
     for step in tiny_trace.steps:
         view.step = step.index
-        model, sampling = view.bars.data
+        model, sampling = view.charts.data[:2]
         k = len(step.top_k)
         assert list(model.y[:k]) == [c.prob for c in step.top_k]
         assert list(model.x[:k]) == unique_labels([c.token for c in step.top_k], [c.token_id for c in step.top_k])
@@ -77,16 +77,28 @@ def test_bars_hold_the_model_and_sampling_probabilities_of_the_step(tiny_trace):
             assert sampling.y[ids.index(c.token_id)] == c.prob
         chosen = ids.index(step.token_id)
         assert model.y[chosen] == step.prob and sampling.y[chosen] == step.sampling_prob
-        assert view.bars.layout.annotations[0].x == model.x[chosen]
+        assert view.charts.layout.annotations[2].x == model.x[chosen]  # the "chosen" mark
+        assert view.charts.layout.annotations[0].text.startswith(f"step {step.index}: chose")
         assert model.marker.line.width[chosen] > 0 and sum(w > 0 for w in model.marker.line.width) == 1
         # the tiny trace was sampled at temperature 0.8: the two distributions differ and both show
         assert sampling.visible is True
 
 
 def test_greedy_steps_show_one_distribution(tiny_trace):
-    greedy_steps = [dataclasses.replace(s, sampling_top_k=list(s.top_k), sampling_prob=s.prob) for s in tiny_trace.steps]
-    fig = probability_chart(dataclasses.replace(tiny_trace, steps=greedy_steps), 0)
+    greedy_steps = [dataclasses.replace(s, sampling_top_k=list(s.top_k), sampling_prob=s.prob,
+                                        sampling_entropy=s.entropy) for s in tiny_trace.steps]
+    greedy = dataclasses.replace(tiny_trace, steps=greedy_steps)
+    fig = probability_chart(greedy, 0)
     assert fig.data[1].visible is False and not fig.layout.showlegend
+    charts = stepper(greedy).charts
+    assert charts.data[1].visible is False and charts.data[3].visible is False and not charts.layout.showlegend
+
+
+def test_probability_chart_alone_matches_the_stepper(tiny_trace):
+    fig, charts = probability_chart(tiny_trace, 5), stepper(tiny_trace, Selection(step=5)).charts
+    for alone, inside in zip(fig.data, charts.data[:2]):
+        assert alone.x == inside.x and alone.y == inside.y
+    assert fig.layout.title.text == charts.layout.annotations[0].text
 
 
 def test_entropy_series_and_current_step_marker(tiny_trace):
@@ -95,8 +107,9 @@ def test_entropy_series_and_current_step_marker(tiny_trace):
     assert list(fig.data[1].y) == [s.sampling_entropy for s in tiny_trace.steps]
     view = stepper(tiny_trace)
     view.step = 4
-    assert list(view.entropy.data[0].y) == [s.entropy for s in tiny_trace.steps]
-    assert list(view.entropy.data[2].x) == [4] and list(view.entropy.data[2].y) == [tiny_trace.steps[4].entropy]
+    assert list(view.charts.data[2].y) == [s.entropy for s in tiny_trace.steps]
+    assert list(view.charts.data[3].y) == [s.sampling_entropy for s in tiny_trace.steps]
+    assert list(view.charts.data[4].x) == [4] and list(view.charts.data[4].y) == [tiny_trace.steps[4].entropy]
 
 
 def test_strip_colours_tokens_by_their_probability(tiny_trace):
@@ -148,8 +161,8 @@ def test_html_in_tokens_is_escaped_everywhere(tiny_trace):
     assert view.text.tokens[1] == XSS and view.text.shown_text.endswith(SCRIPT)
     fig_text = probability_chart(hostile, 1).to_json()
     assert "<img" not in fig_text and "<script" not in fig_text and "</script" not in fig_text
-    assert label(XSS) in list(view.bars.data[0].x) and label(XSS).startswith("&lt;img")
-    assert "<" not in view.bars.layout.title.text
+    assert label(XSS) in list(view.charts.data[0].x) and label(XSS).startswith("&lt;img")
+    assert all("<" not in a.text for a in view.charts.layout.annotations)
 
 
 def test_token_helpers_escape_and_show_whitespace():

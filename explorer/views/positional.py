@@ -22,7 +22,7 @@ from ..trace import Positional, Trace
 from .selection import Selection
 
 MAX_SIZE = 200  # rows or columns plotted at most, per heatmap
-ROTARY_POSITIONS = 256  # rotary pictures cover at least this many positions (computed from inv_freq)
+ROTARY_POSITIONS = MAX_SIZE  # rotary pictures cover at least this many positions (computed from inv_freq)
 
 HOW_TO_READ = {
     "learned": (

@@ -1,7 +1,7 @@
 """Charts of the per-step probabilities: the top candidates of one step, and the entropy over all steps.
 
-Both return a plain plotly `go.Figure`; the stepper wraps each in one FigureWidget and updates it in place
-with `probability_update` / `entropy_marker`, so the dashboard can reuse the same figures.
+Both return a plain plotly `go.Figure`. The stepper shows both in one figure (`step_figure`), wrapped in a single
+FigureWidget and moved from step to step in place (`show_step`).
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def candidate_bars(step: Step) -> dict:
     }
 
 
-def probability_update(trace: Trace, step: int) -> tuple[list[dict], dict]:
-    """The (trace updates, layout updates) that show step `step`; shared by the figure and the live widget."""
+def _bar_step(trace: Trace, step: int) -> dict:
+    """What the bar chart shows at `step`: the two bar traces, a title, the chosen bar's label and the y range."""
     s = trace.steps[step]
     bars = candidate_bars(s)
     n = len(bars["labels"])
@@ -62,16 +62,44 @@ def probability_update(trace: Trace, step: int) -> tuple[list[dict], dict]:
                              line=dict(width=outline, color="black")))
     sampling = dict(x=bars["labels"], y=bars["sampling"], customdata=bars["token_ids"], visible=bars["differs"],
                     marker=dict(color=SAMPLING_COLOUR, line=dict(width=outline, color="black")))
-    chosen = bars["labels"][bars["chosen"]]
     top = max(p for p in [*bars["model"], *(bars["sampling"] if bars["differs"] else [])] if p is not None)
-    layout = dict(
-        title=dict(text=f"step {step}: chose “{label(s.token)}” · p = {s.prob:.3f} · rank {s.rank}", x=0.01),
-        annotations=[dict(x=chosen, y=top * 1.08, text="▼ chosen", showarrow=False, yanchor="bottom",
-                          font=dict(color=CHOSEN_COLOUR, size=11))],
-        yaxis=dict(range=[0, top * 1.25], title="probability"),
-        showlegend=bars["differs"],
+    return dict(
+        traces=[model, sampling], top=top, differs=bars["differs"], chosen=bars["labels"][bars["chosen"]],
+        title=f"step {step}: chose “{label(s.token)}” · p = {s.prob:.3f} · rank {s.rank}",
     )
-    return [model, sampling], layout
+
+
+def _chosen_mark(shown: dict, **axes) -> dict:
+    return dict(x=shown["chosen"], y=shown["top"] * 1.08, text="▼ chosen", showarrow=False, yanchor="bottom",
+                font=dict(color=CHOSEN_COLOUR, size=11), **axes)
+
+
+def _bars(shown: dict) -> list[go.Bar]:
+    hover = "%{x} (id %{customdata})<br>p = %{y:.4f}<extra>%{fullData.name}</extra>"
+    model, sampling = shown["traces"]
+    return [go.Bar(name="model", legendgroup="model", hovertemplate=hover, **model),
+            go.Bar(name="sampled from", legendgroup="sampling", hovertemplate=hover, **sampling)]
+
+
+def _entropy_lines(trace: Trace, step: int, differs: bool, legend: bool = True) -> list[go.Scatter]:
+    steps = trace.steps
+    x = [s.index for s in steps]
+    tokens = [label(s.token) for s in steps]
+    hover = "step %{x}: %{text}<br>entropy %{y:.3f} nats<extra>%{fullData.name}</extra>"
+    return [
+        go.Scatter(x=x, y=[s.entropy for s in steps], text=tokens, name="model", legendgroup="model",
+                   showlegend=legend, mode="lines+markers", line=dict(color=MODEL_COLOUR), marker=dict(size=4),
+                   hovertemplate=hover),
+        go.Scatter(x=x, y=[s.sampling_entropy for s in steps], text=tokens, name="sampled from",
+                   legendgroup="sampling", showlegend=legend, visible=differs, mode="lines",
+                   line=dict(color=SAMPLING_COLOUR, dash="dot"), hovertemplate=hover),
+        go.Scatter(**entropy_marker(trace, step), name="this step", mode="markers", hoverinfo="skip",
+                   showlegend=legend, marker=dict(size=11, color=CHOSEN_COLOUR, symbol="circle-open", line=dict(width=2))),
+    ]
+
+
+BAR_AXIS = dict(type="category", tickangle=-40, tickmode="linear", dtick=1)  # every candidate labelled
+ENTROPY_TITLE = "entropy of each step (nats): low = sure, high = hesitant"
 
 
 def probability_chart(trace: Trace, step: int) -> go.Figure:
@@ -79,39 +107,20 @@ def probability_chart(trace: Trace, step: int) -> go.Figure:
     model's when they differ (temperature, top-k, top-p)."""
     if not trace.steps:
         raise ValueError("this trace has no generated tokens (it comes from lm.trace(text)): nothing to chart")
-    (model, sampling), layout = probability_update(trace, step)
-    hover = "%{x} (id %{customdata})<br>p = %{y:.4f}<extra>%{fullData.name}</extra>"
-    fig = go.Figure(
-        data=[go.Bar(name="model", hovertemplate=hover, **model),
-              go.Bar(name="sampled from", hovertemplate=hover, **sampling)],
-        layout=dict(barmode="group", height=300, margin=dict(l=50, r=10, t=40, b=70), bargap=0.2,
-                    xaxis=dict(type="category", tickangle=-40, tickmode="linear", dtick=1),  # every label
-                    template="plotly_white"),
-    )
-    fig.update_layout(**layout)
-    return fig
+    shown = _bar_step(trace, step)
+    return go.Figure(data=_bars(shown), layout=dict(
+        barmode="group", height=300, margin=dict(l=50, r=10, t=40, b=70), bargap=0.2, template="plotly_white",
+        title=dict(text=shown["title"], x=0.01), xaxis=BAR_AXIS, showlegend=shown["differs"],
+        yaxis=dict(range=[0, shown["top"] * 1.25], title="probability"), annotations=[_chosen_mark(shown)]))
 
 
 def entropy_chart(trace: Trace, step: int = 0) -> go.Figure:
     """Entropy (nats) of the model's distribution at every step, the sampling one when it differs, `step` marked."""
-    steps = trace.steps
-    x = [s.index for s in steps]
-    tokens = [label(s.token) for s in steps]
-    differs = any(sampling_differs(s) for s in steps)
-    hover = "step %{x}: %{text}<br>entropy %{y:.3f} nats<extra>%{fullData.name}</extra>"
-    data = [
-        go.Scatter(x=x, y=[s.entropy for s in steps], text=tokens, name="model", mode="lines+markers",
-                   line=dict(color=MODEL_COLOUR), marker=dict(size=4), hovertemplate=hover),
-        go.Scatter(x=x, y=[s.sampling_entropy for s in steps], text=tokens, name="sampled from", visible=differs,
-                   mode="lines", line=dict(color=SAMPLING_COLOUR, dash="dot"), hovertemplate=hover),
-        go.Scatter(**entropy_marker(trace, step), name="this step", mode="markers", hoverinfo="skip",
-                   marker=dict(size=11, color=CHOSEN_COLOUR, symbol="circle-open", line=dict(width=2))),
-    ]
-    fig = go.Figure(data=data, layout=dict(
+    differs = any(sampling_differs(s) for s in trace.steps)
+    fig = go.Figure(data=_entropy_lines(trace, step, differs), layout=dict(
         height=300, margin=dict(l=50, r=10, t=40, b=40), template="plotly_white", showlegend=differs,
-        title=dict(text="entropy of each step (nats): low = sure, high = hesitant", x=0.01),
-        xaxis=dict(title="step"), yaxis=dict(rangemode="tozero")))
-    if not steps:
+        title=dict(text=ENTROPY_TITLE, x=0.01), xaxis=dict(title="step"), yaxis=dict(rangemode="tozero")))
+    if not trace.steps:
         fig.add_annotation(text="no generated tokens", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     return fig
 
@@ -121,3 +130,40 @@ def entropy_marker(trace: Trace, step: int) -> dict:
     if not trace.steps:
         return dict(x=[], y=[])
     return dict(x=[step], y=[trace.steps[step].entropy])
+
+
+def step_figure(trace: Trace, step: int) -> go.Figure:
+    """Both charts side by side in one figure (one FigureWidget costs one plotly.js bundle): traces 0-1 the
+    bars, 2-4 the entropy lines and marker; annotations 0-1 the titles, 2 the chosen mark."""
+    from plotly.subplots import make_subplots
+
+    shown = _bar_step(trace, step)
+    differs = any(sampling_differs(s) for s in trace.steps)
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45], horizontal_spacing=0.08,
+                        subplot_titles=(shown["title"], ENTROPY_TITLE))
+    fig.add_traces(_bars(shown) + _entropy_lines(trace, step, differs, legend=False),
+                   rows=[1, 1, 1, 1, 1], cols=[1, 1, 2, 2, 2])
+    fig.update_annotations(font_size=14, x=0, xanchor="left", selector=dict(text=shown["title"]))
+    fig.update_annotations(font_size=14, selector=dict(text=ENTROPY_TITLE))
+    fig.add_annotation(_chosen_mark(shown, xref="x", yref="y"))
+    # a FigureWidget does not follow its box's width: a fixed width that fits a laptop screen
+    fig.update_layout(barmode="group", bargap=0.2, height=330, width=1100, margin=dict(l=55, r=10, t=40, b=75),
+                      template="plotly_white", showlegend=differs, legend=dict(orientation="h", x=1, xanchor="right",
+                                                                                  y=-0.32, yanchor="top"))
+    fig.update_xaxes(BAR_AXIS, row=1, col=1)
+    fig.update_yaxes(range=[0, shown["top"] * 1.25], title_text="probability", row=1, col=1)
+    fig.update_xaxes(title_text="step", row=1, col=2)
+    fig.update_yaxes(rangemode="tozero", title_text="nats", row=1, col=2)
+    return fig
+
+
+def show_step(fig: go.FigureWidget, trace: Trace, step: int) -> None:
+    """Move a `step_figure` (as a FigureWidget) to another step, in place, in one message."""
+    shown = _bar_step(trace, step)
+    with fig.batch_update():
+        for bars, update in zip(fig.data[:2], shown["traces"]):
+            bars.update(update)
+        fig.data[4].update(entropy_marker(trace, step))
+        fig.layout.annotations[0].text = shown["title"]
+        fig.layout.annotations[2].update(x=shown["chosen"], y=shown["top"] * 1.08)
+        fig.layout.yaxis.range = [0, shown["top"] * 1.25]

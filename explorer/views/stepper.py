@@ -4,8 +4,8 @@ candidates it was chosen from.
     view = explorer.views.stepper(trace)        # a slider and a play button over the steps
 
 Per step only small things cross to the browser: one attention row as float32 bytes, the bar chart's few
-candidates and the entropy marker. The tokens go over once. Two plotly FigureWidgets at most (each instance
-sends plotly.js again), built with their data and updated in place.
+candidates and the entropy marker. The tokens go over once. One plotly FigureWidget for both charts (each
+instance sends plotly.js again), built with its data and updated in place.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 import traitlets
 
 from ..trace import Trace
-from .probabilities import entropy_chart, entropy_marker, probability_chart, probability_update
+from .probabilities import show_step, step_figure
 from .selection import Selection
 from .tokens_html import token_span
 
@@ -97,13 +97,12 @@ class StepperView(widgets.VBox):
             titles=[f"step {s.index} · p {s.prob:.4f} · rank {s.rank} · entropy {s.entropy:.3f} nats" for s in generated],
         )
         self.strip.set_values(np.array([s.prob for s in generated], dtype=np.float32))
-        # fixed widths: a FigureWidget does not follow its box; the row wraps on narrow pages
-        self.bars = go.FigureWidget(probability_chart(trace, step).update_layout(width=600))
-        self.entropy = go.FigureWidget(entropy_chart(trace, step).update_layout(width=560))
+        # one FigureWidget for both charts: each instance sends and parses plotly.js (~5 MB) again, and two of
+        # them made anywidget's 2 s start-up timer fail now and then on a busy machine
+        self.charts = go.FigureWidget(step_figure(trace, step))
         self._show(step)
 
         controls = widgets.HBox([self.play, self.slider, self.layer, self.head])
-        charts = widgets.HBox([self.bars, self.entropy], layout=widgets.Layout(flex_flow="row wrap"))
         self.children = [
             controls, self.info,
             widgets.HTML("<b>Text so far</b>: the new token outlined in red; blue = how much it attended to "
@@ -111,7 +110,7 @@ class StepperView(widgets.VBox):
             self.text, self.focus,
             widgets.HTML("<b>Generated tokens</b>: green = the probability the model gave each one "
                          "(hover for probability, rank and entropy; click to go to that step)"),
-            self.strip, charts,
+            self.strip, self.charts,
         ]
         self.slider.observe(lambda c: self._show(c["new"]), "value")
         self.layer.observe(self._on_head, "value")
@@ -154,14 +153,7 @@ class StepperView(widgets.VBox):
             self.text.highlight = s.position
         self.strip.highlight = step
         self._describe(step)
-        traces, layout = probability_update(self.trace, step)
-        with self.bars.batch_update():
-            for shown, update in zip(self.bars.data, traces):
-                shown.update(update)
-            self.bars.layout.annotations = layout.pop("annotations")
-            self.bars.update_layout(layout)
-        with self.entropy.batch_update():
-            self.entropy.data[2].update(entropy_marker(self.trace, step))
+        show_step(self.charts, self.trace, step)
 
     def _describe(self, step: int) -> None:
         s = self.trace.steps[step]
