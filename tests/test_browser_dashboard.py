@@ -175,6 +175,7 @@ def test_a_new_user_generates_scrubs_selects_loads_and_meets_clear_errors(hostil
             wait_message(page, r"Loaded hostile.trace")
             text = page.locator(".stepper-view").inner_text()
             assert HOSTILE in text and "</script><b>bold</b>" in text
+            assert "tiny-gpt2" in page.locator(".ae-facts").inner_text()  # the facts follow the shown trace
             assert page.locator(".stepper-view img[src=x]").count() == 0
             page.wait_for_timeout(500)
             page.screenshot(path=str(OUTPUT / "dashboard-loaded.png"), full_page=True)

@@ -75,10 +75,8 @@ class Dashboard(widgets.VBox):
         )
         main = widgets.VBox([self.message, self.explorer], layout=widgets.Layout(flex="1", overflow="auto"))
         self.children = [widgets.HTML(_STYLE), widgets.HBox([sidebar, main])]
-        if lm is not None:
-            self.facts.value = _facts_html(lm.info(), "loaded model")
         if trace is not None:
-            self.show_trace(trace, "")
+            self.show_trace(trace, "", source="given trace")
 
     # --- controls
     def _build_controls(self, prompt: str) -> None:
@@ -177,13 +175,12 @@ class Dashboard(widgets.VBox):
             self.generate_button.disabled = False
         return None
 
-    def show_trace(self, trace: Trace, note: str) -> None:
-        """Draw `trace` in every view (replacing the previous one) and say what happened."""
+    def show_trace(self, trace: Trace, note: str, source: str = "generated here") -> None:
+        """Draw `trace` in every view (replacing the previous one) and say what happened and whose it is."""
         self.trace = trace
         self.explorer.set_trace(trace)
         self.links.value = ""
-        if self.lm is None:
-            self.facts.value = _facts_html(trace.model, "saved trace")
+        self.facts.value = _facts_html(trace.model, source)
         gc.collect()  # the old trace's arrays go now, not at some later collection
         self._say(note)
 
@@ -201,7 +198,7 @@ class Dashboard(widgets.VBox):
                 return
             finally:
                 self.upload.value = ()
-        self.show_trace(trace, f"Loaded {item['name']}: {trace.n_tokens} tokens.")
+        self.show_trace(trace, f"Loaded {item['name']}: {trace.n_tokens} tokens.", source=f"file {item['name']}")
 
     def save(self) -> Path | None:
         """Save the current trace next to the notebook and offer it as a download."""
@@ -241,7 +238,7 @@ class Dashboard(widgets.VBox):
         if trace_path:
             board = cls(lm=None)
             try:
-                board.show_trace(load_trace(trace_path), f"Loaded {trace_path}.")
+                board.show_trace(load_trace(trace_path), f"Loaded {trace_path}.", source=f"file {Path(trace_path).name}")
             except ExplorerError as e:
                 board._say(str(e), error=True)
             return board
