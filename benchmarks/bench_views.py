@@ -46,7 +46,7 @@ def synthetic_trace(n_tokens: int, n_layers: int = 30, n_heads: int = 9, kv_head
 
 CELL = """
 import explorer
-from explorer.views.heatmap import heatmap
+from explorer.views.heatmap_view import heatmap
 trace = explorer.load_trace({path!r})
 heatmap(trace, layer=3, head=0, window_size=64)
 """
@@ -74,7 +74,7 @@ def run(n_tokens: int, b, folder: Path) -> dict:
     trace = synthetic_trace(n_tokens)
     path = folder / f"synthetic-{n_tokens}.trace"
     trace.save(path)
-    from explorer.views.heads_map import heads_map
+    from explorer.views.heads_map_view import heads_map
 
     started = time.perf_counter()
     hmap = heads_map(trace)

@@ -25,8 +25,8 @@ SCRIPT = "</script><script>alert(2)</script>"
 CELL = """
 import explorer, ipywidgets as W
 from explorer.views import Selection
-from explorer.views.heatmap import heatmap
-from explorer.views.heads_map import heads_map
+from explorer.views.heatmap_view import heatmap
+from explorer.views.heads_map_view import heads_map
 
 trace = explorer.load_trace({path!r})
 sel = Selection()

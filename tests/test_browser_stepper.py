@@ -24,8 +24,8 @@ SCRIPT = "</script><script>alert(2)</script>"
 CELL = """
 import explorer
 from ipywidgets import HTML, VBox
-from explorer.views.stepper import stepper
-from explorer.views.positional import positional
+from explorer.views.stepper_view import stepper
+from explorer.views.positional_view import positional
 
 def case(name, *views):
     box = VBox([HTML("<h3>" + name + "</h3>"), *views])

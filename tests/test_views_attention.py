@@ -17,8 +17,8 @@ from explorer.trace import Positional, QueryKeyLayer, Trace
 from explorer.views import Selection
 from explorer.views import attention_data as ad
 from explorer.views.export import standalone_html, to_json
-from explorer.views.heads_map import heads_map
-from explorer.views.heatmap import heatmap
+from explorer.views.heads_map_view import heads_map
+from explorer.views.heatmap_view import heatmap
 
 XSS = "<img src=x onerror=alert(1)>"
 SCRIPT = "</script><script>alert(2)</script>&amp;"
@@ -249,7 +249,7 @@ def test_views_import_no_torch(tiny_trace, tmp_path):
     code = (
         "import sys, explorer\n"
         f"t = explorer.load_trace({str(tmp_path / 't.trace')!r})\n"
-        "import explorer.views.heatmap as a, explorer.views.heads_map as b, explorer.views.export as e\n"
+        "import explorer.views.heatmap_view as a, explorer.views.heads_map_view as b, explorer.views.export as e\n"
         "a.heatmap(t); b.heads_map(t)\n"
         f"e.standalone_html(t, {str(tmp_path / 'p.html')!r})\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch was imported'\n"

@@ -13,7 +13,7 @@ import pytest
 from explorer.trace import Candidate
 from explorer.views import Selection
 from explorer.views.probabilities import entropy_chart, probability_chart
-from explorer.views.stepper import MEAN, StepperView, stepper
+from explorer.views.stepper_view import MEAN, StepperView, stepper
 from explorer.views.tokens_html import label, token_span, tokens_html, unique_labels, visible
 
 XSS = "<img src=x onerror=alert(1)>"
@@ -200,7 +200,7 @@ def test_views_do_not_import_torch(tmp_path, tiny_trace):
     tiny_trace.save(path)
     code = (
         "import sys, explorer\n"
-        "from explorer.views.stepper import stepper\nfrom explorer.views.positional import positional\n"
+        "from explorer.views.stepper_view import stepper\nfrom explorer.views.positional_view import positional\n"
         f"t = explorer.load_trace({str(path)!r})\nstepper(t); positional(t)\n"
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\nassert not bad, bad\n"
     )

@@ -27,7 +27,7 @@ class _Progress(BaseStreamer):
 
     def __init__(self, total: int, show: bool, callback: Callable[[int, int], None] | None):
         self.total, self.done, self.callback = total, 0, callback
-        self.bar = tqdm(total=total, desc="generating", unit="tok", disable=not show, leave=False)
+        self.bar = tqdm(total=total, desc="generating", unit="tok", disable=not show)
         self._prompt_seen = False
 
     def put(self, value):
@@ -40,6 +40,8 @@ class _Progress(BaseStreamer):
             self.callback(self.done, self.total)
 
     def end(self):
+        self.bar.total = self.bar.n  # an end-of-text token may stop it early: that is done, not failed
+        self.bar.refresh()
         self.bar.close()
 
 

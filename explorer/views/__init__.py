@@ -5,18 +5,17 @@
     views.stepper(trace)
 """
 
-# Imported eagerly: several modules share their name with the function they define (heatmap.heatmap), and
-# binding the functions here, after the modules, is what makes `views.heatmap` the function.
+# Modules are named *_view so that `views.heatmap` is always the function, never a submodule of that name.
 from .attention_math import AttentionMathView, attention_math
 from .bertviz_offline import head_view, head_view_html, model_view, model_view_html
 from .explorer_view import ExplorerView, show
 from .export import standalone_html, to_json
-from .heads_map import HeadsMapView, heads_map
-from .heatmap import HeatmapView, heatmap
-from .positional import positional
+from .heads_map_view import HeadsMapView, heads_map
+from .heatmap_view import HeatmapView, heatmap
+from .positional_view import positional
 from .probabilities import entropy_chart, probability_chart
 from .selection import Selection
-from .stepper import StepperView, stepper
+from .stepper_view import StepperView, stepper
 
 __all__ = [
     "AttentionMathView",

@@ -13,10 +13,10 @@ from .selection import Selection
 def _tabs() -> list[tuple[str, Callable]]:
     from .attention_math import attention_math
     from .bertviz_offline import head_view, model_view
-    from .heads_map import heads_map
-    from .heatmap import heatmap
-    from .positional import positional
-    from .stepper import stepper
+    from .heads_map_view import heads_map
+    from .heatmap_view import heatmap
+    from .positional_view import positional
+    from .stepper_view import stepper
 
     def bertviz(trace, selection):
         return widgets.VBox([head_view(trace, selection=selection), model_view(trace, selection=selection)])

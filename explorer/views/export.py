@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .heads_map import HeadsMapView
-from .heatmap import HeatmapView
+from .heads_map_view import HeadsMapView
+from .heatmap_view import HeatmapView
 from .tokens_html import visible
 
 HERE = Path(__file__).parent

@@ -31,7 +31,7 @@ def label(token: str, max_chars: int = 24) -> str:
     text = visible(token)
     if len(text) > max_chars:
         text = text[: max_chars - 1] + "…"
-    return escape(text)
+    return html.escape(text, quote=False)  # plotly decodes &lt; &gt; &amp; but shows &quot; as it is
 
 
 def unique_labels(tokens: Sequence[str], token_ids: Sequence[int]) -> list[str]:
