@@ -65,12 +65,12 @@ def presses(n: int = 20) -> tuple[list[float], list[float], int]:
             page.locator(".ae-max-new-tokens input").press("Enter")
             rss, seconds, drawn = [], [], 0
             for i in range(n):
-                page.locator(".ae-message").evaluate("el => el.innerText = ''")
                 t = time.monotonic()
                 page.locator(".ae-generate").click()
-                page.wait_for_function("() => /Generated 24 tokens/.test(document.querySelector('.ae-message').innerText)"
-                                       " && /step 0 of 24/.test(document.querySelector('.stepper-view')?.innerText || '')",
-                                       timeout=120_000)
+                page.wait_for_function(  # the first run was the start-up trace
+                    f"() => /Generated \\d+ tokens .*\\(run {i + 2}\\)/.test(document.querySelector('.ae-message').innerText)"
+                    " && /step 0 of/.test(document.querySelector('.stepper-view')?.innerText || '')",
+                    timeout=120_000)
                 seconds.append(time.monotonic() - t)
                 drawn += 1
                 rss.append(sum(kernel_rss_mb(proc.pid).values()))

@@ -29,8 +29,16 @@ def _prompt_ids(lm, n_tokens: int) -> list[int]:
 
 
 def _prompt_text(lm, n_tokens: int) -> str:
-    """A text that encodes to about n_tokens tokens with this tokenizer."""
-    return lm.tokenizer.decode(_prompt_ids(lm, n_tokens))
+    """A text that encodes to exactly n_tokens tokens with this tokenizer (decoding can merge a few)."""
+    ids = _prompt_ids(lm, 2 * n_tokens)
+    k = n_tokens
+    for _ in range(64):
+        text = lm.tokenizer.decode(ids[:k])
+        have = len(lm.encode(text))
+        if have == n_tokens:
+            break
+        k += n_tokens - have
+    return text
 
 
 def _plain_generate(lm, text: str, new_tokens: int) -> float:

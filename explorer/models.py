@@ -173,7 +173,7 @@ def load_model(
     device="auto" picks cuda, then mps, then cpu; dtype="auto" bfloat16 on CUDA and float32 elsewhere;
     device_map="auto" lets accelerate spread a model too large for one GPU.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
@@ -183,10 +183,20 @@ def load_model(
     source = str(default_model_dir(progress)) if is_default else str(name_or_path)
     name = DEFAULT_MODEL if is_default else str(name_or_path)
     started = time.perf_counter()
+    bars_were_on = hf_logging.is_progress_bar_enabled()
     if not progress:
-        from transformers.utils import logging as hf_logging
-
         hf_logging.disable_progress_bar()
+    try:
+        return _load(source, name, resolved_device, resolved_dtype, device_map, started, **from_pretrained_kwargs)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+
+
+def _load(source, name, resolved_device, resolved_dtype, device_map, started, **from_pretrained_kwargs):
+    """Tokenizer and model from `source`, placed on the device (or spread by device_map)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tokenizer = _from_pretrained(AutoTokenizer, source)
     kwargs = {"dtype": resolved_dtype, **from_pretrained_kwargs}
     if device_map is not None:

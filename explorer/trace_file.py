@@ -77,8 +77,12 @@ def save_trace(trace: Trace, path: str | os.PathLike) -> None:
     metadata = {"format": FORMAT, "version": str(VERSION), "header": json.dumps(header)}
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_trace(path: str | os.PathLike) -> Trace:
@@ -104,7 +108,8 @@ def load_trace(path: str | os.PathLike) -> Trace:
         return _build(header, tensors)
     except TraceFileError:
         raise
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, IndexError, AttributeError,
+            ArithmeticError) as e:
         raise TraceFileError(f"{path} is not a readable attention-explorer trace ({type(e).__name__}: {e})") from e
 
 
@@ -122,7 +127,7 @@ def _build(header: dict, tensors: dict[str, np.ndarray]) -> Trace:
             query, key = tensors[prefix + "query"], tensors[prefix + "key"]
             if query.ndim != 3 or key.ndim != 3 or query.shape[1] != n_tokens or key.shape[1] != n_tokens:
                 raise ValueError(f"layer {i} arrays do not fit {n_tokens} tokens")
-            if query.shape[0] % key.shape[0] or query.shape[2] != key.shape[2]:
+            if not key.shape[0] or query.shape[0] % key.shape[0] or query.shape[2] != key.shape[2]:
                 raise ValueError(f"layer {i} query and key heads do not fit together")
             layers.append(
                 QueryKeyLayer(
@@ -146,6 +151,9 @@ def _build(header: dict, tensors: dict[str, np.ndarray]) -> Trace:
     steps = [_step_from_json(s) for s in header["steps"]]
     if len(steps) != n_tokens - n_prompt:
         raise ValueError("the number of steps does not match the generated tokens")
+    for i, step in enumerate(steps):
+        if step.index != i or step.position != n_prompt + i or step.token_id != token_ids[step.position]:
+            raise ValueError(f"step {i} does not match the token at its position")
     pos = header["positional"]
     positional = Positional(
         kind=str(pos["kind"]),

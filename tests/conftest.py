@@ -37,10 +37,21 @@ def tiny_config(arch: str):
             hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
             window_size=8, max_position_embeddings=128, vocab_size=96, bos_token_id=1, eos_token_id=0,
         )
+    if arch == "mistral":  # sliding-window attention (window 4, shorter than the test texts)
+        return tf.MistralConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, sliding_window=4, **common,
+        )
+    if arch == "gemma2":  # attention logit soft-capping, alternating sliding and global layers, eager by default
+        return tf.Gemma2Config(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+            intermediate_size=64, sliding_window=4, attn_logit_softcapping=5.0, final_logit_softcapping=None,
+            **common,
+        )
     raise ValueError(arch)
 
 
-ARCHITECTURES = ["gpt2", "gpt_neox", "llama", "qwen2", "gpt_neo"]
+ARCHITECTURES = ["gpt2", "gpt_neox", "llama", "qwen2", "gpt_neo", "mistral", "gemma2"]
 
 
 class ByteTokenizer:

@@ -118,6 +118,10 @@ def bad_files(good, d):
         ("tokens not a list", _rewrite(good, d / "tokens.trace", change_header=lambda h: h.update(tokens=5))),
         ("unknown layer kind", _rewrite(good, d / "kind.trace",
                                         change_header=lambda h: h["layers"][0].update(kind="pickled"))),
+        ("zero key heads", _rewrite(good, d / "zeroheads.trace",
+                                    change_tensors=lambda t: t.update({"layers.0.attn.key": np.zeros((0, 23, 8), np.float32)}))),
+        ("step at the wrong position", _rewrite(good, d / "steppos.trace",
+                                                change_header=lambda h: h["steps"][0].update(position=0))),
         ("a folder", d),
         ("no such file", d / "missing.trace"),
     ]

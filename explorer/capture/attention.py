@@ -22,6 +22,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from ..trace import QueryKeyLayer, WeightsLayer
 
 IMPLEMENTATION = "attention_explorer"
+# keyword arguments that change the attention weights and that QueryKeyLayer does not reproduce
+_UNSUPPORTED = ("s_aux", "attention_chunk_size", "position_bias")
 
 _active: ContextVar[AttentionRecorder | None] = ContextVar("attention_explorer_recorder", default=None)
 
@@ -46,6 +48,11 @@ class AttentionRecorder:
         return x.detach()[0].to(self.precision, copy=True)
 
     def record_query_key(self, module, query, key, value, kwargs) -> None:
+        unsupported = [name for name in _UNSUPPORTED if kwargs.get(name) is not None]
+        if unsupported:
+            raise NotImplementedError(
+                f"{type(module).__name__} uses {', '.join(unsupported)}, which attention-explorer cannot replay yet"
+            )
         layer = self._layer(module)
         new = query.shape[2]  # the cache already holds earlier keys: the new ones are the last `new`
         self.queries.setdefault(layer, []).append(self._keep(query))

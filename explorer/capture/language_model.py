@@ -146,6 +146,9 @@ class LanguageModel:
         clash = {"streamer", "return_dict_in_generate", "output_logits", "output_scores"} & set(generate_kwargs)
         if clash:
             raise SettingsError(f"{', '.join(sorted(clash))} is set by attention-explorer itself")
+        if generate_kwargs.get("cache_implementation") not in (None, "dynamic"):
+            # a static cache hands attention the whole preallocated buffer: new keys are not at its end
+            raise SettingsError("capture needs the dynamic KV cache: leave cache_implementation unset")
         precision = self._choose_precision(precision, len(ids) + max_new_tokens, keep_values)
         recorder = AttentionRecorder(PRECISIONS[precision], keep_values)
         input_ids = torch.tensor([ids], device=self.device)

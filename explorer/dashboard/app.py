@@ -68,6 +68,7 @@ class Dashboard(widgets.VBox):
         self.message = widgets.HTML().add_class("ae-message")
         self.facts = widgets.HTML()
         self.trace: Trace | None = None
+        self.runs = 0  # generations so far, said in the message so that each press can be told apart
         self._build_controls(prompt)
         sidebar = widgets.VBox(
             [self.generation_box, widgets.HTML("<hr>"), self.file_box, widgets.HTML("<hr>"), self.facts],
@@ -112,7 +113,7 @@ class Dashboard(widgets.VBox):
         self.upload.observe(lambda _: self._load_uploaded(), "value")
         self.save_button = widgets.Button(description="Save trace", icon="save").add_class("ae-save")
         self.save_button.on_click(lambda _: self.save())
-        self.export_button = widgets.Button(description="Export HTML + JSON", icon="download")
+        self.export_button = widgets.Button(description="Export HTML", icon="download")
         self.export_button.add_class("ae-export")
         self.export_button.on_click(lambda _: self.export())
         self.links = widgets.HTML().add_class("ae-links")
@@ -162,7 +163,8 @@ class Dashboard(widgets.VBox):
             started = time.perf_counter()
             trace = self.lm.generate(self.prompt.value, progress=False, on_token=on_token, **settings)
             seconds = time.perf_counter() - started
-            self.show_trace(trace, f"Generated {trace.n_generated} tokens in {seconds:.1f} s.")
+            self.runs += 1
+            self.show_trace(trace, f"Generated {trace.n_generated} tokens in {seconds:.1f} s (run {self.runs}).")
             self.progress.value = self.progress.max  # done, also when an end-of-text token stopped it early
             self.progress_label.value = f"{trace.n_generated} tokens, {seconds:.1f} s"
             return trace
@@ -206,7 +208,11 @@ class Dashboard(widgets.VBox):
             self._say("There is no trace to save yet.", error=True)
             return None
         path = Path.cwd() / time.strftime("trace-%Y%m%d-%H%M%S.trace")
-        self.trace.save(path)
+        try:
+            self.trace.save(path)
+        except OSError as e:
+            self._say(f"Could not save the trace: {e}", error=True)
+            return None
         link = ""
         if path.stat().st_size <= DOWNLOAD_LIMIT:
             link = _download_link(path.read_bytes(), path.name, "application/octet-stream", f"download {path.name}")
@@ -215,17 +221,21 @@ class Dashboard(widgets.VBox):
         return path
 
     def export(self) -> None:
-        """Offer the current trace as a standalone HTML page (heatmap + stepper) and its JSON."""
+        """Offer the current trace as a standalone HTML page (heatmap + stepper) that opens offline."""
         from ..views.export import standalone_html
 
         if self.trace is None:
             self._say("There is no trace to export yet.", error=True)
             return
         sel = self.explorer.selection
-        with tempfile.TemporaryDirectory() as tmp:
-            page = Path(tmp) / "explorer.html"
-            standalone_html(self.trace, page, layer=sel.layer, head=sel.head)
-            data = page.read_bytes()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                page = Path(tmp) / "explorer.html"
+                standalone_html(self.trace, page, layer=sel.layer, head=sel.head)
+                data = page.read_bytes()
+        except Exception as e:  # an export that fails must not take the page down
+            self._say(f"Export failed: {type(e).__name__}: {e}", error=True)
+            return
         links = [_download_link(data, "attention-explorer.html", "text/html", "standalone HTML")]
         self.links.value = " · ".join(links)
         self._say("Export ready: the HTML page opens offline in any browser.")

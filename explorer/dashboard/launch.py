@@ -43,6 +43,9 @@ def launch(model: str | None, trace: Path | None, port: int, ip: str, voila_args
     from voila.app import main as voila_main
 
     print(f"attention-explorer dashboard: http://{ip}:{port}/  (Ctrl-C stops it)", flush=True)
+    if ip not in {"127.0.0.1", "localhost", "::1"}:
+        print(f"warning: listening on {ip}: anyone who reaches this port can run the model and save files here, "
+              "with no password", file=sys.stderr, flush=True)
     sys.argv = ["voila", *voila_arguments(port, ip, voila_args)]
     voila_main()
     return 0

@@ -16,7 +16,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from ..trace import QueryKeyLayer, Trace
-from .selection import Selection
+from .selection import FollowsSelection, Selection
 from .tokens_html import escape, visible
 
 STAGES = ["query", "keys", "dot products", "scale", "causal mask", "softmax", "weighted sum"]
@@ -123,7 +123,7 @@ def _key_cells(trace: Trace, j: int, query: int) -> str:
     return f"<td{mark}>{j}</td><td{mark}>{_token(trace, j)}</td>"
 
 
-class AttentionMathView(widgets.VBox):
+class AttentionMathView(FollowsSelection, widgets.VBox):
     """Pick a layer, a head and a query token; step through how its attention row is computed."""
 
     def __init__(self, trace: Trace, layer: int | None = None, head: int | None = None, query: int | None = None,
@@ -159,15 +159,17 @@ class AttentionMathView(widgets.VBox):
         self.next.on_click(lambda _: self._move(1))
         for control in (self.layer, self.head, self.query, self.stage):
             control.observe(self._changed, "value")
-        sel.observe(self._on_selection, ["layer", "head", "token"])
-        self._changed()
+        self.follow(sel, self._on_selection, ["layer", "head", "token"])
+        self.render()  # opening the view must not change what the other views show
 
     def _move(self, delta: int) -> None:
         self.stage.value = min(max(self.stage.value + delta, 0), len(STAGES) - 1)
 
-    def _changed(self, change=None) -> None:
-        sel = self.selection
-        sel.layer, sel.head, sel.token = self.layer.value, self.head.value, self.query.value
+    def _changed(self, change) -> None:
+        # tell the other views only what the user changed here
+        name = {id(self.layer): "layer", id(self.head): "head", id(self.query): "token"}.get(id(change["owner"]))
+        if name is not None:
+            setattr(self.selection, name, change["new"])
         self.render()
 
     def _on_selection(self, change) -> None:

@@ -19,10 +19,11 @@ import re
 import uuid
 from functools import lru_cache
 
+import ipywidgets
 import numpy as np
 
 from ..trace import Trace
-from .selection import Selection
+from .selection import FollowsSelection, Selection
 
 # (distribution, file inside it, text its first 300 characters must contain)
 D3_SOURCE = ("mpld3", "mpld3/js/d3.v5.min.js", "d3js.org v5.7.0")
@@ -320,9 +321,11 @@ def model_view_html(trace: Trace, layers=None, heads=None, start: int | None = N
     return page.html()
 
 
-def _widget(page: BertvizPage, selection: Selection | None, height: int | None, max_height: int):
-    import ipywidgets
+class PageWidget(FollowsSelection, ipywidgets.HTML):
+    """A bertviz page in a sandboxed iframe; lets go of the selection when closed."""
 
+
+def _widget(page: BertvizPage, selection: Selection | None, height: int | None, max_height: int):
     height = min(page.height(), max_height) if height is None else height
 
     def value() -> str:
@@ -330,10 +333,10 @@ def _widget(page: BertvizPage, selection: Selection | None, height: int | None, 
             return iframe(page.html(), height)
         return iframe(page.html(selection.layer, selection.head), height)
 
-    widget = ipywidgets.HTML(value=value(), layout=ipywidgets.Layout(width="100%"))
+    widget = PageWidget(value=value(), layout=ipywidgets.Layout(width="100%"))
     widget.page = page
     if selection is not None and page.view == "head_view":
-        selection.observe(lambda _: setattr(widget, "value", value()), names=["layer", "head"])
+        widget.follow(selection, lambda _: setattr(widget, "value", value()), ["layer", "head"])
     return widget
 
 

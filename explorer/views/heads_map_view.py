@@ -14,7 +14,7 @@ import numpy as np
 import traitlets
 
 from . import attention_data as ad
-from .selection import Selection
+from .selection import FollowsSelection, Selection
 
 STAT_LABELS = {
     "entropy": "mean entropy of a row (nats)",
@@ -23,10 +23,11 @@ STAT_LABELS = {
 }
 
 
-class HeadsMapView(anywidget.AnyWidget):
+class HeadsMapView(FollowsSelection, anywidget.AnyWidget):
     """Thumbnails of all layers × heads with hover statistics, a sortable table and click-to-select."""
 
-    _esm = Path(__file__).with_name("heads_map.js")
+    # the text, not the Path: anywidget watches a Path for edits and its watcher keeps every instance alive
+    _esm = Path(__file__).with_name("heads_map.js").read_text()
 
     n_layers = traitlets.Int(0).tag(sync=True)
     n_heads = traitlets.Int(0).tag(sync=True)
@@ -56,7 +57,7 @@ class HeadsMapView(anywidget.AnyWidget):
             stats=table, **kwargs,
         )
         self._follow_selection()
-        self.selection.observe(self._follow_selection, ["layer", "head"])
+        self.follow(self.selection, self._follow_selection, ["layer", "head"])
         self.observe(self._update_selection, ["layer", "head"])
         self.observe(lambda _: self._send_thumbs(), ["log_scale", "log_decades"])
         self._send_thumbs()

@@ -18,17 +18,18 @@ import numpy as np
 import traitlets
 
 from . import attention_data as ad
-from .selection import Selection
+from .selection import FollowsSelection, Selection
 from .tokens_html import visible
 
 OVERVIEW_CELLS = 256  # the overview is max-pooled down to at most this many cells a side
 WINDOW_SIZES = (16, 32, 64, 128, 256)
 
 
-class HeatmapView(anywidget.AnyWidget):
+class HeatmapView(FollowsSelection, anywidget.AnyWidget):
     """Canvas heatmap of one head's attention with a token window, an overview, a log scale and a legend."""
 
-    _esm = Path(__file__).with_name("heatmap.js")
+    # the text, not the Path: anywidget watches a Path for edits and its watcher keeps every instance alive
+    _esm = Path(__file__).with_name("heatmap.js").read_text()
 
     tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)  # every token, whitespace made visible; sent once
     n_prompt = traitlets.Int(0).tag(sync=True)
@@ -62,7 +63,7 @@ class HeatmapView(anywidget.AnyWidget):
             n_heads=trace.n_heads, window_size=window_size, log_scale=log_scale, **kwargs,
         )
         self._follow_selection()
-        self.selection.observe(self._follow_selection, ["layer", "head", "token"])
+        self.follow(self.selection, self._follow_selection, ["layer", "head", "token"])
         self.observe(self._update_selection, ["layer", "head", "selected_token"])
         self._sent: tuple | None = None  # the state the bytes were last computed for
         self.observe(self._refresh, ["layer", "head", "log_scale", "log_decades", "window_start", "key_start",

@@ -12,3 +12,17 @@ class Selection(traitlets.HasTraits):
     head = traitlets.Int(None, allow_none=True)
     token = traitlets.Int(None, allow_none=True)  # a position in the sequence, or None
     step = traitlets.Int(0)  # a generated step, 0-based
+
+
+class FollowsSelection:
+    """Mixin for a widget that observes a Selection: what it observes is let go when the widget is closed,
+    so a closed view neither reacts to the selection nor keeps its trace alive through it."""
+
+    def follow(self, selection: Selection, handler, names: list[str]) -> None:
+        selection.observe(handler, names)
+        self.__dict__.setdefault("_followed", []).append((selection, handler, names))
+
+    def close(self) -> None:
+        for selection, handler, names in self.__dict__.pop("_followed", []):
+            selection.unobserve(handler, names)
+        super().close()

@@ -21,7 +21,7 @@ import traitlets
 
 from ..trace import Trace
 from .probabilities import show_step, step_figure
-from .selection import Selection
+from .selection import FollowsSelection, Selection
 from .tokens_html import token_span
 
 MEAN = -1  # the head selector's value for the mean of the layer's heads
@@ -33,7 +33,8 @@ class TokenText(anywidget.AnyWidget):
     Tokens are set with textContent in the browser, so any token shows as the characters it holds.
     """
 
-    _esm = Path(__file__).with_name("stepper.js")
+    # the text, not the Path: anywidget watches a Path for edits and its watcher keeps every instance alive
+    _esm = Path(__file__).with_name("stepper.js").read_text()
     tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
     titles = traitlets.List(traitlets.Unicode()).tag(sync=True)  # extra hover line per token
     values = traitlets.Bytes(b"").tag(sync=True)  # float32, one per token
@@ -58,7 +59,7 @@ class TokenText(anywidget.AnyWidget):
         return "".join(self.tokens[: self.count])
 
 
-class StepperView(widgets.VBox):
+class StepperView(FollowsSelection, widgets.VBox):
     """A slider and play button over the decoding steps of a trace, with the text, attention and probabilities
     of the current step. Follows and updates `selection` (layer, head, step; a click on a token sets token)."""
 
@@ -81,7 +82,7 @@ class StepperView(widgets.VBox):
         self.slider = widgets.IntSlider(value=step, min=0, max=n - 1, description="step",
                                         continuous_update=True, layout=widgets.Layout(width="420px"))
         self.play = widgets.Play(value=step, min=0, max=n - 1, interval=play_interval, description="play")
-        widgets.jslink((self.play, "value"), (self.slider, "value"))
+        self._link = widgets.jslink((self.play, "value"), (self.slider, "value"))
         self.layer = widgets.Dropdown(options=list(range(trace.n_layers)), value=min(sel.layer, trace.n_layers - 1),
                                       description="layer", layout=widgets.Layout(width="150px"))
         heads = [("mean of heads", MEAN)] + [(f"head {h}", h) for h in range(trace.n_heads)]
@@ -117,12 +118,12 @@ class StepperView(widgets.VBox):
         self.head.observe(self._on_head, "value")
         self.strip.observe(lambda c: setattr(self.slider, "value", c["new"]) if c["new"] >= 0 else None, "selected")
         self.text.observe(lambda c: setattr(sel, "token", c["new"]) if c["new"] >= 0 else None, "selected")
-        sel.observe(self._on_selection, ["step", "layer", "head"])
+        self.follow(sel, self._on_selection, ["step", "layer", "head"])
 
     def close(self) -> None:
-        """Close the view and stop following the shared selection (which outlives it)."""
-        if self.trace.steps:
-            self.selection.unobserve(self._on_selection, ["step", "layer", "head"])
+        """Close the view; the play-slider link is a widget of its own that would keep the view alive."""
+        if hasattr(self, "_link"):
+            self._link.close()
         super().close()
 
     @property
@@ -173,8 +174,9 @@ class StepperView(widgets.VBox):
         )
 
     def _on_head(self, change) -> None:
-        self.selection.layer = self.layer.value
-        self.selection.head = self.head_index
+        with self.selection.hold_trait_notifications():  # one new (layer, head) pair for the other views
+            self.selection.layer = self.layer.value
+            self.selection.head = self.head_index
         self.text.set_values(self.attention_values(self.step))
         self._describe(self.step)
 
