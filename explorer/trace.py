@@ -85,20 +85,29 @@ class QueryKeyLayer:
     def n_heads(self) -> int:
         return self.query.shape[0]
 
+    def visible(self, start: int, stop: int) -> np.ndarray:
+        """Which keys each query position start..stop-1 may see: bool [stop-start, T] (causal, sliding window)."""
+        query_pos = np.arange(start, stop)[:, None]
+        key_pos = np.arange(self.key.shape[1])[None, :]
+        allowed = key_pos <= query_pos
+        if self.sliding_window:
+            allowed &= query_pos - key_pos < self.sliding_window
+        return allowed
+
+    def capped(self, scores: np.ndarray) -> np.ndarray:
+        """The layer's logit soft-cap, cap·tanh(s/cap), where it has one."""
+        if not self.softcap:
+            return scores
+        cap = scores.dtype.type(self.softcap)
+        return cap * np.tanh(scores / cap)
+
     def rows(self, head: int, start: int, stop: int) -> np.ndarray:
         """Attention of query positions start..stop-1 over all keys, float32 [stop-start, T]."""
         group = self.n_heads // self.key.shape[0]
         q = self.query[head, start:stop].astype(np.float32)
         k = self.key[head // group].astype(np.float32)
-        scores = (q @ k.T) * np.float32(self.scaling)
-        if self.softcap:
-            scores = np.float32(self.softcap) * np.tanh(scores / np.float32(self.softcap))
-        query_pos = np.arange(start, stop)[:, None]
-        key_pos = np.arange(k.shape[0])[None, :]
-        allowed = key_pos <= query_pos
-        if self.sliding_window:
-            allowed &= query_pos - key_pos < self.sliding_window
-        scores = np.where(allowed, scores, np.float32(-np.inf))
+        scores = self.capped((q @ k.T) * np.float32(self.scaling))
+        scores = np.where(self.visible(start, stop), scores, np.float32(-np.inf))
         return _softmax_rows(scores)
 
     def tensors(self) -> dict[str, np.ndarray]:

@@ -51,13 +51,8 @@ def compute(trace: Trace, layer: int, head: int, query: int) -> AttentionMath:
     keys = store.key[kv_head].astype(np.float64)
     values = None if store.value is None else store.value[kv_head].astype(np.float64)
     dots = keys @ q
-    scaled = dots * store.scaling
-    if store.softcap:
-        scaled = store.softcap * np.tanh(scaled / store.softcap)
-    position = np.arange(keys.shape[0])
-    allowed = position <= query
-    if store.sliding_window:
-        allowed &= query - position < store.sliding_window
+    scaled = store.capped(dots * store.scaling)
+    allowed = store.visible(query, query + 1)[0]
     exp = np.where(allowed, np.exp(scaled - scaled[allowed].max()), 0.0)
     weights = exp / exp.sum()
     output = None if values is None else weights @ values

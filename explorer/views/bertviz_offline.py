@@ -24,6 +24,7 @@ import numpy as np
 
 from ..trace import Trace
 from .selection import FollowsSelection, Selection
+from .tokens_html import json_for_script
 
 # (distribution, file inside it, text its first 300 characters must contain)
 D3_SOURCE = ("mpld3", "mpld3/js/d3.v5.min.js", "d3js.org v5.7.0")
@@ -180,11 +181,6 @@ def caption(trace: Trace, view: str, layers: list[int], heads: list[int], start:
     return " ".join(parts)
 
 
-def _json_for_html(obj) -> str:
-    text = json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
 def _weights_json(weights: np.ndarray, decimals: int) -> str:
     """Weights as integers in units of 10**-decimals ("123" for 0.0123): 40 % less JSON than decimals."""
     scaled = np.round(weights.astype(np.float64) * 10**decimals).astype(np.int64)
@@ -262,7 +258,7 @@ class BertvizPage:
         if self.view == "head_view":
             params["layer"] = layer if layer in self.layers else None
             params["heads"] = [self.heads.index(head)] if head in self.heads else None
-        text = _json_for_html(params)
+        text = json_for_script(params)
         # a key with its colon is structure, never inside a JSON string (quotes there are escaped)
         return text.replace('"attn":null', '"attn":' + self._weights_json, 1)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import os
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 
 from .heads_map_view import HeadsMapView
 from .heatmap_view import HeatmapView
-from .tokens_html import visible
+from .tokens_html import json_for_script, visible
 
 HERE = Path(__file__).parent
 
@@ -99,12 +98,6 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def _safe_json(data) -> str:
-    """JSON that can sit inside a <script> element: no `<`, `>` or `&` left to end it or open a comment."""
-    text = json.dumps(data, allow_nan=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
 def _inline_js(name: str) -> str:
     text = (HERE / name).read_text()
     if "</script" in text.lower() or "<!--" in text:
@@ -130,7 +123,7 @@ click a token to select it.</p>
 <div id="heatmap"></div>
 <h2>Step through the generated tokens</h2>
 <div id="stepper"></div>
-<script type="application/json" id="attention-data">{_safe_json(_payload(trace, layer, head, n))}</script>
+<script type="application/json" id="attention-data">{json_for_script(_payload(trace, layer, head, n))}</script>
 <script type="text/plain" id="heatmap-module">{_inline_js("heatmap.js")}</script>
 <script type="module">{_inline_js("export.js")}</script>
 </body></html>

@@ -92,6 +92,11 @@ class HeatmapView(FollowsSelection, anywidget.AnyWidget):
         v = proposal["value"]
         return None if v is None or v < 0 else min(int(v), self.trace.n_heads - 1)
 
+    @traitlets.observe("window_size")
+    def _reclamp_window(self, _change) -> None:
+        # a larger window near the end must move back so it still shows window_size rows
+        self.window_start, self.key_start = self.window_start, self.key_start  # re-validated, so clamped
+
     @traitlets.validate("window_size")
     def _valid_size(self, proposal):
         return int(np.clip(proposal["value"], 1, max(1, self.trace.n_tokens)))

@@ -116,9 +116,18 @@ class StepperView(FollowsSelection, widgets.VBox):
         self.slider.observe(lambda c: self._show(c["new"]), "value")
         self.layer.observe(self._on_head, "value")
         self.head.observe(self._on_head, "value")
-        self.strip.observe(lambda c: setattr(self.slider, "value", c["new"]) if c["new"] >= 0 else None, "selected")
-        self.text.observe(lambda c: setattr(sel, "token", c["new"]) if c["new"] >= 0 else None, "selected")
+        self.strip.observe(self._on_chip, "selected")
+        self.text.observe(self._on_text_token, "selected")
         self.follow(sel, self._on_selection, ["step", "layer", "head"])
+
+    def _on_chip(self, change) -> None:
+        if change["new"] >= 0:
+            self.slider.value = change["new"]
+            self.strip.selected = -1  # so that a second click on the same token is a change again
+
+    def _on_text_token(self, change) -> None:
+        if change["new"] >= 0:  # stays underlined: it is the selected token until another is clicked
+            self.selection.token = change["new"]
 
     def close(self) -> None:
         """Close the view; the play-slider link is a widget of its own that would keep the view alive."""

@@ -7,6 +7,7 @@ included: every function here escapes them, so a token always shows as the chara
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Sequence
 
 # whitespace a reader cannot see, shown as a visible mark
@@ -71,3 +72,9 @@ def tokens_html(tokens: Sequence[str], values: Sequence[float] | None = None, ti
         alpha = float(values[i]) / top if values is not None and top > 0 else 0.0
         spans.append(token_span(token, alpha, titles[i] if titles else "", rgb, marked == i))
     return '<span style="font-family:monospace;white-space:pre-wrap">' + "".join(spans) + "</span>"
+
+
+def json_for_script(data) -> str:
+    """JSON that can sit inside a <script> element: no `<`, `>` or `&` left to end it or open a comment."""
+    text = json.dumps(data, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
