@@ -161,7 +161,9 @@ class Dashboard(widgets.VBox):
                 self.progress_label.value = f"{done} / {total} tokens"
 
             started = time.perf_counter()
-            trace = self.lm.generate(self.prompt.value, progress=False, on_token=on_token, **settings)
+            # values too, so the attention-math view can show the weighted sum of values
+            trace = self.lm.generate(self.prompt.value, progress=False, on_token=on_token, keep_values=True,
+                                     **settings)
             seconds = time.perf_counter() - started
             self.runs += 1
             self.show_trace(trace, f"Generated {trace.n_generated} tokens in {seconds:.1f} s (run {self.runs}).")
