@@ -14,7 +14,7 @@ import numpy as np
 import traitlets
 
 from . import attention_data as ad
-from .selection import FollowsSelection, Selection
+from .selection import ClampsLayerHead, FollowsSelection, Selection
 
 STAT_LABELS = {
     "entropy": "mean entropy of a row (nats)",
@@ -23,7 +23,7 @@ STAT_LABELS = {
 }
 
 
-class HeadsMapView(FollowsSelection, anywidget.AnyWidget):
+class HeadsMapView(FollowsSelection, ClampsLayerHead, anywidget.AnyWidget):
     """Thumbnails of all layers × heads with hover statistics, a sortable table and click-to-select."""
 
     # the text, not the Path: anywidget watches a Path for edits and its watcher keeps every instance alive
@@ -70,15 +70,6 @@ class HeadsMapView(FollowsSelection, anywidget.AnyWidget):
         """A click sets layer and head together: pass them on together, so a heatmap computes the pair once."""
         with self.selection.hold_trait_notifications():
             self.selection.layer, self.selection.head = self.layer, self.head
-
-    @traitlets.validate("layer")
-    def _valid_layer(self, proposal):
-        return int(np.clip(proposal["value"], 0, self.trace.n_layers - 1))
-
-    @traitlets.validate("head")
-    def _valid_head(self, proposal):
-        v = proposal["value"]
-        return None if v is None or v < 0 else min(int(v), self.trace.n_heads - 1)
 
     def thumbnail_bytes(self) -> np.ndarray:
         """Every thumbnail quantised against its own largest weight, uint8 [L, H, n, n]."""

@@ -18,14 +18,14 @@ import numpy as np
 import traitlets
 
 from . import attention_data as ad
-from .selection import FollowsSelection, Selection
+from .selection import ClampsLayerHead, FollowsSelection, Selection
 from .tokens_html import visible
 
 OVERVIEW_CELLS = 256  # the overview is max-pooled down to at most this many cells a side
 WINDOW_SIZES = (16, 32, 64, 128, 256)
 
 
-class HeatmapView(FollowsSelection, anywidget.AnyWidget):
+class HeatmapView(FollowsSelection, ClampsLayerHead, anywidget.AnyWidget):
     """Canvas heatmap of one head's attention with a token window, an overview, a log scale and a legend."""
 
     # the text, not the Path: anywidget watches a Path for edits and its watcher keeps every instance alive
@@ -83,15 +83,6 @@ class HeatmapView(FollowsSelection, anywidget.AnyWidget):
             self.selection.layer, self.selection.head, self.selection.token = self.layer, self.head, self.selected_token
 
     # --- traits kept in range (the browser may send anything)
-    @traitlets.validate("layer")
-    def _valid_layer(self, proposal):
-        return int(np.clip(proposal["value"], 0, self.trace.n_layers - 1))
-
-    @traitlets.validate("head")
-    def _valid_head(self, proposal):
-        v = proposal["value"]
-        return None if v is None or v < 0 else min(int(v), self.trace.n_heads - 1)
-
     @traitlets.observe("window_size")
     def _reclamp_window(self, _change) -> None:
         # a larger window near the end must move back so it still shows window_size rows

@@ -26,3 +26,17 @@ class FollowsSelection:
         for selection, handler, names in self.__dict__.pop("_followed", []):
             selection.unobserve(handler, names)
         super().close()
+
+
+class ClampsLayerHead:
+    """Mixin for a widget with `layer` and `head` traits and a `trace`: values sent by the browser are
+    clamped to the trace's layers and heads (head None or negative means the mean of the heads)."""
+
+    @traitlets.validate("layer")
+    def _valid_layer(self, proposal):
+        return min(max(int(proposal["value"]), 0), self.trace.n_layers - 1)
+
+    @traitlets.validate("head")
+    def _valid_head(self, proposal):
+        v = proposal["value"]
+        return None if v is None or v < 0 else min(int(v), self.trace.n_heads - 1)
