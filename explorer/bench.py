@@ -70,8 +70,9 @@ def overhead(lm, prompt_tokens: int, new_tokens: int, repeats: int) -> tuple[flo
     return p, c, c / p
 
 
-def memory(lm, n_tokens: int) -> tuple[int, int, float]:
-    """Bytes a trace of n_tokens holds, bytes of full float32 attention, and float16-storage error vs float32."""
+def memory(lm, n_tokens: int) -> tuple[int, int, float, str, int]:
+    """Bytes a trace of n_tokens holds, bytes of full float32 attention, the float16-storage error against
+    float32 (nan when stored as float32), the precision used and the trace's token count."""
     text = _prompt_text(lm, n_tokens)
     trace = lm.trace(text)
     config = lm.model.config
@@ -87,7 +88,6 @@ def memory(lm, n_tokens: int) -> tuple[int, int, float]:
 
 
 def run_benchmark(repeats: int = 3) -> None:
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     started = time.perf_counter()
     lm = load_model(progress=True)
     load_seconds = time.perf_counter() - started
@@ -111,6 +111,6 @@ def run_benchmark(repeats: int = 3) -> None:
     print("\n(c) load time of model + tokenizer")
     again = time.perf_counter()
     load_model(progress=False)
-    print(f"    first load in this process (cache prepared if needed): {load_seconds:.2f} s")
+    print(f"    first load in this process (converts the GGUF first if there is no cache): {load_seconds:.2f} s")
     print(f"    load from cache: {time.perf_counter() - again:.2f} s   target <= 3 s")
     print(f"\nbench took {time.perf_counter() - started:.0f} s")
