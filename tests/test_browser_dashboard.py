@@ -131,9 +131,12 @@ def test_a_new_user_generates_scrubs_selects_loads_and_meets_clear_errors(hostil
             page.wait_for_function("() => /head 4: most attended/.test((document.querySelector('.stepper-view')?.innerText || ''))")
             assert page.locator(".stepper-view").inner_text() != before
 
-            # the heatmap tab opens on the same layer and head; clicking a token label selects it there
+            # click a token in the text: the heatmap tab opens on that token, with the same layer and head
+            page.locator(".stepper-view .token-text-box span[data-index='1']").first.click()
             page.get_by_role("tab", name="Heatmap").click()
             page.wait_for_selector(".explorer-view canvas")
+            page.wait_for_function(
+                "() => /selected token .*cat/.test(document.querySelector('.explorer-view').innerText)", timeout=60_000)
             page.screenshot(path=str(OUTPUT / "dashboard-heatmap.png"), full_page=True)
             page.get_by_role("tab", name="Step through").click()
 
