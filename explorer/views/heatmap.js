@@ -125,20 +125,21 @@ function render({ model, el }) {
     ["ae-layer", "ae-head", "ae-size", "ae-log", "ae-slider"][i]));
 
   // overview | window with labels | legend
-  const body = h("div", { display: "flex", alignItems: "flex-start", gap: "14px" });
-  const ovBox = h("div", { marginTop: LABEL_H + "px" });
+  const body = h("div", { display: "flex", alignItems: "flex-start", gap: "14px", overflowX: "auto" });
+  // nothing shrinks: on a narrow page the row scrolls instead of the legend being squeezed under the window
+  const ovBox = h("div", { marginTop: LABEL_H + "px", flexShrink: 0 });
   const overview = h("canvas", { width: OVERVIEW_PX + "px", height: OVERVIEW_PX + "px", cursor: "pointer",
     imageRendering: "pixelated", display: "block", border: "1px solid #ccc" });
   overview.classList.add("ae-overview");
   const ovCaption = h("div", { font: "11px sans-serif", color: "#555", maxWidth: OVERVIEW_PX + "px" });
   ovBox.append(overview, ovCaption);
-  const grid = h("div", { position: "relative" });
+  const grid = h("div", { position: "relative", flexShrink: 0 });
   const canvas = h("canvas", { position: "absolute", left: LABEL_W + "px", top: LABEL_H + "px",
     imageRendering: "pixelated", cursor: "crosshair" });
   canvas.classList.add("ae-window");
   const rowLabels = h("div"), colLabels = h("div");
   grid.append(colLabels, rowLabels, canvas);
-  const legend = h("div", { marginTop: LABEL_H + "px" });
+  const legend = h("div", { marginTop: LABEL_H + "px", flexShrink: 0 });
   body.append(ovBox, grid, legend);
   const readout = h("div", { marginTop: "6px", minHeight: "16px" });
   readout.classList.add("ae-readout");
