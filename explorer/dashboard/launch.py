@@ -13,9 +13,22 @@ NOTEBOOK = "dashboard.ipynb"
 
 
 def notebook_path() -> Path:
-    """The dashboard notebook: notebooks/ of a source checkout, else the copy shipped inside the package."""
+    """The dashboard notebook: notebooks/ of a source checkout; for an installed wheel, which has no notebooks/,
+    the same one-cell notebook written into the cache folder."""
     checkout = Path(__file__).resolve().parents[2] / "notebooks" / NOTEBOOK
-    return checkout if checkout.is_file() else Path(__file__).with_name(NOTEBOOK)
+    if checkout.is_file():
+        return checkout
+    import nbformat
+
+    from ..models import cache_dir
+
+    path = cache_dir() / NOTEBOOK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell("from explorer.dashboard import Dashboard\n\nDashboard.from_environment()")]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, path)
+    return path
 
 
 def voila_arguments(port: int, ip: str, voila_args: list[str]) -> list[str]:
