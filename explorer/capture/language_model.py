@@ -14,6 +14,7 @@ from ..errors import ModelLoadError, SettingsError
 from ..trace import Trace
 from .attention import AttentionRecorder, recording, uses_attention_interface
 from .positional import read_positional
+from .shapes import head_dim, kv_heads
 from .probabilities import build_steps
 from .settings import GenerationSettings, check_length
 
@@ -65,6 +66,7 @@ class LanguageModel:
         self.tokenizer = tokenizer
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
         self.context_length = _context_length(model.config)
+        self._facts: dict | None = None  # what does not change: computed on first use
 
     @property
     def device(self) -> torch.device:
@@ -76,21 +78,23 @@ class LanguageModel:
 
     def info(self) -> dict:
         """Facts about the model at a glance: name, sizes, heads, positional encoding, device, dtype."""
-        config = self.model.config
-        heads = config.num_attention_heads
-        return {
-            "name": self.name,
-            "architecture": type(self.model).__name__,
-            "model_type": config.model_type,
-            "parameters": sum(p.numel() for p in self.model.parameters()),
-            "layers": config.num_hidden_layers,
-            "heads": heads,
-            "kv_heads": getattr(config, "num_key_value_heads", None) or heads,
-            "hidden_size": config.hidden_size,
-            "vocab_size": config.vocab_size,
-            "context_length": self.context_length,
-            "positional": read_positional(self.model, 1).kind,
-            "capture": "attention interface" if uses_attention_interface(self.model) else "hooks",
+        if self._facts is None:
+            config = self.model.config
+            self._facts = {
+                "name": self.name,
+                "architecture": type(self.model).__name__,
+                "model_type": config.model_type,
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "layers": config.num_hidden_layers,
+                "heads": config.num_attention_heads,
+                "kv_heads": kv_heads(config),
+                "hidden_size": config.hidden_size,
+                "vocab_size": config.vocab_size,
+                "context_length": self.context_length,
+                "positional": read_positional(self.model, 1).kind,
+                "capture": "attention interface" if uses_attention_interface(self.model) else "hooks",
+            }
+        return self._facts | {
             "device": str(self.device),
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "chat_template": self.has_chat_template,
@@ -198,10 +202,8 @@ class LanguageModel:
     def _choose_precision(self, precision: str, n_tokens: int, keep_values: bool) -> str:
         if precision == "auto":
             config = self.model.config
-            heads = config.num_attention_heads
-            kv_heads = getattr(config, "num_key_value_heads", None) or heads
-            head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-            per_token = config.num_hidden_layers * (heads + kv_heads * (2 if keep_values else 1)) * head_dim * 4
+            heads_per_layer = config.num_attention_heads + kv_heads(config) * (2 if keep_values else 1)
+            per_token = config.num_hidden_layers * heads_per_layer * head_dim(config) * 4  # float32 bytes
             return "float32" if per_token * n_tokens <= AUTO_FLOAT32_BUDGET else "float16"
         if precision not in PRECISIONS:
             raise SettingsError(f"precision must be 'auto' or one of {sorted(PRECISIONS)}, not {precision!r}")

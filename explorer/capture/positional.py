@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..trace import Positional
+from .shapes import head_dim
 
 _LEARNED_NAMES = ("wpe", "position_embeddings", "embed_positions")
 
@@ -23,10 +24,6 @@ def _named_position_module(model: torch.nn.Module):
     return None
 
 
-def _head_dim(config) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
 @torch.no_grad()
 def read_positional(model: torch.nn.Module, n_tokens: int) -> Positional:
     """The model's positional encoding for positions 0..n_tokens-1, as numpy arrays."""
@@ -37,7 +34,7 @@ def read_positional(model: torch.nn.Module, n_tokens: int) -> Positional:
         probe = torch.zeros(1, dtype=torch.float32, device=model.device)
         cos, sin = rotary(probe, positions[None, :])
         rotary_dim = cos.shape[-1]
-        head_dim = _head_dim(config)
+        dim = head_dim(config)
         rope = dict(getattr(config, "rope_parameters", None) or {})
         return Positional(
             kind="rotary",
@@ -47,16 +44,16 @@ def read_positional(model: torch.nn.Module, n_tokens: int) -> Positional:
                 "inv_freq": rotary.inv_freq.float().cpu().numpy(),
             },
             params={
-                "head_dim": head_dim,
+                "head_dim": dim,
                 "rotary_dim": rotary_dim,
-                "rotary_fraction": rotary_dim / head_dim,
+                "rotary_fraction": rotary_dim / dim,
                 "theta": rope.get("rope_theta"),
                 "rope_type": rope.get("rope_type", getattr(rotary, "rope_type", "default")),
                 "attention_scaling": float(getattr(rotary, "attention_scaling", 1.0)),
             },
             description=(
                 f"Rotary (RoPE): each query and key is rotated by an angle position × frequency in "
-                f"{rotary_dim // 2} planes ({rotary_dim} of {head_dim} dimensions per head), so q·k depends "
+                f"{rotary_dim // 2} planes ({rotary_dim} of {dim} dimensions per head), so q·k depends "
                 f"on the distance between two tokens, not on where they stand."
             ),
         )
