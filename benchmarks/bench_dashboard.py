@@ -14,10 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from test_browser_dashboard import start_dashboard, stop  # noqa: E402
+from test_browser_dashboard import fill, start_dashboard, stop, wait_stepper  # noqa: E402
 from voila_harness import browser, offline_page  # noqa: E402
-
-DRAWN = "() => /step 0 of/.test(document.querySelector('.stepper-view')?.innerText || '')"
 
 
 def kernel_rss_mb(server_pid: int) -> dict[int, float]:
@@ -46,7 +44,7 @@ def first_draw(*args: str) -> float:
                 time.sleep(15)  # let the pool execute the notebook, as it would before a user arrives
                 started = time.monotonic()
             page.goto(url, timeout=180_000)
-            page.wait_for_function(DRAWN, timeout=180_000)
+            wait_stepper(page, "step 0 of", timeout=180_000)
             return time.monotonic() - started
     finally:
         stop(proc)
@@ -58,11 +56,10 @@ def presses(n: int = 20) -> tuple[list[float], list[float], int]:
         with browser() as b:
             page, log = offline_page(b)
             page.goto(url, timeout=180_000)
-            page.wait_for_function(DRAWN, timeout=180_000)
+            wait_stepper(page, "step 0 of", timeout=180_000)
             page.locator(".ae-dashboard input[type=checkbox]").first.uncheck()
             page.locator(".ae-prompt textarea").fill("The cat sat on the mat and")
-            page.locator(".ae-max-new-tokens input").fill("24")
-            page.locator(".ae-max-new-tokens input").press("Enter")
+            fill(page, "ae-max-new-tokens", "24")
             rss, seconds, drawn = [], [], 0
             for i in range(n):
                 t = time.monotonic()
@@ -89,7 +86,7 @@ def sessions(n: int = 4) -> list[str]:
                 page, log = offline_page(b)
                 t = time.monotonic()
                 page.goto(url, timeout=300_000)
-                page.wait_for_function(DRAWN, timeout=300_000)
+                wait_stepper(page, "step 0 of", timeout=300_000)
                 results[i] = f"drawn in {time.monotonic() - t:.1f} s"
         except Exception as e:  # report, do not hide
             results[i] = f"FAILED: {type(e).__name__}: {str(e)[:120]}"

@@ -88,6 +88,20 @@ def wait_message(page, pattern: str, timeout=120_000) -> str:
     return page.locator(".ae-message").inner_text()
 
 
+def fill(page, field: str, value: str) -> None:
+    """Type into a dashboard field (by its class) and press Enter, as a user commits a number."""
+    page.locator(f".{field} input").fill(value)
+    page.locator(f".{field} input").press("Enter")
+
+
+def wait_stepper(page, pattern: str, timeout=120_000) -> None:
+    """Wait until the step-through view shows text matching `pattern` (it is rebuilt on each new trace)."""
+    page.wait_for_function(
+        "p => new RegExp(p).test(document.querySelector('.stepper-view')?.innerText || '')", arg=pattern,
+        timeout=timeout,
+    )
+
+
 def step_info(page) -> str:
     return page.locator(".stepper-view").first.inner_text()
 
@@ -106,29 +120,25 @@ def test_a_new_user_generates_scrubs_selects_loads_and_meets_clear_errors(hostil
             # type a prompt and generate (no chat template: plain continuation, 8 tokens)
             page.locator(".ae-prompt textarea").fill("The cat sat on the")
             page.locator(".ae-dashboard input[type=checkbox]").first.uncheck()
-            page.locator(".ae-max-new-tokens input").fill("8")
-            page.locator(".ae-max-new-tokens input").press("Enter")
+            fill(page, "ae-max-new-tokens", "8")
             page.locator(".ae-generate").click()
-            page.wait_for_function("() => /step 0 of 8/.test((document.querySelector('.stepper-view')?.innerText || ''))",
-                                   timeout=120_000)
+            wait_stepper(page, r"step 0 of 8")
             wait_message(page, r"Generated 8 tokens")
             assert re.search(r"step 0 of 8", step_info(page))
-            page.wait_for_function(  # the views now show the new text (spaces are drawn visible)
-                "() => /The\\W+cat\\W+sat\\W+on\\W+the/.test((document.querySelector('.stepper-view')?.innerText || ''))",
-                timeout=120_000)
+            wait_stepper(page, r"The\W+cat\W+sat\W+on\W+the")  # spaces are drawn visible
             assert page.locator(".ae-progress-label").inner_text().startswith("8 tokens")
 
             # scrub the stepper with the keyboard
             page.locator(".stepper-view .slider-container .noUi-handle, .stepper-view .ui-slider-handle").first.focus()
             page.keyboard.press("ArrowRight")
-            page.wait_for_function("() => /step 1 of 8/.test((document.querySelector('.stepper-view')?.innerText || ''))")
+            wait_stepper(page, r"step 1 of 8")
             page.keyboard.press("ArrowRight")
-            page.wait_for_function("() => /step 2 of 8/.test((document.querySelector('.stepper-view')?.innerText || ''))")
+            wait_stepper(page, r"step 2 of 8")
 
             # switch the head: the most-attended line is recomputed for that head
             before = page.locator(".stepper-view").inner_text()
             page.locator(".stepper-view select").nth(1).select_option(label="head 4")
-            page.wait_for_function("() => /head 4: most attended/.test((document.querySelector('.stepper-view')?.innerText || ''))")
+            wait_stepper(page, r"head 4: most attended")
             assert page.locator(".stepper-view").inner_text() != before
 
             # click a token in the text: the heatmap tab opens on that token, with the same layer and head
@@ -146,15 +156,12 @@ def test_a_new_user_generates_scrubs_selects_loads_and_meets_clear_errors(hostil
             wait_error(page, "prompt is empty")
             assert re.search(r"step \d of 8", step_info(page))  # the last trace is still shown
             page.locator(".ae-prompt textarea").fill("Hello")
-            page.locator(".ae-max-new-tokens input").fill("0")
-            page.locator(".ae-max-new-tokens input").press("Enter")
+            fill(page, "ae-max-new-tokens", "0")
             page.locator(".ae-generate").click()
             wait_error(page, "max_new_tokens must be at least 1")
-            page.locator(".ae-max-new-tokens input").fill("5")
-            page.locator(".ae-max-new-tokens input").press("Enter")
+            fill(page, "ae-max-new-tokens", "5")
             page.locator(".ae-mode button", has_text="sample").click()
-            page.locator(".ae-top-p input").fill("1.5")
-            page.locator(".ae-top-p input").press("Enter")
+            fill(page, "ae-top-p", "1.5")
             page.locator(".ae-generate").click()
             wait_error(page, r"top_p must be in \(0, 1\]")
             not_a_trace = hostile_trace.with_name("notes.trace")
@@ -164,13 +171,10 @@ def test_a_new_user_generates_scrubs_selects_loads_and_meets_clear_errors(hostil
             assert re.search(r"step \d of 8", step_info(page))
 
             # the kernel lives on: a sampled generation with a seed
-            page.locator(".ae-top-p input").fill("0.9")
-            page.locator(".ae-top-p input").press("Enter")
-            page.locator(".ae-seed input").fill("3")
-            page.locator(".ae-seed input").press("Enter")
+            fill(page, "ae-top-p", "0.9")
+            fill(page, "ae-seed", "3")
             page.locator(".ae-generate").click()
-            page.wait_for_function("() => /step 0 of 5/.test((document.querySelector('.stepper-view')?.innerText || ''))",
-                                   timeout=120_000)
+            wait_stepper(page, r"step 0 of 5")
             wait_message(page, r"Generated 5 tokens")
 
             # load a saved trace: its HTML tokens show as text, and nothing runs
