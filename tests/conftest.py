@@ -71,6 +71,21 @@ class ByteTokenizer:
         return [self.decode([i]) for i in ids]
 
 
+def run_without_torch(trace, tmp_path, code: str) -> None:
+    """Save `trace`, then in a fresh Python load it as `trace`, run `code`, and fail if torch or transformers
+    was imported on the way: the view side must work with no model."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "no-torch.trace"
+    trace.save(path)
+    script = (
+        f"import sys, explorer\ntrace = explorer.load_trace({str(path)!r})\n{code}\n"
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\nassert not bad, f'imported {bad}'\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+
+
 def make_tiny_lm(arch: str, seed: int = 0):
     import torch
     import transformers as tf

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ import pytest
 from explorer import textbook
 from explorer.views import Selection
 from explorer.views.attention_math import MAX_KEYS, STAGES, attention_math, compute, shown_keys
+from conftest import run_without_torch
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 
@@ -140,14 +139,8 @@ def test_a_weights_only_layer_says_it_cannot_be_replayed():
 
 
 def test_the_view_needs_no_torch(copy_trace, tmp_path):
-    path = tmp_path / "copy.trace"
-    copy_trace.save(path)
-    code = (
-        "import sys, explorer\n"
-        f"trace = explorer.load_trace({str(path)!r})\n"
+    run_without_torch(copy_trace, tmp_path, (
         "from explorer.views.attention_math import attention_math\n"
         "view = attention_math(trace, layer=1, head=0)\n"
-        "for s in range(7): view.stage.value = s\n"
-        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\nassert not bad, bad\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
+        "for s in range(7): view.stage.value = s"
+    ))

@@ -3,8 +3,6 @@
 import json
 import pickle
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from safetensors.numpy import save_file
 import explorer
 from explorer import TraceFileError
 from explorer.trace_file import FORMAT, VERSION
+from conftest import run_without_torch
 
 
 def assert_same_trace(a, b):
@@ -50,13 +49,7 @@ def test_round_trip_of_weights_layers_and_values(tmp_path):
 
 
 def test_loading_a_trace_needs_no_torch(tiny_trace, tmp_path):
-    path = tmp_path / "light.trace"
-    tiny_trace.save(path)
-    code = (
-        "import sys, explorer; t = explorer.load_trace(sys.argv[1]); t.attention(0, 0); "
-        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch was imported'"
-    )
-    subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+    run_without_torch(tiny_trace, tmp_path, "trace.attention(0, 0)")
 
 
 def _header(trace_path):

@@ -7,8 +7,6 @@ import dataclasses
 import json
 import math
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ from explorer.views import attention_data as ad
 from explorer.views.export import standalone_html, to_json
 from explorer.views.heads_map_view import heads_map
 from explorer.views.heatmap_view import heatmap
+from conftest import run_without_torch
 
 XSS = "<img src=x onerror=alert(1)>"
 SCRIPT = "</script><script>alert(2)</script>&amp;"
@@ -245,13 +244,8 @@ def test_standalone_html_embeds_escaped_data(tiny_trace, tmp_path):
 
 
 def test_views_import_no_torch(tiny_trace, tmp_path):
-    tiny_trace.save(tmp_path / "t.trace")
-    code = (
-        "import sys, explorer\n"
-        f"t = explorer.load_trace({str(tmp_path / 't.trace')!r})\n"
+    run_without_torch(tiny_trace, tmp_path, (
         "import explorer.views.heatmap_view as a, explorer.views.heads_map_view as b, explorer.views.export as e\n"
-        "a.heatmap(t); b.heads_map(t)\n"
-        f"e.standalone_html(t, {str(tmp_path / 'p.html')!r})\n"
-        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch was imported'\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
+        "a.heatmap(trace); b.heads_map(trace)\n"
+        "e.standalone_html(trace, 'p.html')"
+    ))

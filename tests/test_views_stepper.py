@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from explorer.views import Selection
 from explorer.views.probabilities import entropy_chart, probability_chart
 from explorer.views.stepper_view import MEAN, StepperView, stepper
 from explorer.views.tokens_html import label, token_span, tokens_html, unique_labels, visible
+from conftest import run_without_torch
 
 XSS = "<img src=x onerror=alert(1)>"
 SCRIPT = "</script><script>alert(2)</script>"
@@ -196,12 +195,7 @@ def test_works_at_2048_tokens_with_small_messages(tiny_trace):
 
 
 def test_views_do_not_import_torch(tmp_path, tiny_trace):
-    path = tmp_path / "t.trace"
-    tiny_trace.save(path)
-    code = (
-        "import sys, explorer\n"
+    run_without_torch(tiny_trace, tmp_path, (
         "from explorer.views.stepper_view import stepper\nfrom explorer.views.positional_view import positional\n"
-        f"t = explorer.load_trace({str(path)!r})\nstepper(t); positional(t)\n"
-        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\nassert not bad, bad\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
+        "stepper(trace); positional(trace)"
+    ))
