@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, set_seed
 from transformers.generation.streamers import BaseStreamer
 
 from ..errors import ModelLoadError, SettingsError
@@ -160,7 +160,7 @@ class LanguageModel:
         started = time.perf_counter()
         with torch.inference_mode(), recording(self.model, recorder):
             if seed is not None:
-                _seed_everything(seed)
+                set_seed(seed)  # python, numpy and torch (all devices), as transformers' own examples do
             out = self.model.generate(
                 input_ids,
                 attention_mask=torch.ones_like(input_ids),
@@ -239,8 +239,3 @@ def _pad_token_id(lm: LanguageModel) -> int | None:
     eos = lm.model.generation_config.eos_token_id
     return eos[0] if isinstance(eos, list) else eos
 
-
-def _seed_everything(seed: int) -> None:
-    from transformers import set_seed
-
-    set_seed(seed)
