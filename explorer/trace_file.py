@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import load, save, save_file
 
 from .errors import TraceFileError
 from .trace import Candidate, Positional, QueryKeyLayer, Step, Trace, WeightsLayer
@@ -49,8 +50,8 @@ def _step_from_json(d: dict) -> Step:
     )
 
 
-def save_trace(trace: Trace, path: str | os.PathLike) -> None:
-    """Write `trace` to `path` (written to a temporary file first, so a failed save leaves no half file)."""
+def _tensors_and_metadata(trace: Trace) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The arrays of `trace` by name, and the metadata (format, version, JSON header) that describes them."""
     tensors: dict[str, np.ndarray] = {}
     for i, layer in enumerate(trace.layers):
         for name, array in layer.tensors().items():
@@ -74,7 +75,12 @@ def save_trace(trace: Trace, path: str | os.PathLike) -> None:
         "settings": trace.settings,
         "timings": trace.timings,
     }
-    metadata = {"format": FORMAT, "version": str(VERSION), "header": json.dumps(header)}
+    return tensors, {"format": FORMAT, "version": str(VERSION), "header": json.dumps(header)}
+
+
+def save_trace(trace: Trace, path: str | os.PathLike) -> None:
+    """Write `trace` to `path` (written to a temporary file first, so a failed save leaves no half file)."""
+    tensors, metadata = _tensors_and_metadata(trace)
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     try:
@@ -85,32 +91,62 @@ def save_trace(trace: Trace, path: str | os.PathLike) -> None:
         raise
 
 
+def trace_to_bytes(trace: Trace) -> bytes:
+    """The bytes of the file `save_trace` writes, without a file: what the generation service sends."""
+    tensors, metadata = _tensors_and_metadata(trace)
+    return save(tensors, metadata=metadata)
+
+
 def load_trace(path: str | os.PathLike) -> Trace:
     """Open a trace written by `Trace.save`; no model is needed."""
     path = Path(path)
     if not path.is_file():
         raise TraceFileError(f"{path} is not a file")
-    try:
+    with _readable(path):
         with safe_open(str(path), framework="numpy") as f:
-            metadata = f.metadata() or {}
-            if metadata.get("format") != FORMAT:
-                raise TraceFileError(f"{path} is a safetensors file but not an attention-explorer trace")
-            version = int(metadata.get("version", "0"))
-            if version > VERSION:
-                raise TraceFileError(
-                    f"{path} is a trace of format version {version}; this attention-explorer reads up to "
-                    f"version {VERSION}: upgrade attention-explorer to open it"
-                )
-            if version < 1:
-                raise TraceFileError(f"{path} has no valid trace version")
-            header = json.loads(metadata["header"])
+            header = _header(f.metadata() or {}, path)
             tensors = {name: f.get_tensor(name) for name in f.keys()}
         return _build(header, tensors)
+
+
+def trace_from_bytes(data: bytes, name: str = "the data") -> Trace:
+    """A trace from the bytes of a trace file (`trace_to_bytes`, an upload); `name` is what errors call it."""
+    with _readable(name):
+        if len(data) < 8:
+            raise ValueError("too short to be a safetensors file")
+        size = int.from_bytes(data[:8], "little")
+        if not 2 <= size <= len(data) - 8:
+            raise ValueError("the header length does not fit the data")
+        metadata = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+        header = _header(metadata, name)
+        return _build(header, load(data))
+
+
+@contextmanager
+def _readable(name):
+    """Turn whatever a broken file raises into TraceFileError, naming the file."""
+    try:
+        yield
     except TraceFileError:
         raise
     except (SafetensorError, OSError, ValueError, KeyError, TypeError, IndexError, AttributeError,
             ArithmeticError) as e:
-        raise TraceFileError(f"{path} is not a readable attention-explorer trace ({type(e).__name__}: {e})") from e
+        raise TraceFileError(f"{name} is not a readable attention-explorer trace ({type(e).__name__}: {e})") from e
+
+
+def _header(metadata: dict, name) -> dict:
+    """The JSON header of a trace file, once its format and version are known to be ours."""
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise TraceFileError(f"{name} is a safetensors file but not an attention-explorer trace")
+    version = int(metadata.get("version", "0"))
+    if version > VERSION:
+        raise TraceFileError(
+            f"{name} is a trace of format version {version}; this attention-explorer reads up to "
+            f"version {VERSION}: upgrade attention-explorer to open it"
+        )
+    if version < 1:
+        raise TraceFileError(f"{name} has no valid trace version")
+    return json.loads(metadata["header"])
 
 
 def _build(header: dict, tensors: dict[str, np.ndarray]) -> Trace:

@@ -24,10 +24,11 @@ AUTO_FLOAT32_BUDGET = 100_000_000
 
 
 class _Progress(BaseStreamer):
-    """Counts tokens as `generate` produces them: a tqdm bar and an optional callback(done, total)."""
+    """Counts tokens as `generate` produces them: a tqdm bar and an optional callback(done, total, token text)."""
 
-    def __init__(self, total: int, show: bool, callback: Callable[[int, int], None] | None):
-        self.total, self.done, self.callback = total, 0, callback
+    def __init__(self, total: int, show: bool, callback: Callable[[int, int, str], None] | None,
+                 decode: Callable[[int], str]):
+        self.total, self.done, self.callback, self.decode = total, 0, callback, decode
         self.bar = tqdm(total=total, desc="generating", unit="tok", disable=not show)
         self._prompt_seen = False
 
@@ -38,7 +39,7 @@ class _Progress(BaseStreamer):
         self.done += 1
         self.bar.update(1)
         if self.callback is not None:
-            self.callback(self.done, self.total)
+            self.callback(self.done, self.total, self.decode(int(value.reshape(-1)[0])))
 
     def end(self):
         self.bar.total = self.bar.n  # an end-of-text token may stop it early: that is done, not failed
@@ -132,7 +133,8 @@ class LanguageModel:
         precision: str = "auto",
         keep_values: bool = False,
         progress: bool = True,
-        on_token: Callable[[int, int], None] | None = None,
+        on_token: Callable[[int, int, str], None] | None = None,
+        on_status: Callable[[str], None] | None = None,
         **generate_kwargs,
     ) -> Trace:
         """Generate from `prompt` and capture attention, positions and probabilities of every step.
@@ -140,7 +142,8 @@ class LanguageModel:
         temperature=0 decodes greedily; otherwise tokens are sampled (reproducibly when `seed` is set).
         `candidates` is how many top tokens each step keeps; `precision` is how queries and keys are stored:
         "float32" reproduces eager attention to ~1e-6, "float16" halves memory (weights within ~2e-3), and
-        "auto" takes float32 while the store fits 100 MB, float16 beyond. Other keyword arguments
+        "auto" takes float32 while the store fits 100 MB, float16 beyond. `on_token(done, total, text)` is called
+        with each new token and `on_status(sentence)` says what is happening. Other keyword arguments
         (min_new_tokens, repetition_penalty, eos_token_id, ...) go to transformers' `generate` unchanged.
         """
         settings = GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed)
@@ -156,7 +159,9 @@ class LanguageModel:
         precision = self._choose_precision(precision, len(ids) + max_new_tokens, keep_values)
         recorder = AttentionRecorder(PRECISIONS[precision], keep_values)
         input_ids = torch.tensor([ids], device=self.device)
-        streamer = _Progress(max_new_tokens, progress, on_token)
+        streamer = _Progress(max_new_tokens, progress, on_token, self.decode_token)
+        if on_status is not None:
+            on_status(f"reading the prompt ({len(ids)} tokens)")
         started = time.perf_counter()
         with torch.inference_mode(), recording(self.model, recorder):
             if seed is not None:

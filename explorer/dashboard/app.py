@@ -1,7 +1,9 @@
 """The dashboard: a prompt box and generation settings over the full explorer, with save, load and export.
 
-It runs the same in JupyterLab and under Voilà. Every callback catches our errors and shows them in the page:
-the kernel keeps running and what is already drawn stays.
+It runs the same in JupyterLab and under Voilà. It drives any model with `generate(prompt, on_token=,
+on_status=, **settings)`: a LanguageModel in this kernel, or (under `attention-explorer dashboard`) the
+RemoteModel of the generation service, so that the page's kernel holds no torch and no model. Every callback
+catches our errors and shows them in the page: the kernel keeps running and what is already drawn stays.
 """
 
 from __future__ import annotations
@@ -11,17 +13,21 @@ import gc
 import html
 import os
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import ipywidgets as widgets
 
 from ..errors import ExplorerError, SettingsError
+from ..service.protocol import FIRST_PROMPT, KEY_ENV, LIMITS_ENV, SERVICE_ENV, Limits
 from ..trace import Trace
-from ..trace_file import load_trace
+from ..trace_file import load_trace, trace_from_bytes, trace_to_bytes
 from ..views.explorer_view import ExplorerView
+from .page_ready import PageReady
 
-DEFAULT_PROMPT = "What is the capital of France?"
+DEFAULT_PROMPT = FIRST_PROMPT
 DOWNLOAD_LIMIT = 64_000_000  # bytes; larger files are saved on the server only
 
 _STYLE = """<style>
@@ -29,6 +35,7 @@ _STYLE = """<style>
 .ae-info { color: #1b5e20; background: #edf7ed; padding: 6px 10px; border-radius: 4px; }
 .ae-facts { font-size: 12px; line-height: 1.5; }
 .ae-facts b { display: inline-block; min-width: 86px; }
+.ae-live { font-family: monospace; font-size: 12px; white-space: pre-wrap; max-height: 6em; overflow: auto; }
 </style>"""
 
 
@@ -51,6 +58,16 @@ def _facts_html(info: dict, source: str) -> str:
     return f"<div class='ae-facts'>{body}</div>"
 
 
+def _import_views() -> None:
+    """Import what the first view needs (plotly's FigureWidget alone takes ~1 s), so that a preheated kernel
+    has done it before the page asks for the view."""
+    import plotly.graph_objects as go
+
+    from ..views import stepper_view  # noqa: F401
+
+    go.FigureWidget  # plotly imports its widget module on first access
+
+
 def _download_link(data: bytes, filename: str, mime: str, label: str) -> str:
     encoded = base64.b64encode(data).decode()
     return (f"<a download='{html.escape(filename)}' href='data:{mime};base64,{encoded}' "
@@ -60,10 +77,12 @@ def _download_link(data: bytes, filename: str, mime: str, label: str) -> str:
 class Dashboard(widgets.VBox):
     """Prompt, settings and Generate on the left; the explorer of the current trace on the right."""
 
-    def __init__(self, lm=None, trace: Trace | None = None, prompt: str = DEFAULT_PROMPT):
+    def __init__(self, lm=None, trace: Trace | None = None, prompt: str = DEFAULT_PROMPT,
+                 limits: Limits = Limits()):
         super().__init__()
         self.add_class("ae-dashboard")
         self.lm = lm
+        self.limits = limits
         self.explorer = ExplorerView()
         self.message = widgets.HTML().add_class("ae-message")
         self.facts = widgets.HTML()
@@ -85,7 +104,8 @@ class Dashboard(widgets.VBox):
         self.prompt = widgets.Textarea(value=prompt, placeholder="Type a prompt", rows=4,
                                        layout=widgets.Layout(width="100%")).add_class("ae-prompt")
         self.chat = widgets.Checkbox(value=has_chat, description="chat template", disabled=not has_chat, indent=False)
-        self.max_new_tokens = widgets.IntText(value=20, description="new tokens").add_class("ae-max-new-tokens")
+        self.max_new_tokens = widgets.IntText(value=min(20, self.limits.max_new_tokens or 20),
+                                              description="new tokens").add_class("ae-max-new-tokens")
         self.mode = widgets.ToggleButtons(options=["greedy", "sample"], value="greedy").add_class("ae-mode")
         self.temperature = widgets.FloatText(value=0.8, description="temperature").add_class("ae-temperature")
         self.top_k = widgets.IntText(value=0, description="top-k (0 off)").add_class("ae-top-k")
@@ -100,9 +120,14 @@ class Dashboard(widgets.VBox):
         self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="100%"))
         self.progress.add_class("ae-progress")
         self.progress_label = widgets.Label("").add_class("ae-progress-label")
+        self.live = widgets.HTML().add_class("ae-live")  # the new tokens as they come
+        limit = self.limits.max_new_tokens
+        self.limits_note = widgets.HTML(
+            f"<small>This class: at most {limit} new tokens after {self.limits.max_prompt_tokens} prompt "
+            f"tokens.</small>" if limit else "")
         self.generation_box = widgets.VBox([
-            self.prompt, self.chat, self.max_new_tokens, self.mode, self.sampling,
-            self.generate_button, self.progress, self.progress_label,
+            self.prompt, self.chat, self.max_new_tokens, self.limits_note, self.mode, self.sampling,
+            self.generate_button, self.progress, self.progress_label, self.live,
         ])
         if self.lm is None:
             self.generation_box.children = [widgets.HTML(
@@ -155,15 +180,23 @@ class Dashboard(widgets.VBox):
             total = settings["max_new_tokens"]
             self.progress.max, self.progress.value = max(1, total if isinstance(total, int) else 1), 0
             self.progress_label.value = "generating ..."
+            self.live.value = ""
+            text: list[str] = []
 
-            def on_token(done: int, total: int) -> None:
+            def on_token(done: int, total: int, token: str) -> None:
                 self.progress.value = done
                 self.progress_label.value = f"{done} / {total} tokens"
+                text.append(token)
+                self.live.value = html.escape("".join(text))
+
+            def on_status(sentence: str) -> None:
+                if not text:  # once tokens come, they are the progress
+                    self.progress_label.value = sentence
 
             started = time.perf_counter()
             # values too, so the attention-math view can show the weighted sum of values
-            trace = self.lm.generate(self.prompt.value, progress=False, on_token=on_token, keep_values=True,
-                                     **settings)
+            trace = self.lm.generate(self.prompt.value, progress=False, on_token=on_token, on_status=on_status,
+                                     keep_values=True, **settings)
             seconds = time.perf_counter() - started
             self.runs += 1
             self.show_trace(trace, f"Generated {trace.n_generated} tokens in {seconds:.1f} s (run {self.runs}).")
@@ -192,24 +225,32 @@ class Dashboard(widgets.VBox):
         if not self.upload.value:
             return
         item = self.upload.value[0]
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "upload.trace"
-            path.write_bytes(bytes(item["content"]))
-            try:
-                trace = load_trace(path)
-            except ExplorerError as e:
-                self._say(f"{item['name']}: {str(e).replace(str(path), 'the file')}", error=True)
-                return
-            finally:
-                self.upload.value = ()
+        self.upload.value = ()
+        size = len(item["content"])
+        if size > self.limits.upload_bytes:
+            self._say(f"{item['name']} is {size / 1e6:.1f} MB; this dashboard takes trace files up to "
+                      f"{self.limits.upload_bytes / 1e6:.0f} MB", error=True)
+            return
+        try:
+            trace = trace_from_bytes(bytes(item["content"]), "the file")
+        except ExplorerError as e:
+            self._say(f"{item['name']}: {e}", error=True)
+            return
         self.show_trace(trace, f"Loaded {item['name']}: {trace.n_tokens} tokens.", source=f"file {item['name']}")
 
     def save(self) -> Path | None:
-        """Save the current trace next to the notebook and offer it as a download."""
+        """Save the current trace next to the notebook and offer it as a download; in a class, where many
+        students share the server's disk, only offer the download."""
         if self.trace is None:
             self._say("There is no trace to save yet.", error=True)
             return None
-        path = Path.cwd() / time.strftime("trace-%Y%m%d-%H%M%S.trace")
+        name = time.strftime("trace-%Y%m%d-%H%M%S.trace")
+        if self.limits.class_size:
+            data = trace_to_bytes(self.trace)
+            self.links.value = _download_link(data, name, "application/octet-stream", f"download {name}")
+            self._say(f"Your trace is ready to download ({len(data) / 1e6:.1f} MB).")
+            return None
+        path = Path.cwd() / name
         try:
             self.trace.save(path)
         except OSError as e:
@@ -242,17 +283,97 @@ class Dashboard(widgets.VBox):
         self.links.value = " · ".join(links)
         self._say("Export ready: the HTML page opens offline in any browser.")
 
+    # --- the first trace from the generation service
+    def fetch_first_trace(self, wait: float = 2.0) -> Trace | None:
+        """The service's first trace, if it has one within `wait` seconds (it has not while the model loads)."""
+        try:
+            return self.lm.first_trace(timeout=wait)
+        except ExplorerError:
+            return None
+
+    def open_first_trace(self, trace: Trace | None = None) -> None:
+        """Show the first trace (fetched now if not given); if the service has none yet, say how far the model's
+        loading is and show the first trace from a background thread when it comes: the page never waits."""
+        trace = trace or self.fetch_first_trace()
+        if trace is not None:
+            self._refresh_chat()
+            self.show_trace(trace, "Ready: type a prompt and press Generate.", source="the generation service")
+            return
+        self._say("The model is loading: you can type a prompt already.")
+        self.progress_label.value = "loading the model …"
+        threading.Thread(target=self._wait_for_first_trace, name="first trace", daemon=True).start()
+
+    def _wait_for_first_trace(self, give_up: float = 600) -> None:
+        from ..service.client import RemoteModel
+
+        lm = RemoteModel(self.lm.address, self.lm.key)  # a socket of its own: Generate may use the other meanwhile
+        deadline = time.monotonic() + give_up
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    status = lm.status(timeout=3)
+                except ExplorerError:
+                    self.progress_label.value = "waiting for the generation service …"
+                    continue
+                if status.state == "failed":
+                    self._say(f"The model could not be loaded: {status.error}", error=True)
+                    return
+                if not status.ready:
+                    if self.trace is None and not self.generate_button.disabled:
+                        self.progress_label.value = f"loading the model … {status.percent}%"
+                    time.sleep(0.5)
+                    continue
+                self.lm.facts = lm.facts
+                self._refresh_chat()
+                trace = lm.first_trace()
+                if self.trace is None and trace is not None and not self.generate_button.disabled:
+                    self.progress_label.value = ""
+                    self.show_trace(trace, "Ready: type a prompt and press Generate.",
+                                    source="the generation service")
+                return
+        except Exception as e:  # a background thread has no one else to tell
+            self._say(f"Could not get the first trace: {type(e).__name__}: {e}", error=True)
+        finally:
+            lm.close()
+
+    def _refresh_chat(self) -> None:
+        has_chat = self.lm.has_chat_template
+        self.chat.disabled, self.chat.value = not has_chat, has_chat
+
+    def when_shown(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the page has drawn the dashboard (the first view of a trace takes the browser
+        about 1.5 s to build: the prompt box comes first)."""
+        self.children = [*self.children, PageReady(callback)]
+
     @classmethod
     def from_environment(cls) -> Dashboard:
-        """What `attention-explorer dashboard` starts: a saved trace ($ATTENTION_EXPLORER_TRACE) with no model,
-        or a model ($ATTENTION_EXPLORER_MODEL, default the embedded one) and a first trace of a short prompt."""
+        """What `attention-explorer dashboard` starts: a saved trace ($ATTENTION_EXPLORER_TRACE) with no model;
+        the generation service at $ATTENTION_EXPLORER_SERVICE (the viewer kernel holds no model); or, run as a
+        plain notebook, a model ($ATTENTION_EXPLORER_MODEL, default the embedded one) and a first trace."""
+        limits = Limits.from_json(os.environ.get(LIMITS_ENV))
         trace_path = os.environ.get("ATTENTION_EXPLORER_TRACE")
+        if os.environ.get(SERVICE_ENV) and not trace_path:
+            from ..service.client import RemoteModel
+
+            board = cls(lm=RemoteModel(os.environ[SERVICE_ENV], os.environ.get(KEY_ENV, "")), limits=limits)
+            board._say("Opening the first trace …")
+            first = board.fetch_first_trace()  # now, while Voilà preheats the kernel, not when a student comes
+            _import_views()
+            board.when_shown(lambda: board.open_first_trace(first))
+            return board
         if trace_path:
-            board = cls(lm=None)
-            try:
-                board.show_trace(load_trace(trace_path), f"Loaded {trace_path}.", source=f"file {Path(trace_path).name}")
-            except ExplorerError as e:
-                board._say(str(e), error=True)
+            board = cls(lm=None, limits=limits)
+
+            def show() -> None:
+                try:
+                    board.show_trace(load_trace(trace_path), f"Loaded {trace_path}.",
+                                     source=f"file {Path(trace_path).name}")
+                except ExplorerError as e:
+                    board._say(str(e), error=True)
+
+            board._say("Opening the trace …")
+            _import_views()
+            board.when_shown(show)
             return board
         from ..models import load_model
 

@@ -1,15 +1,24 @@
-"""Starting the dashboard: Voilà serving notebooks/dashboard.ipynb, bound to this machine unless asked."""
+"""Starting the dashboard: the generation service (one model for every viewer) and Voilà serving
+notebooks/dashboard.ipynb with preheated viewer kernels, bound to this machine unless asked otherwise."""
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
+import secrets
+import socket
 import sys
 from pathlib import Path
 
 from ..errors import SettingsError
+from ..service.protocol import KEY_ENV, LIMITS_ENV, SERVICE_ENV, Limits, is_loopback
 from ..trace_file import load_trace
 
 NOTEBOOK = "dashboard.ipynb"
+TRACE_ENV = "ATTENTION_EXPLORER_TRACE"
+# a viewer kernel draws small matrices: one BLAS thread each, so thirty kernels do not fight the model for cores
+KERNEL_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def notebook_path() -> Path:
@@ -20,7 +29,7 @@ def notebook_path() -> Path:
         return checkout
     import nbformat
 
-    from ..models import cache_dir
+    from ..cache import cache_dir
 
     path = cache_dir() / NOTEBOOK
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,34 +40,84 @@ def notebook_path() -> Path:
     return path
 
 
-def voila_arguments(port: int, ip: str, voila_args: list[str]) -> list[str]:
-    """Voilà's command line: ours first, so that the user's own flags (theme, preheating ...) come last and win."""
-    return [
+def pool_size(class_size: int | None) -> int:
+    """Viewer kernels kept started and run ahead of any visitor (Voilà refills the pool as pages take them):
+    one for one user; for a class, a third of it (at most 10), so that a class arriving within a minute finds
+    kernels ready while the refills catch up, without holding a kernel's memory for every student twice."""
+    return 1 if not class_size else min(10, max(2, math.ceil(class_size / 3)))
+
+
+def voila_arguments(port: int, ip: str, class_size: int | None, token: str | None, voila_args: list[str]) -> list[str]:
+    """Voilà's command line: ours first, so that the user's own flags (theme, pool size ...) come last and win."""
+    args = [
         str(notebook_path()),
         f"--port={port}",
         f"--Voila.ip={ip}",
         "--Voila.port_retries=0",
         "--no-browser",
         "--VoilaConfiguration.file_allowlist=[]",  # serve no files of the folder, only the dashboard
-        *voila_args,
+        "--preheat_kernel=True",
+        f"--pool_size={pool_size(class_size)}",
+        "--VoilaKernelManager.fill_delay=0",
     ]
+    if token:
+        args.append(f"--token={token}")
+    if class_size:  # kernels of students who left without closing the tab (a laptop lid shut) go after 20 min
+        args += ["--MappingKernelManager.cull_idle_timeout=1200", "--MappingKernelManager.cull_interval=60"]
+    return [*args, *voila_args]
 
 
-def launch(model: str | None, trace: Path | None, port: int, ip: str, voila_args: list[str]) -> int:
-    """Serve the dashboard and print its address; the kernels read the model or trace from the environment."""
-    if model and trace:
+def _address(ip: str, port: int, token: str | None) -> str:
+    host = ip
+    if ip in {"0.0.0.0", "::", ""}:  # every address: hand out the machine's name
+        host = socket.getfqdn() or socket.gethostname()
+    return f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+
+
+def launch(args: argparse.Namespace, voila_args: list[str]) -> int:
+    """Serve the dashboard and print the address to hand out; the kernels find the service or the trace in
+    their environment."""
+    if args.model and args.trace:
         raise SettingsError("give --model or --trace, not both: a saved trace needs no model")
-    if trace is not None:
-        load_trace(trace)  # refuse a bad file now, with our error, rather than in the page
-        os.environ["ATTENTION_EXPLORER_TRACE"] = str(trace.resolve())
-    if model:
-        os.environ["ATTENTION_EXPLORER_MODEL"] = model
+    if args.service and (args.model or args.trace):
+        raise SettingsError("--service uses the model of a running service: give no --model or --trace with it")
+    class_size = args.class_size
+    ip = args.ip or ("0.0.0.0" if class_size else "127.0.0.1")
+    # beyond this machine, only with Jupyter's token: nobody without the printed address can open a kernel
+    token = None if is_loopback(ip) or any(a.startswith("--token") for a in voila_args) else secrets.token_urlsafe(24)
+    limits = Limits.for_class(class_size) if class_size else Limits()
+    env = {LIMITS_ENV: limits.to_json(), **{k: v for k, v in KERNEL_ENV.items() if k not in os.environ}}
+    service = None
+    if args.trace is not None:
+        load_trace(args.trace)  # refuse a bad file now, with our error, rather than in the page
+        env[TRACE_ENV] = str(args.trace.resolve())
+    elif args.service:
+        env[SERVICE_ENV] = args.service
+    else:
+        from ..service.supervisor import ServiceProcess
+
+        address = f"tcp://127.0.0.1:{_free_port()}"
+        key = secrets.token_urlsafe(24)
+        env |= {SERVICE_ENV: address, KEY_ENV: key}
+        service_args = ["--bind", address, "--device", args.device, "--dtype", args.dtype]
+        service_args += ["--model", args.model] if args.model else []
+        service_args += ["--class", str(class_size)] if class_size else []
+        service = ServiceProcess(service_args, env={KEY_ENV: key}).start()
+    os.environ.update(env)  # Voilà's kernels inherit them
     from voila.app import main as voila_main
 
-    print(f"attention-explorer dashboard: http://{ip}:{port}/  (Ctrl-C stops it)", flush=True)
-    if ip not in {"127.0.0.1", "localhost", "::1"}:
-        print(f"warning: listening on {ip}: anyone who reaches this port can run the model and save files here, "
-              "with no password", file=sys.stderr, flush=True)
-    sys.argv = ["voila", *voila_arguments(port, ip, voila_args)]
-    voila_main()
+    who = f"a class of {class_size}" if class_size else "you"
+    print(f"attention-explorer dashboard for {who}: {_address(ip, args.port, token)}  (Ctrl-C stops it)", flush=True)
+    sys.argv = ["voila", *voila_arguments(args.port, ip, class_size, token, voila_args)]
+    try:
+        voila_main()
+    finally:
+        if service is not None:
+            service.stop()
     return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

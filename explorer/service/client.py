@@ -1,0 +1,160 @@
+"""The viewer side of the generation service: a model the dashboard can drive that lives in another process.
+
+`RemoteModel.generate` sends a prompt and settings and returns the Trace it gets back, calling `on_status` with
+the place in the queue (or the loading percent) and `on_token` with each token as it comes. It imports no torch
+and no transformers: a viewer kernel stays as light as one that shows a saved trace.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import zmq
+
+from ..errors import ServiceError, SettingsError
+from ..trace import Trace
+from ..trace_file import trace_from_bytes
+from . import protocol as p
+from .protocol import GenerationRequest, ServiceStatus
+
+SILENCE_SECONDS = 6.0  # the service speaks every 0.5 s to a waiting client; this long a silence means it is down
+
+
+class RemoteModel:
+    """The model of a generation service at `address`, driven like a LanguageModel."""
+
+    def __init__(self, address: str, key: str = "", silence_seconds: float = SILENCE_SECONDS):
+        self.address, self.key, self.silence_seconds = address, key, silence_seconds
+        self.facts: dict = {}  # the model's facts, from the last status
+        self._context = zmq.Context.instance()
+        self._socket: zmq.Socket | None = None
+
+    @property
+    def name(self) -> str:
+        return self.facts.get("name", "the service's model")
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self.facts.get("chat_template"))
+
+    def info(self) -> dict:
+        return dict(self.facts)
+
+    # --- the connection
+    def _connected(self) -> zmq.Socket:
+        if self._socket is None:
+            self._socket = self._context.socket(zmq.DEALER)
+            self._socket.setsockopt(zmq.LINGER, 0)
+            self._socket.connect(self.address)
+        return self._socket
+
+    def _reset(self) -> None:
+        """Drop the connection and whatever old answers wait in it; the next call connects afresh."""
+        if self._socket is not None:
+            self._socket.close(0)
+            self._socket = None
+
+    def close(self) -> None:
+        self._reset()
+
+    def _send(self, message: dict) -> None:
+        self._connected().send(p.encode({**message, "key": self.key}))
+
+    def _receive(self, timeout: float) -> tuple[dict, list[bytes]] | None:
+        socket = self._connected()
+        if not socket.poll(int(timeout * 1000)):
+            return None
+        frames = socket.recv_multipart()
+        return p.decode(frames[0]), frames[1:]
+
+    def _ask(self, kind: str, timeout: float) -> tuple[dict, list[bytes]]:
+        """One question, one answer (status, first trace); older answers still in the pipe are passed over."""
+        self._send({"kind": kind})
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            answer = self._receive(left)
+            if answer is None:
+                break
+            if answer[0].get("kind") in (kind, p.ERROR):
+                _raise_if_error(answer[0])
+                return answer
+        self._reset()
+        raise ServiceError(f"the generation service at {self.address} did not answer within {timeout:.0f} s")
+
+    # --- what the dashboard asks
+    def status(self, timeout: float = 3.0) -> ServiceStatus:
+        message, _ = self._ask(p.STATUS, timeout)
+        status = ServiceStatus.from_json(message)
+        if status.model:
+            self.facts = status.model
+        return status
+
+    def first_trace(self, timeout: float = 3.0) -> Trace | None:
+        """The trace the dashboard opens with, if the service has it yet."""
+        _, frames = self._ask(p.FIRST_TRACE, timeout)
+        if not frames:
+            return None
+        trace = trace_from_bytes(frames[0], "the service's first trace")
+        self.facts = self.facts or trace.model
+        return trace
+
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 20,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        *,
+        chat: bool = False,
+        on_token: Callable[[int, int, str], None] | None = None,
+        on_status: Callable[[str], None] | None = None,
+        **unused,
+    ) -> Trace:
+        """Ask the service for a trace of `prompt` and wait for it, reporting the queue and each token.
+
+        The service always keeps values (the attention-math view shows them) and shows no progress bar of its
+        own, so `keep_values` and `progress` are accepted and ignored; any other keyword is refused.
+        """
+        other = set(unused) - {"keep_values", "progress"}
+        if other:
+            raise SettingsError(f"the generation service takes no {', '.join(sorted(other))}")
+        request = GenerationRequest(prompt, max_new_tokens, temperature, top_k, top_p, seed, chat)  # checks
+        request_id = uuid.uuid4().hex
+        self._send({"kind": p.GENERATE, "id": request_id, "request": request.to_json()})
+        while True:
+            answer = self._receive(self.silence_seconds)
+            if answer is None:
+                self._reset()
+                raise ServiceError(
+                    "the generation service stopped answering (it restarts by itself): "
+                    "your last trace is still shown; press Generate again in a few seconds")
+            message, frames = answer
+            if message.get("id") != request_id:
+                continue  # an answer to an older request of this page
+            kind = message.get("kind")
+            if kind == p.TRACE:
+                trace = trace_from_bytes(frames[0], "the service's answer")
+                self.facts = trace.model
+                return trace
+            _raise_if_error(message)
+            if on_status is not None and kind == p.LOADING:
+                on_status(f"loading the model … {message.get('percent', 0)}%")
+            elif on_status is not None and kind == p.QUEUED:
+                ahead = int(message.get("ahead", 0))
+                on_status(f"waiting: {ahead} request{'s' * (ahead != 1)} ahead of yours" if ahead else "generating …")
+            elif on_token is not None and kind == p.TOKEN:
+                on_token(int(message["done"]), int(message["total"]), str(message["text"]))
+
+    def __repr__(self) -> str:
+        return f"RemoteModel({self.address!r}, {self.name!r})"
+
+
+def _raise_if_error(message: dict) -> None:
+    if message.get("kind") != p.ERROR:
+        return
+    text = str(message.get("message", "the generation service refused the request"))
+    raise SettingsError(text) if message.get("error") == "SettingsError" else ServiceError(text)

