@@ -59,18 +59,23 @@ def voila_arguments(port: int, ip: str, class_size: int | None, token: str | Non
         "--preheat_kernel=True",
         f"--pool_size={pool_size(class_size)}",
         "--VoilaKernelManager.fill_delay=0",
+        # a closed page shuts its kernel down with a POST that carries no XSRF token (Voilà 0.5 sets no _xsrf
+        # cookie), which jupyter_server refuses: the kernels of closed tabs would pile up. The POST still needs
+        # the page's login, and names a random kernel id.
+        "--Voila.tornado_settings=disable_check_xsrf=True",
+        # kernels of pages left without closing (a laptop lid shut) go after 20 idle minutes
+        "--MappingKernelManager.cull_idle_timeout=1200",
+        "--MappingKernelManager.cull_interval=60",
     ]
     if token:
         args.append(f"--token={token}")
-    if class_size:  # kernels of students who left without closing the tab (a laptop lid shut) go after 20 min
-        args += ["--MappingKernelManager.cull_idle_timeout=1200", "--MappingKernelManager.cull_interval=60"]
     return [*args, *voila_args]
 
 
 def _address(ip: str, port: int, token: str | None) -> str:
     host = ip
     if ip in {"0.0.0.0", "::", ""}:  # every address: hand out the machine's name
-        host = socket.getfqdn() or socket.gethostname()
+        host = socket.gethostname()
     return f"http://{host}:{port}/" + (f"?token={token}" if token else "")
 
 

@@ -144,10 +144,11 @@ def step_figure(trace: Trace, step: int) -> go.Figure:
     fig.add_traces(_bars(shown) + _entropy_lines(trace, step, differs, legend=False),
                    rows=[1, 1, 1, 1, 1], cols=[1, 1, 2, 2, 2])
     fig.update_annotations(font_size=14, x=0, xanchor="left", selector=dict(text=shown["title"]))
-    fig.update_annotations(font_size=14, selector=dict(text=ENTROPY_TITLE))
+    fig.update_annotations(font_size=14, x=1, xanchor="right", selector=dict(text=ENTROPY_TITLE))  # never clipped
     fig.add_annotation(_chosen_mark(shown, xref="x", yref="y"))
-    # a FigureWidget does not follow its box's width: a fixed width that fits a laptop screen
-    fig.update_layout(barmode="group", bargap=0.2, height=330, width=1100, margin=dict(l=55, r=10, t=40, b=75),
+    # a FigureWidget does not follow its box's width: a fixed width that fits the dashboard beside its sidebar
+    # on a 1280-pixel screen, and JupyterLab's output area
+    fig.update_layout(barmode="group", bargap=0.2, height=330, width=860, margin=dict(l=55, r=10, t=40, b=75),
                       template="plotly_white", showlegend=differs, legend=dict(orientation="h", x=1, xanchor="right",
                                                                                   y=-0.32, yanchor="top"))
     fig.update_xaxes(BAR_AXIS, row=1, col=1)

@@ -1,0 +1,322 @@
+"""Load test of the dashboard as a class meets it, in real headless Chromium, offline; prints figures, asserts nothing.
+
+1. one user, cold: `attention-explorer dashboard` launched to the first trace drawn, and a second page opened on
+   the warm server (page open to prompt box, to first trace);
+2. a class: `attention-explorer dashboard --class N`, left to settle as a teacher would, then N students arriving
+   within 5 s, each generating from a prompt of their own; per-page times, isolation, peak memory of the server.
+
+    .venv/bin/python benchmarks/bench_class.py [--students 30] [--settle 60] [--runs 3] [--skip-single] [--skip-class]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import statistics
+import string
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from voila_harness import CHROMIUM, CHROMIUM_ARGS, LOCAL_HOSTS, OUTPUT, free_port  # noqa: E402
+
+CLI = str(Path(sys.executable).with_name("attention-explorer"))
+TIMEOUT_MS = 300_000
+PROMPT_BOX = ".ae-prompt textarea"
+NORMALISED = "s => (s || '').toLowerCase().replace(/[^a-z0-9]/g, '')"  # drops the visible-space marks and spacing
+STEPPER_TEXT = f"() => ({NORMALISED})(document.querySelector('.stepper-view')?.innerText)"
+OWN_TRACE = (f"m => /Generated/.test(document.querySelector('.ae-message')?.innerText || '')"
+             f" && ({NORMALISED})(document.querySelector('.stepper-view')?.innerText).includes(m)")
+FIRST_TRACE = "() => /step 0 of/.test(document.querySelector('.stepper-view')?.innerText || '')"
+
+
+# --- the server and its processes
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    url: str
+    log: Path
+    launched: float  # time.monotonic() when the command was started
+
+
+def launch(*args: str, timeout: float = 300) -> Server:
+    """Run `attention-explorer dashboard ARGS` on a free port until Voilà answers; with --class, take the token
+    from the address the command prints."""
+    port = free_port()
+    OUTPUT.mkdir(exist_ok=True)
+    log = OUTPUT / f"bench-class-{port}.log"
+    launched = time.monotonic()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([CLI, "dashboard", "--port", str(port), *args], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    base, query = f"http://127.0.0.1:{port}/", ""
+    server = Server(proc, base, log, launched)
+    try:
+        while time.monotonic() - launched < timeout:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the dashboard exited with {proc.returncode}: see {log}")
+            if "--class" in args and not query:
+                if token := re.search(r"\?token=([\w-]+)", log.read_text()):
+                    query = f"?token={token[1]}"
+                    server.url = base + query
+                time.sleep(0.2)
+                continue
+            try:
+                urllib.request.urlopen(f"{base}voila/static/voila.js{query}", timeout=2).close()
+                return server
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"the dashboard did not answer within {timeout:.0f} s: see {log}")
+    except BaseException:
+        stop(server)
+        raise
+
+
+def process_tree(root: int) -> dict[int, tuple[str, float]]:
+    """pid -> (command line, resident MB) of `root` and all its descendants, from /proc."""
+    procs: dict[int, tuple[int, str, float]] = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            rss = next((int(line.split()[1]) for line in (d / "status").read_text().splitlines()
+                        if line.startswith("VmRSS:")), 0) / 1024
+        except (OSError, ValueError, IndexError):
+            continue
+        procs[int(d.name)] = (ppid, cmd, rss)
+    tree, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in procs and pid not in tree:
+            tree[pid] = procs[pid][1:]
+            todo += [child for child, (ppid, _, _) in procs.items() if ppid == pid]
+    return tree
+
+
+def stop(server: Server) -> None:
+    """Terminate the launcher (kill it after 15 s); kill, and report, any of its processes still alive 15 s on."""
+    left = set(process_tree(server.proc.pid)) - {server.proc.pid}
+    server.proc.terminate()
+    try:
+        server.proc.wait(15)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+        print(f"  ! the launcher did not stop within 15 s of SIGTERM: killed (see {server.log})")
+    deadline = time.monotonic() + 15
+    while (left := {pid for pid in left if Path(f"/proc/{pid}").exists()}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        with suppress(OSError):
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:100].decode(errors="replace")
+            os.kill(pid, 9)
+            print(f"  ! process {pid} outlived the launcher by 15 s: killed ({command})")
+
+
+@dataclass
+class MemoryPeaks:
+    """Peaks over samples of the server's process tree (MB)."""
+
+    before: float = 0.0  # the whole tree at the first sample
+    total: float = 0.0
+    service: float = 0.0
+    kernels: int = 0
+    kernels_mb: float = 0.0
+
+    def sample(self, root: int) -> None:
+        tree = process_tree(root).values()
+        kernels = [rss for cmd, rss in tree if "ipykernel" in cmd]
+        total = sum(rss for _, rss in tree)
+        self.before = self.before or total
+        self.total = max(self.total, total)
+        self.service = max(self.service, max((rss for cmd, rss in tree if "explorer.cli serve" in cmd), default=0))
+        self.kernels, self.kernels_mb = max(self.kernels, len(kernels)), max(self.kernels_mb, sum(kernels))
+
+    def watch(self, root: int, done: threading.Event, every: float = 0.5) -> None:
+        while True:
+            self.sample(root)
+            if done.wait(every):
+                return
+
+
+# --- the browser (Playwright's async API: many pages of one Chromium at once)
+@asynccontextmanager
+async def chromium():
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def offline_page(browser):
+    """As voila_harness.offline_page: a page in its own context, every non-local request blocked."""
+    page = await (await browser.new_context(viewport={"width": 1280, "height": 1000})).new_page()
+
+    async def route(r) -> None:
+        url = r.request.url
+        local = url.startswith(("data:", "blob:", "about:")) or (urlparse(url).hostname or "") in LOCAL_HOSTS
+        await (r.continue_() if local else r.abort())
+
+    await page.route("**/*", route)
+    return page
+
+
+async def close(pages: list) -> None:
+    for page in pages:
+        with suppress(Exception):
+            await page.close(run_before_unload=True)
+            await page.context.close()
+
+
+def spread(label: str, seconds: list[float], target: str) -> str:
+    return (f"{label}: median {statistics.median(seconds):.1f} s, range {min(seconds):.1f}–{max(seconds):.1f} s "
+            f"over {len(seconds)} run(s)   (target {target})")
+
+
+# --- 1. one user
+async def single_user_cold(runs: int) -> None:
+    cold, warm_box, warm_trace = [], [], []
+    async with chromium() as browser:
+        for _ in range(runs):
+            pages: list = []
+            server = await asyncio.to_thread(launch)
+            try:
+                pages.append(await offline_page(browser))
+                await pages[0].goto(server.url, wait_until="commit", timeout=TIMEOUT_MS)
+                await pages[0].wait_for_function(FIRST_TRACE, timeout=TIMEOUT_MS)
+                cold.append(time.monotonic() - server.launched)
+                await asyncio.sleep(8)  # the pool refills its kernel
+                pages.append(await offline_page(browser))
+                opened = time.monotonic()
+                await pages[1].goto(server.url, wait_until="commit", timeout=TIMEOUT_MS)
+                await pages[1].locator(PROMPT_BOX).wait_for(timeout=TIMEOUT_MS)
+                warm_box.append(time.monotonic() - opened)
+                await pages[1].wait_for_function(FIRST_TRACE, timeout=TIMEOUT_MS)
+                warm_trace.append(time.monotonic() - opened)
+            finally:
+                await close(pages)
+                await asyncio.to_thread(stop, server)
+    print(spread("launch → first trace drawn, cold", cold, "≤ 15 s"))
+    print(spread("warm server, second page: open → prompt box", warm_box, "≤ 5 s"))
+    print(spread("warm server, second page: open → first trace drawn", warm_trace, "≤ 6 s"))
+
+
+# --- 2. a class
+@dataclass
+class Visit:
+    number: int
+    marker: str  # the page's own words, normalised: no page may show another's
+    offset: float  # planned arrival, s after the class starts
+    page: object = None
+    opened: float = 0.0
+    prompt_box: float | None = None
+    own_trace: float | None = None
+    result: str = "ok"
+
+
+async def student(browser, url: str, visit: Visit, prompt: str) -> None:
+    await asyncio.sleep(visit.offset)
+    try:
+        visit.page = page = await offline_page(browser)
+        visit.opened = time.monotonic()
+        await page.goto(url, wait_until="commit", timeout=TIMEOUT_MS)
+        await page.locator(PROMPT_BOX).wait_for(timeout=TIMEOUT_MS)
+        visit.prompt_box = time.monotonic() - visit.opened
+        await page.locator(PROMPT_BOX).fill(prompt)
+        chat = page.locator(".ae-dashboard input[type=checkbox]").first
+        if await chat.is_checked():
+            await chat.uncheck(timeout=TIMEOUT_MS)
+        await page.locator(".ae-max-new-tokens input").fill("20")
+        await page.locator(".ae-max-new-tokens input").press("Enter")
+        await page.locator(".ae-generate").click(timeout=TIMEOUT_MS)
+        await page.wait_for_function(OWN_TRACE, arg=visit.marker, timeout=TIMEOUT_MS)
+        visit.own_trace = time.monotonic() - visit.opened
+        if await chat.is_checked():
+            visit.result = "ok, but the chat box was checked again"
+    except Exception as e:  # reported in the table, not raised
+        message = ""
+        with suppress(Exception):
+            message = await visit.page.locator(".ae-message").inner_text(timeout=2000)
+        visit.result = f"FAILED: {type(e).__name__}: {str(e).splitlines()[0][:80]} | message: {message[:80]!r}"
+
+
+async def class_load(n: int, settle: float, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    codes: list[str] = []
+    while len(codes) < n:  # words no model will guess, so a page showing another's is a leak, not a coincidence
+        code = "".join(rng.choices(string.ascii_lowercase, k=6))
+        codes += [code] if code not in codes else []
+    visits = [Visit(i, f"student{i:03d}{codes[i - 1]}", rng.uniform(0, 5)) for i in range(1, n + 1)]
+    prompts = [f"Student-{v.number:03d} {codes[v.number - 1]} asks: what is {v.number} plus {v.number}?" for v in visits]
+    peaks, done = MemoryPeaks(), threading.Event()
+    server = await asyncio.to_thread(launch, "--class", str(n))
+    watcher = threading.Thread(target=peaks.watch, args=(server.proc.pid, done), daemon=True)
+    print(f"class of {n}: Voilà answered {time.monotonic() - server.launched:.1f} s after launch; "
+          f"the class arrives {settle:.0f} s after launch (log: {server.log})")
+    try:
+        async with chromium() as browser:
+            await asyncio.sleep(max(0.0, settle - (time.monotonic() - server.launched)))
+            watcher.start()
+            await asyncio.gather(*(student(browser, server.url, v, p) for v, p in zip(visits, prompts)))
+            for v in visits:
+                if v.own_trace is None:
+                    continue
+                shown = await v.page.evaluate(STEPPER_TEXT)
+                if leaks := [o.number for o in visits if o is not v and o.marker in shown]:
+                    v.result = f"LEAK: shows the words of page(s) {leaks}"
+            await close([v.page for v in visits if v.page is not None])
+    finally:
+        done.set()
+        if watcher.is_alive():
+            watcher.join()
+        await asyncio.to_thread(stop, server)
+    first = min((v.opened for v in visits if v.opened), default=0.0)
+    print(f"{'page':>4}  {'arrived at (s)':>14}  {'open→prompt box (s)':>19}  {'open→own trace (s)':>18}  result")
+    for v in visits:
+        cells = [f"{x:.1f}" if x is not None else "—" for x in (v.opened - first, v.prompt_box, v.own_trace)]
+        print(f"{v.number:>4}  {cells[0]:>14}  {cells[1]:>19}  {cells[2]:>18}  {v.result}")
+    worst = [max((x for x in column if x is not None), default=float("nan"))
+             for column in zip(*((v.opened - first, v.prompt_box, v.own_trace) for v in visits))]
+    ok = sum(v.result.startswith("ok") for v in visits)
+    print(f"{'max':>4}  {worst[0]:>14.1f}  {worst[1]:>19.1f}  {worst[2]:>18.1f}  {ok}/{n} ok")
+    print(f"memory of the server's process tree: {peaks.before:.0f} MB as the class arrived, peak {peaks.total:.0f} MB; "
+          f"generation service peak {peaks.service:.0f} MB; up to {peaks.kernels} ipykernels, "
+          f"peak {peaks.kernels_mb:.0f} MB together")
+    print("targets: prompt box ≤ 5 s, own trace ≤ 60 s, peak ≤ 3 GB (10 students) / ≤ 5 GB (30)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--students", type=int, default=10, help="class size (default 10; try 30)")
+    parser.add_argument("--settle", type=float, default=60, help="seconds from launch to the class arriving")
+    parser.add_argument("--runs", type=int, default=3, help="cold launches for the one-user figures")
+    parser.add_argument("--skip-single", action="store_true", help="skip the one-user figures")
+    parser.add_argument("--skip-class", action="store_true", help="skip the class")
+    args = parser.parse_args()
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
+    parts = [] if args.skip_single else [("one user", lambda: single_user_cold(args.runs))]
+    parts += [] if args.skip_class else [("class", lambda: class_load(args.students, args.settle))]
+    for name, part in parts:
+        try:
+            asyncio.run(part())
+        except Exception as e:  # one part failing still lets the other run
+            print(f"{name}: FAILED: {type(e).__name__}: {e}")
+
+
+if __name__ == "__main__":
+    main()
