@@ -1,9 +1,9 @@
-"""Load test of the dashboard as a class meets it, in real headless Chromium, offline; prints figures, asserts nothing.
+"""Load test of the dashboard, in real headless Chromium, offline; prints figures and asserts nothing.
 
-1. one user, cold: `attention-explorer dashboard` launched to the first trace drawn, and a second page opened on
-   the warm server (page open to prompt box, to first trace);
-2. a class: `attention-explorer dashboard --class N`, left to settle as a teacher would, then N students arriving
-   within 5 s, each generating from a prompt of their own; per-page times, isolation, peak memory of the server.
+1. one user: `attention-explorer dashboard` launched to the first trace drawn (cold), then a second page opened
+   on the warm server (open to prompt box, open to first trace);
+2. a class: `attention-explorer dashboard --class N` left to settle as a teacher would, then N students arriving
+   within 5 s, each generating from a prompt of their own: per-page times, isolation, peak memory of the server.
 
     .venv/bin/python benchmarks/bench_class.py [--students 30] [--settle 60] [--runs 3] [--skip-single] [--skip-class]
 """
@@ -22,10 +22,13 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
+
+from playwright.async_api import Browser, Page, Route, async_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -34,11 +37,12 @@ from voila_harness import CHROMIUM, CHROMIUM_ARGS, LOCAL_HOSTS, OUTPUT, free_por
 CLI = str(Path(sys.executable).with_name("attention-explorer"))
 TIMEOUT_MS = 300_000
 PROMPT_BOX = ".ae-prompt textarea"
-NORMALISED = "s => (s || '').toLowerCase().replace(/[^a-z0-9]/g, '')"  # drops the visible-space marks and spacing
-STEPPER_TEXT = f"() => ({NORMALISED})(document.querySelector('.stepper-view')?.innerText)"
-OWN_TRACE = (f"m => /Generated/.test(document.querySelector('.ae-message')?.innerText || '')"
-             f" && ({NORMALISED})(document.querySelector('.stepper-view')?.innerText).includes(m)")
 FIRST_TRACE = "() => /step 0 of/.test(document.querySelector('.stepper-view')?.innerText || '')"
+# the stepper's text as letters and digits only: tokens are drawn with visible-space marks ("␣") between words
+STEPPER_TEXT = ("() => (document.querySelector('.stepper-view')?.innerText || '')"
+                ".toLowerCase().replace(/[^a-z0-9]/g, '')")
+OWN_TRACE = (f"m => /Generated/.test(document.querySelector('.ae-message')?.innerText || '')"
+             f" && ({STEPPER_TEXT})().includes(m)")
 
 
 # --- the server and its processes
@@ -47,12 +51,12 @@ class Server:
     proc: subprocess.Popen
     url: str
     log: Path
-    launched: float  # time.monotonic() when the command was started
+    launched: float  # time.monotonic() when the command started
 
 
 def launch(*args: str, timeout: float = 300) -> Server:
-    """Run `attention-explorer dashboard ARGS` on a free port until Voilà answers; with --class, take the token
-    from the address the command prints."""
+    """Run `attention-explorer dashboard ARGS` on a free port until Voilà answers; with --class, the page's address
+    carries the token the command prints."""
     port = free_port()
     OUTPUT.mkdir(exist_ok=True)
     log = OUTPUT / f"bench-class-{port}.log"
@@ -105,8 +109,8 @@ def process_tree(root: int) -> dict[int, tuple[str, float]]:
 
 
 def stop(server: Server) -> None:
-    """Terminate the launcher (kill it after 15 s); kill, and report, any of its processes still alive 15 s on."""
-    left = set(process_tree(server.proc.pid)) - {server.proc.pid}
+    """Terminate the launcher, killing it after 15 s; kill (and say) any of its processes alive 15 s later."""
+    children = process_tree(server.proc.pid).keys() - {server.proc.pid}
     server.proc.terminate()
     try:
         server.proc.wait(15)
@@ -115,18 +119,17 @@ def stop(server: Server) -> None:
         server.proc.wait()
         print(f"  ! the launcher did not stop within 15 s of SIGTERM: killed (see {server.log})")
     deadline = time.monotonic() + 15
-    while (left := {pid for pid in left if Path(f"/proc/{pid}").exists()}) and time.monotonic() < deadline:
+    while (children := {p for p in children if Path(f"/proc/{p}").exists()}) and time.monotonic() < deadline:
         time.sleep(0.5)
-    for pid in left:
+    for pid in children:
         with suppress(OSError):
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:100].decode(errors="replace")
             os.kill(pid, 9)
-            print(f"  ! process {pid} outlived the launcher by 15 s: killed ({command})")
+            print(f"  ! process {pid} outlived the launcher by 15 s: killed (see {server.log})")
 
 
 @dataclass
 class MemoryPeaks:
-    """Peaks over samples of the server's process tree (MB)."""
+    """The server's process tree sampled every `every` s until `done`: peaks in MB."""
 
     before: float = 0.0  # the whole tree at the first sample
     total: float = 0.0
@@ -134,40 +137,31 @@ class MemoryPeaks:
     kernels: int = 0
     kernels_mb: float = 0.0
 
-    def sample(self, root: int) -> None:
-        tree = process_tree(root).values()
-        kernels = [rss for cmd, rss in tree if "ipykernel" in cmd]
-        total = sum(rss for _, rss in tree)
-        self.before = self.before or total
-        self.total = max(self.total, total)
-        self.service = max(self.service, max((rss for cmd, rss in tree if "explorer.cli serve" in cmd), default=0))
-        self.kernels, self.kernels_mb = max(self.kernels, len(kernels)), max(self.kernels_mb, sum(kernels))
-
     def watch(self, root: int, done: threading.Event, every: float = 0.5) -> None:
         while True:
-            self.sample(root)
+            tree = process_tree(root).values()
+            kernels = [rss for cmd, rss in tree if "ipykernel" in cmd]
+            self.before = self.before or sum(rss for _, rss in tree)
+            self.total = max(self.total, sum(rss for _, rss in tree))
+            self.service = max(self.service, *(rss for cmd, rss in tree if "explorer.cli serve" in cmd), 0)
+            self.kernels, self.kernels_mb = max(self.kernels, len(kernels)), max(self.kernels_mb, sum(kernels))
             if done.wait(every):
                 return
 
 
-# --- the browser (Playwright's async API: many pages of one Chromium at once)
+# --- the browser: Playwright's async API, so that many pages of one Chromium load at once
 @asynccontextmanager
-async def chromium():
-    from playwright.async_api import async_playwright
-
+async def chromium() -> AsyncIterator[Browser]:
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
+        yield browser  # closed with Playwright
 
 
-async def offline_page(browser):
-    """As voila_harness.offline_page: a page in its own context, every non-local request blocked."""
+async def offline_page(browser: Browser) -> Page:
+    """As voila_harness.offline_page: a page in a context of its own, every non-local request blocked."""
     page = await (await browser.new_context(viewport={"width": 1280, "height": 1000})).new_page()
 
-    async def route(r) -> None:
+    async def route(r: Route) -> None:
         url = r.request.url
         local = url.startswith(("data:", "blob:", "about:")) or (urlparse(url).hostname or "") in LOCAL_HOSTS
         await (r.continue_() if local else r.abort())
@@ -176,7 +170,7 @@ async def offline_page(browser):
     return page
 
 
-async def close(pages: list) -> None:
+async def close(pages: list[Page]) -> None:
     for page in pages:
         with suppress(Exception):
             await page.close(run_before_unload=True)
@@ -193,7 +187,7 @@ async def single_user_cold(runs: int) -> None:
     cold, warm_box, warm_trace = [], [], []
     async with chromium() as browser:
         for _ in range(runs):
-            pages: list = []
+            pages: list[Page] = []
             server = await asyncio.to_thread(launch)
             try:
                 pages.append(await offline_page(browser))
@@ -220,16 +214,17 @@ async def single_user_cold(runs: int) -> None:
 @dataclass
 class Visit:
     number: int
-    marker: str  # the page's own words, normalised: no page may show another's
-    offset: float  # planned arrival, s after the class starts
-    page: object = None
-    opened: float = 0.0
+    prompt: str  # a plain continuation that runs to 20 tokens (a question alone ends at once)
+    marker: str  # the page's own words, normalised as STEPPER_TEXT: no other page may show them
+    offset: float  # planned arrival, s after the first possible one
+    page: Page | None = None
+    opened: float | None = None
     prompt_box: float | None = None
     own_trace: float | None = None
-    result: str = "ok"
+    result: str = "not run"
 
 
-async def student(browser, url: str, visit: Visit, prompt: str) -> None:
+async def student(browser: Browser, url: str, visit: Visit) -> None:
     await asyncio.sleep(visit.offset)
     try:
         visit.page = page = await offline_page(browser)
@@ -237,7 +232,7 @@ async def student(browser, url: str, visit: Visit, prompt: str) -> None:
         await page.goto(url, wait_until="commit", timeout=TIMEOUT_MS)
         await page.locator(PROMPT_BOX).wait_for(timeout=TIMEOUT_MS)
         visit.prompt_box = time.monotonic() - visit.opened
-        await page.locator(PROMPT_BOX).fill(prompt)
+        await page.locator(PROMPT_BOX).fill(visit.prompt)
         chat = page.locator(".ae-dashboard input[type=checkbox]").first
         if await chat.is_checked():
             await chat.uncheck(timeout=TIMEOUT_MS)
@@ -246,37 +241,40 @@ async def student(browser, url: str, visit: Visit, prompt: str) -> None:
         await page.locator(".ae-generate").click(timeout=TIMEOUT_MS)
         await page.wait_for_function(OWN_TRACE, arg=visit.marker, timeout=TIMEOUT_MS)
         visit.own_trace = time.monotonic() - visit.opened
-        if await chat.is_checked():
-            visit.result = "ok, but the chat box was checked again"
+        said = re.search(r"Generated (\d+) tokens in ([\d.]+) s", await page.locator(".ae-message").inner_text())
+        visit.result = f"ok: {said[1]} tokens in {said[2]} s" if said else "ok"
+        visit.result += ", but the chat box was checked again" if await chat.is_checked() else ""
     except Exception as e:  # reported in the table, not raised
-        message = ""
+        visit.result = f"FAILED: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
         with suppress(Exception):
-            message = await visit.page.locator(".ae-message").inner_text(timeout=2000)
-        visit.result = f"FAILED: {type(e).__name__}: {str(e).splitlines()[0][:80]} | message: {message[:80]!r}"
+            visit.result += f" | message: {(await visit.page.locator('.ae-message').inner_text(timeout=2000))[:80]!r}"
 
 
-async def class_load(n: int, settle: float, seed: int = 0) -> None:
+def visits_of(n: int, seed: int = 0) -> list[Visit]:
+    """n students, each with a distinct six-letter word no model will guess, arriving within 5 s."""
     rng = random.Random(seed)
-    codes: list[str] = []
-    while len(codes) < n:  # words no model will guess, so a page showing another's is a leak, not a coincidence
-        code = "".join(rng.choices(string.ascii_lowercase, k=6))
-        codes += [code] if code not in codes else []
-    visits = [Visit(i, f"student{i:03d}{codes[i - 1]}", rng.uniform(0, 5)) for i in range(1, n + 1)]
-    prompts = [f"Student-{v.number:03d} {codes[v.number - 1]} asks: what is {v.number} plus {v.number}?" for v in visits]
-    peaks, done = MemoryPeaks(), threading.Event()
+    codes = ["".join(string.ascii_lowercase[k // 26**j % 26] for j in range(6)) for k in rng.sample(range(26**6), n)]
+    return [Visit(i, f"Note of Student-{i:03d} ({code}): the number {i} plus the number {i} makes",
+                  f"student{i:03d}{code}", rng.uniform(0, 5)) for i, code in enumerate(codes, 1)]
+
+
+async def class_load(n: int, settle: float) -> None:
+    visits, peaks, done = visits_of(n), MemoryPeaks(), threading.Event()
     server = await asyncio.to_thread(launch, "--class", str(n))
     watcher = threading.Thread(target=peaks.watch, args=(server.proc.pid, done), daemon=True)
-    print(f"class of {n}: Voilà answered {time.monotonic() - server.launched:.1f} s after launch; "
-          f"the class arrives {settle:.0f} s after launch (log: {server.log})")
+    print(f"class of {n}: Voilà answered {time.monotonic() - server.launched:.1f} s after launch; the class arrives "
+          f"{settle:.0f} s after launch (log: {server.log})")
     try:
         async with chromium() as browser:
             await asyncio.sleep(max(0.0, settle - (time.monotonic() - server.launched)))
             watcher.start()
-            await asyncio.gather(*(student(browser, server.url, v, p) for v, p in zip(visits, prompts)))
-            for v in visits:
-                if v.own_trace is None:
+            await asyncio.gather(*(student(browser, server.url, v) for v in visits))
+            for v in (v for v in visits if v.own_trace is not None):  # all traces drawn: none shows another's
+                try:
+                    shown = await v.page.evaluate(STEPPER_TEXT)
+                except Exception as e:  # a page that died afterwards is reported, not raised
+                    v.result = f"FAILED after its trace: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
                     continue
-                shown = await v.page.evaluate(STEPPER_TEXT)
                 if leaks := [o.number for o in visits if o is not v and o.marker in shown]:
                     v.result = f"LEAK: shows the words of page(s) {leaks}"
             await close([v.page for v in visits if v.page is not None])
@@ -285,18 +283,18 @@ async def class_load(n: int, settle: float, seed: int = 0) -> None:
         if watcher.is_alive():
             watcher.join()
         await asyncio.to_thread(stop, server)
-    first = min((v.opened for v in visits if v.opened), default=0.0)
+    first = min((v.opened for v in visits if v.opened is not None), default=0.0)
+    rows = [(v.opened - first if v.opened is not None else None, v.prompt_box, v.own_trace) for v in visits]
     print(f"{'page':>4}  {'arrived at (s)':>14}  {'open→prompt box (s)':>19}  {'open→own trace (s)':>18}  result")
-    for v in visits:
-        cells = [f"{x:.1f}" if x is not None else "—" for x in (v.opened - first, v.prompt_box, v.own_trace)]
+    for v, row in zip(visits, rows):
+        cells = [f"{x:.1f}" if x is not None else "—" for x in row]
         print(f"{v.number:>4}  {cells[0]:>14}  {cells[1]:>19}  {cells[2]:>18}  {v.result}")
-    worst = [max((x for x in column if x is not None), default=float("nan"))
-             for column in zip(*((v.opened - first, v.prompt_box, v.own_trace) for v in visits))]
+    worst = [max((x for x in column if x is not None), default=float("nan")) for column in zip(*rows)]
     ok = sum(v.result.startswith("ok") for v in visits)
     print(f"{'max':>4}  {worst[0]:>14.1f}  {worst[1]:>19.1f}  {worst[2]:>18.1f}  {ok}/{n} ok")
-    print(f"memory of the server's process tree: {peaks.before:.0f} MB as the class arrived, peak {peaks.total:.0f} MB; "
-          f"generation service peak {peaks.service:.0f} MB; up to {peaks.kernels} ipykernels, "
-          f"peak {peaks.kernels_mb:.0f} MB together")
+    print(f"memory of the server's process tree: {peaks.before:.0f} MB as the class arrived, peak {peaks.total:.0f} "
+          f"MB; generation service peak {peaks.service:.0f} MB; up to {peaks.kernels} ipykernels, peak "
+          f"{peaks.kernels_mb:.0f} MB together")
     print("targets: prompt box ≤ 5 s, own trace ≤ 60 s, peak ≤ 3 GB (10 students) / ≤ 5 GB (30)")
 
 

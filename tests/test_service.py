@@ -181,3 +181,81 @@ def test_the_viewer_kernel_shows_the_services_trace_and_never_imports_torch(serv
     finally:
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def test_pages_wait_with_the_loading_percent_then_get_their_traces(monkeypatch):
+    """A service whose model is still loading: the page says how far, a request waits with the percent, and
+    both the first trace and the request's trace come once it is loaded (a tiny model, in this process)."""
+    import threading
+
+    from conftest import make_tiny_lm
+    from explorer.dashboard import Dashboard
+    from explorer.service.server import GenerationService
+    from explorer.trace_file import trace_to_bytes
+
+    release = threading.Event()
+
+    def slow_load(self):
+        self._stage(40, "loading the model")
+        release.wait(60)
+        self.lm = make_tiny_lm("llama")
+        self.status.model = self.lm.info()
+        self.first_trace = trace_to_bytes(self.lm.generate("abc", 3, progress=False))
+        self._stage(100, "ready")
+        self.status.state = "ready"
+
+    monkeypatch.setattr(GenerationService, "_load", slow_load)
+    monkeypatch.setattr(GenerationService, "_read_first_trace", lambda self: None)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    service = GenerationService(address, key="k")
+    threading.Thread(target=service.run, daemon=True).start()
+    try:
+        board = Dashboard(lm=RemoteModel(address, "k"))
+        board.open_first_trace()  # nothing to show yet: the page says so and waits in the background
+        until = time.monotonic() + 20
+        while "loading the model … 40%" not in board.progress_label.value:
+            assert time.monotonic() < until, board.progress_label.value
+            time.sleep(0.1)
+        assert board.trace is None and board.progress.value == 40 and "loading" in board.message.value
+        statuses, results = [], []
+        asking = threading.Thread(target=lambda: results.append(
+            RemoteModel(address, "k").generate("hello", 2, on_status=statuses.append)))
+        asking.start()
+        time.sleep(1.5)
+        assert "loading the model … 40%" in statuses and not results  # it waits, and says why
+        release.set()
+        asking.join(30)
+        assert results and results[0].n_generated == 2 and results[0].model["name"] == "tiny-llama"
+        while "Ready" not in board.message.value:  # the first trace, shown from the background thread
+            assert time.monotonic() < until + 30
+            time.sleep(0.1)
+        assert board.trace.n_generated == 3 and board.progress_label.value == ""
+    finally:
+        release.set()
+        service.stop()
+
+
+def test_a_model_that_cannot_load_is_said_in_a_sentence(monkeypatch):
+    import threading
+
+    from explorer.errors import ModelLoadError
+    from explorer.service.server import GenerationService
+
+    def failing_load(self):
+        raise ModelLoadError("could not load model 'nope': it is not a local folder")
+
+    monkeypatch.setattr(GenerationService, "_load", failing_load)
+    monkeypatch.setattr(GenerationService, "_read_first_trace", lambda self: None)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    service = GenerationService(address)
+    threading.Thread(target=service.run, daemon=True).start()
+    try:
+        remote = RemoteModel(address)
+        deadline = time.monotonic() + 10
+        while remote.status().state != "failed":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        with pytest.raises(ServiceError, match="the model could not be loaded: ModelLoadError: could not load"):
+            remote.generate("hello", 2)
+    finally:
+        service.stop()

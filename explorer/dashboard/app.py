@@ -320,7 +320,8 @@ class Dashboard(widgets.VBox):
                     return
                 if not status.ready:
                     if self.trace is None and not self.generate_button.disabled:
-                        self.progress_label.value = f"loading the model … {status.percent}%"
+                        self.progress.max, self.progress.value = 100, status.percent
+                        self.progress_label.value = f"loading the model … {status.percent}% ({status.stage})"
                     time.sleep(0.5)
                     continue
                 self.lm.facts = lm.facts

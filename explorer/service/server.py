@@ -106,6 +106,7 @@ class GenerationService:
         self.lm = None
         self._running: tuple[bytes, str] | None = None  # client and request id of the request being generated
         self._cancel = threading.Event()
+        self._stopping = threading.Event()
         self._context = zmq.Context()
 
     # --- I/O thread
@@ -127,7 +128,7 @@ class GenerationService:
         poller.register(outbox, zmq.POLLIN)
         next_beat = time.monotonic()
         try:
-            while True:
+            while not self._stopping.is_set():
                 events = dict(poller.poll(int(HEARTBEAT_SECONDS * 1000)))
                 if router in events:
                     frames = router.recv_multipart()
@@ -144,6 +145,10 @@ class GenerationService:
         finally:
             router.close(0)
             outbox.close(0)
+
+    def stop(self) -> None:
+        """Stop serving (from another thread); `run` returns within half a second."""
+        self._stopping.set()
 
     def _send(self, router, client: bytes, *frames: bytes) -> bool:
         """Send to one client; a client that has gone is forgotten (and its running request stopped)."""
