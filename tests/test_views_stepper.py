@@ -67,20 +67,21 @@ def test_bars_hold_the_model_and_sampling_probabilities_of_the_step(tiny_trace):
     view = stepper(tiny_trace)
     for step in tiny_trace.steps:
         view.step = step.index
-        model, sampling = view.charts.data[:2]
+        assert view.charts.step == step.index  # the browser draws this step's bars
+        bars = view.charts.candidates[step.index]
         k = len(step.top_k)
-        assert list(model.y[:k]) == [c.prob for c in step.top_k]
-        assert list(model.x[:k]) == unique_labels([c.token for c in step.top_k], [c.token_id for c in step.top_k])
-        ids = list(model.customdata)
+        assert bars["model"][:k] == [c.prob for c in step.top_k]
+        assert bars["labels"][:k] == unique_labels([c.token for c in step.top_k], [c.token_id for c in step.top_k],
+                                                   plain=True)
+        ids = bars["ids"]
         for c in step.sampling_top_k:
-            assert sampling.y[ids.index(c.token_id)] == c.prob
+            assert bars["sampling"][ids.index(c.token_id)] == c.prob
         chosen = ids.index(step.token_id)
-        assert model.y[chosen] == step.prob and sampling.y[chosen] == step.sampling_prob
-        assert view.charts.layout.annotations[2].x == model.x[chosen]  # the "chosen" mark
-        assert view.charts.layout.annotations[0].text.startswith(f"step {step.index}: chose")
-        assert model.marker.line.width[chosen] > 0 and sum(w > 0 for w in model.marker.line.width) == 1
-        # the tiny trace was sampled at temperature 0.8: the two distributions differ and both show
-        assert sampling.visible is True
+        assert bars["chosen"] == chosen  # outlined and marked in the browser
+        assert bars["model"][chosen] == step.prob and bars["sampling"][chosen] == step.sampling_prob
+        assert bars["title"].startswith(f"step {step.index}: chose") and f"rank {step.rank}" in bars["title"]
+    # the tiny trace was sampled at temperature 0.8: the two distributions differ and both show
+    assert view.charts.differs is True
 
 
 def test_greedy_steps_show_one_distribution(tiny_trace):
@@ -90,14 +91,15 @@ def test_greedy_steps_show_one_distribution(tiny_trace):
     fig = probability_chart(greedy, 0)
     assert fig.data[1].visible is False and not fig.layout.showlegend
     charts = stepper(greedy).charts
-    assert charts.data[1].visible is False and charts.data[3].visible is False and not charts.layout.showlegend
+    assert charts.differs is False and charts.sampling_entropy == []
 
 
 def test_probability_chart_alone_matches_the_stepper(tiny_trace):
     fig, charts = probability_chart(tiny_trace, 5), stepper(tiny_trace, Selection(step=5)).charts
-    for alone, inside in zip(fig.data, charts.data[:2]):
-        assert alone.x == inside.x and alone.y == inside.y
-    assert fig.layout.title.text == charts.layout.annotations[0].text
+    bars = charts.candidates[5]
+    assert list(fig.data[0].y) == bars["model"] and list(fig.data[1].y) == bars["sampling"]
+    assert [html.unescape(x) for x in fig.data[0].x] == bars["labels"]  # plotly's labels are escaped, ours text
+    assert html.unescape(fig.layout.title.text) == bars["title"]
 
 
 def test_entropy_series_and_current_step_marker(tiny_trace):
@@ -106,9 +108,9 @@ def test_entropy_series_and_current_step_marker(tiny_trace):
     assert list(fig.data[1].y) == [s.sampling_entropy for s in tiny_trace.steps]
     view = stepper(tiny_trace)
     view.step = 4
-    assert list(view.charts.data[2].y) == [s.entropy for s in tiny_trace.steps]
-    assert list(view.charts.data[3].y) == [s.sampling_entropy for s in tiny_trace.steps]
-    assert list(view.charts.data[4].x) == [4] and list(view.charts.data[4].y) == [tiny_trace.steps[4].entropy]
+    assert view.charts.entropy == [s.entropy for s in tiny_trace.steps]
+    assert view.charts.sampling_entropy == [s.sampling_entropy for s in tiny_trace.steps]
+    assert view.charts.step == 4
 
 
 def test_strip_colours_tokens_by_their_probability(tiny_trace):
@@ -160,8 +162,8 @@ def test_html_in_tokens_is_escaped_everywhere(tiny_trace):
     assert view.text.tokens[1] == XSS and view.text.shown_text.endswith(SCRIPT)
     fig_text = probability_chart(hostile, 1).to_json()
     assert "<img" not in fig_text and "<script" not in fig_text and "</script" not in fig_text
-    assert label(XSS) in list(view.charts.data[0].x) and label(XSS).startswith("&lt;img")
-    assert all("<" not in a.text for a in view.charts.layout.annotations)
+    # the SVG charts get plain text, which the browser sets with textContent (checked in test_browser_stepper)
+    assert label(XSS, plain=True) in view.charts.candidates[1]["labels"] + view.charts.tokens
 
 
 def test_token_helpers_escape_and_show_whitespace():

@@ -59,13 +59,8 @@ def _facts_html(info: dict, source: str) -> str:
 
 
 def _import_views() -> None:
-    """Import what the first view needs (plotly's FigureWidget alone takes ~1 s), so that a preheated kernel
-    has done it before the page asks for the view."""
-    import plotly.graph_objects as go
-
+    """Import what the first view needs, so that a preheated kernel has done it before the page asks for it."""
     from ..views import stepper_view  # noqa: F401
-
-    go.FigureWidget  # plotly imports its widget module on first access
 
 
 def _download_link(data: bytes, filename: str, mime: str, label: str) -> str:

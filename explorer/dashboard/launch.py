@@ -107,6 +107,7 @@ def launch(args: argparse.Namespace, voila_args: list[str]) -> int:
         service_args = ["--bind", address, "--device", args.device, "--dtype", args.dtype]
         service_args += ["--model", args.model] if args.model else []
         service_args += ["--class", str(class_size)] if class_size else []
+        service_args += ["--threads", str(args.threads)] if args.threads else []
         service = ServiceProcess(service_args, env={KEY_ENV: key}).start()
     os.environ.update(env)  # Voilà's kernels inherit them
     from voila.app import main as voila_main

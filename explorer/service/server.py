@@ -79,6 +79,13 @@ class FairQueue:
             return len(self._waiting)
 
 
+def default_threads() -> int:
+    """Torch threads for generation on the CPU: half the cores, leaving the rest to the viewer kernels and the
+    browsers. Measured on 2 cores (20 tokens on SmolLM2): idle, 1 thread 0.87 s = 2 threads 0.87 s; with two busy
+    processes beside it, 1 thread 1.2-1.4 s against 2.7-3.7 s for 2 threads."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 def first_trace_path(model: str | None) -> Path:
     """Where the first trace the dashboard shows is kept between starts, named by everything it depends on."""
     if model is None:
@@ -97,9 +104,10 @@ class GenerationService:
     """Serve generation requests on `address` (a ZeroMQ endpoint such as tcp://127.0.0.1:5555)."""
 
     def __init__(self, address: str, model: str | None = None, limits: Limits = Limits(), key: str = "",
-                 device: str = "auto", dtype: str = "auto", parent_pid: int | None = None):
+                 device: str = "auto", dtype: str = "auto", parent_pid: int | None = None, threads: int | None = None):
         self.address, self.model_name, self.limits, self.key = address, model, limits, key
         self.device, self.dtype, self.parent_pid = device, dtype, parent_pid
+        self.threads = threads or default_threads()
         self.queue = FairQueue()
         self.status = ServiceStatus(state="loading", stage="starting", limits=json.loads(limits.to_json()))
         self.first_trace: bytes | None = None
@@ -234,8 +242,11 @@ class GenerationService:
     def _load(self) -> None:
         started = time.monotonic()
         self._stage(5, "starting torch and transformers")
+        import torch
+
         from ..models import default_model_dir, load_model
 
+        torch.set_num_threads(self.threads)
         if self.model_name is None:
             self._stage(40, "preparing the embedded model (the first start converts it once, about 20 s)")
             default_model_dir(progress=False)
@@ -249,7 +260,8 @@ class GenerationService:
             self._write_first_trace()
         self._stage(100, "ready")
         self.status.state = "ready"
-        log(f"model {self.lm.name} ready on {self.lm.device} in {time.monotonic() - started:.1f} s")
+        log(f"model {self.lm.name} ready on {self.lm.device} ({self.threads} CPU thread{'s' * (self.threads > 1)}) "
+            f"in {time.monotonic() - started:.1f} s")
 
     def _run(self, request: GenerationRequest, on_token):
         if self.limits.max_prompt_tokens is not None:

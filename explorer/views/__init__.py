@@ -3,39 +3,49 @@
     from explorer import views
     views.heatmap(trace, layer=3, head=2)
     views.stepper(trace)
+
+Each name is imported when first used: a dashboard kernel that shows only the stepper never loads plotly or
+bertviz's helpers (tens of MB a kernel, thirty kernels in a class).
 """
 
 # Modules are named *_view so that `views.heatmap` is always the function, never a submodule of that name.
-from .attention_math import AttentionMathView, attention_math
-from .bertviz_offline import head_view, head_view_html, model_view, model_view_html
-from .explorer_view import ExplorerView, show
-from .export import standalone_html, to_json
-from .heads_map_view import HeadsMapView, heads_map
-from .heatmap_view import HeatmapView, heatmap
-from .positional_view import positional
-from .probabilities import entropy_chart, probability_chart
-from .selection import Selection
-from .stepper_view import StepperView, stepper
+_WHERE = {
+    "AttentionMathView": "attention_math",
+    "attention_math": "attention_math",
+    "head_view": "bertviz_offline",
+    "head_view_html": "bertviz_offline",
+    "model_view": "bertviz_offline",
+    "model_view_html": "bertviz_offline",
+    "ExplorerView": "explorer_view",
+    "show": "explorer_view",
+    "standalone_html": "export",
+    "to_json": "export",
+    "HeadsMapView": "heads_map_view",
+    "heads_map": "heads_map_view",
+    "HeatmapView": "heatmap_view",
+    "heatmap": "heatmap_view",
+    "positional": "positional_view",
+    "entropy_chart": "probabilities",
+    "probability_chart": "probabilities",
+    "Selection": "selection",
+    "StepCharts": "step_charts",
+    "StepperView": "stepper_view",
+    "stepper": "stepper_view",
+}
 
-__all__ = [
-    "AttentionMathView",
-    "ExplorerView",
-    "HeadsMapView",
-    "HeatmapView",
-    "Selection",
-    "StepperView",
-    "attention_math",
-    "entropy_chart",
-    "head_view",
-    "head_view_html",
-    "heatmap",
-    "heads_map",
-    "model_view",
-    "model_view_html",
-    "positional",
-    "probability_chart",
-    "show",
-    "standalone_html",
-    "stepper",
-    "to_json",
-]
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'explorer.views' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value  # found once; later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
+
+__all__ = sorted(_WHERE)

@@ -10,24 +10,51 @@ from ..trace import Trace
 from .selection import Selection
 
 
-def _tabs() -> list[tuple[str, Callable]]:
-    from .attention_math import attention_math
-    from .bertviz_offline import head_view, model_view
-    from .heads_map_view import heads_map
-    from .heatmap_view import heatmap
-    from .positional_view import positional
+def _stepper(trace, selection):
     from .stepper_view import stepper
 
-    def bertviz(trace, selection):
-        return widgets.VBox([head_view(trace, selection=selection), model_view(trace, selection=selection)])
+    return stepper(trace, selection)
 
+
+def _heatmap(trace, selection):
+    from .heatmap_view import heatmap
+
+    return heatmap(trace, selection=selection)
+
+
+def _heads_map(trace, selection):
+    from .heads_map_view import heads_map
+
+    return heads_map(trace, selection)
+
+
+def _attention_math(trace, selection):
+    from .attention_math import attention_math
+
+    return attention_math(trace, selection=selection)
+
+
+def _positional(trace, selection):
+    from .positional_view import positional  # plotly: loaded only by those who open this tab
+
+    return positional(trace, selection)
+
+
+def _bertviz(trace, selection):
+    from .bertviz_offline import head_view, model_view
+
+    return widgets.VBox([head_view(trace, selection=selection), model_view(trace, selection=selection)])
+
+
+def _tabs() -> list[tuple[str, Callable]]:
+    """Each tab's title and builder; a builder imports its view when its tab is first opened."""
     return [
-        ("Step through", stepper),
-        ("Heatmap", lambda t, s: heatmap(t, selection=s)),
-        ("All heads", heads_map),
-        ("Attention math", lambda t, s: attention_math(t, selection=s)),
-        ("Positions", positional),
-        ("bertviz", bertviz),
+        ("Step through", _stepper),
+        ("Heatmap", _heatmap),
+        ("All heads", _heads_map),
+        ("Attention math", _attention_math),
+        ("Positions", _positional),
+        ("bertviz", _bertviz),
     ]
 
 

@@ -1,7 +1,7 @@
 """Charts of the per-step probabilities: the top candidates of one step, and the entropy over all steps.
 
-Both return a plain plotly `go.Figure`. The stepper shows both in one figure (`step_figure`), wrapped in a single
-FigureWidget and moved from step to step in place (`show_step`).
+Both return a plain plotly `go.Figure`, for notebooks and lessons. The stepper draws the same two charts with its
+own light SVG widget (`step_charts.StepCharts`), from the same candidate data.
 """
 
 from __future__ import annotations
@@ -9,46 +9,13 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from ..trace import Step, Trace
-from .tokens_html import label, unique_labels
+from ..trace import Trace
+from .step_charts import candidate_bars, sampling_differs
+from .tokens_html import label
 
 MODEL_COLOUR = "#1f77b4"
 SAMPLING_COLOUR = "#ff7f0e"
 CHOSEN_COLOUR = "#d62728"
-
-
-def sampling_differs(step: Step, tol: float = 1e-6) -> bool:
-    """True when the distribution sampled from (after temperature, top-k, top-p) is not the model's own."""
-    if [c.token_id for c in step.top_k] != [c.token_id for c in step.sampling_top_k]:
-        return True
-    model = np.array([c.prob for c in step.top_k])
-    sampling = np.array([c.prob for c in step.sampling_top_k])
-    return not np.allclose(model, sampling, atol=tol, rtol=0) or abs(step.prob - step.sampling_prob) > tol
-
-
-def candidate_bars(step: Step) -> dict:
-    """Bar data of one step: labels, token ids, the model's and the sampling probabilities (None = not in its top-k).
-
-    Categories are the model's top-k, then sampling candidates outside it, then the chosen token if neither
-    list holds it (its two probabilities are always known).
-    """
-    model = {c.token_id: c.prob for c in step.top_k}
-    sampling = {c.token_id: c.prob for c in step.sampling_top_k}
-    model[step.token_id] = step.prob
-    sampling[step.token_id] = step.sampling_prob
-    ids, tokens = [], []
-    for c in [*step.top_k, *step.sampling_top_k, step]:
-        if c.token_id not in ids:
-            ids.append(c.token_id)
-            tokens.append(c.token)
-    return {
-        "labels": unique_labels(tokens, ids),
-        "token_ids": ids,
-        "model": [model.get(i) for i in ids],
-        "sampling": [sampling.get(i) for i in ids],
-        "chosen": ids.index(step.token_id),
-        "differs": sampling_differs(step),
-    }
 
 
 def _bar_step(trace: Trace, step: int) -> dict:
@@ -130,41 +97,3 @@ def entropy_marker(trace: Trace, step: int) -> dict:
     if not trace.steps:
         return dict(x=[], y=[])
     return dict(x=[step], y=[trace.steps[step].entropy])
-
-
-def step_figure(trace: Trace, step: int) -> go.Figure:
-    """Both charts side by side in one figure (one FigureWidget costs one plotly.js bundle): traces 0-1 the
-    bars, 2-4 the entropy lines and marker; annotations 0-1 the titles, 2 the chosen mark."""
-    from plotly.subplots import make_subplots
-
-    shown = _bar_step(trace, step)
-    differs = any(sampling_differs(s) for s in trace.steps)
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45], horizontal_spacing=0.08,
-                        subplot_titles=(shown["title"], ENTROPY_TITLE))
-    fig.add_traces(_bars(shown) + _entropy_lines(trace, step, differs, legend=False),
-                   rows=[1, 1, 1, 1, 1], cols=[1, 1, 2, 2, 2])
-    fig.update_annotations(font_size=14, x=0, xanchor="left", selector=dict(text=shown["title"]))
-    fig.update_annotations(font_size=14, x=1, xanchor="right", selector=dict(text=ENTROPY_TITLE))  # never clipped
-    fig.add_annotation(_chosen_mark(shown, xref="x", yref="y"))
-    # a FigureWidget does not follow its box's width: a fixed width that fits the dashboard beside its sidebar
-    # on a 1280-pixel screen, and JupyterLab's output area
-    fig.update_layout(barmode="group", bargap=0.2, height=330, width=860, margin=dict(l=55, r=10, t=40, b=75),
-                      template="plotly_white", showlegend=differs, legend=dict(orientation="h", x=1, xanchor="right",
-                                                                                  y=-0.32, yanchor="top"))
-    fig.update_xaxes(BAR_AXIS, row=1, col=1)
-    fig.update_yaxes(range=[0, shown["top"] * 1.25], title_text="probability", row=1, col=1)
-    fig.update_xaxes(title_text="step", row=1, col=2)
-    fig.update_yaxes(rangemode="tozero", title_text="nats", row=1, col=2)
-    return fig
-
-
-def show_step(fig: go.FigureWidget, trace: Trace, step: int) -> None:
-    """Move a `step_figure` (as a FigureWidget) to another step, in place, in one message."""
-    shown = _bar_step(trace, step)
-    with fig.batch_update():
-        for bars, update in zip(fig.data[:2], shown["traces"]):
-            bars.update(update)
-        fig.data[4].update(entropy_marker(trace, step))
-        fig.layout.annotations[0].text = shown["title"]
-        fig.layout.annotations[2].update(x=shown["chosen"], y=shown["top"] * 1.08)
-        fig.layout.yaxis.range = [0, shown["top"] * 1.25]

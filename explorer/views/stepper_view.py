@@ -3,9 +3,8 @@ candidates it was chosen from.
 
     view = explorer.views.stepper(trace)        # a slider and a play button over the steps
 
-Per step only small things cross to the browser: one attention row as float32 bytes, the bar chart's few
-candidates and the entropy marker. The tokens go over once. One plotly FigureWidget for both charts (each
-instance sends plotly.js again), built with its data and updated in place.
+Per step only small things cross to the browser: one attention row as float32 bytes and the step's number.
+The tokens and every step's candidates go over once; the charts are SVG drawn by a small anywidget.
 """
 
 from __future__ import annotations
@@ -16,11 +15,10 @@ from pathlib import Path
 import anywidget
 import ipywidgets as widgets
 import numpy as np
-import plotly.graph_objects as go
 import traitlets
 
 from ..trace import Trace
-from .probabilities import show_step, step_figure
+from .step_charts import StepCharts
 from .selection import FollowsSelection, Selection
 from .tokens_html import token_span
 
@@ -98,9 +96,7 @@ class StepperView(FollowsSelection, widgets.VBox):
             titles=[f"step {s.index} · p {s.prob:.4f} · rank {s.rank} · entropy {s.entropy:.3f} nats" for s in generated],
         )
         self.strip.set_values(np.array([s.prob for s in generated], dtype=np.float32))
-        # one FigureWidget for both charts: each instance sends and parses plotly.js (~5 MB) again, and two of
-        # them made anywidget's 2 s start-up timer fail now and then on a busy machine
-        self.charts = go.FigureWidget(step_figure(trace, step))
+        self.charts = StepCharts(trace, step)
         self._show(step)
 
         controls = widgets.HBox([self.play, self.slider, self.layer, self.head])
@@ -163,7 +159,7 @@ class StepperView(FollowsSelection, widgets.VBox):
             self.text.highlight = s.position
         self.strip.highlight = step
         self._describe(step)
-        show_step(self.charts, self.trace, step)
+        self.charts.step = step
 
     def _describe(self, step: int) -> None:
         s = self.trace.steps[step]

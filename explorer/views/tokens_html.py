@@ -27,20 +27,21 @@ def escape(token: str) -> str:
     return html.escape(token, quote=True)
 
 
-def label(token: str, max_chars: int = 24) -> str:
-    """A short escaped label for charts (plotly reads HTML entities back into characters)."""
+def label(token: str, max_chars: int = 24, plain: bool = False) -> str:
+    """A short label for charts: escaped for plotly (which reads HTML entities back into characters), or plain
+    text for a front end that sets it with textContent."""
     text = visible(token)
     if len(text) > max_chars:
         text = text[: max_chars - 1] + "…"
-    return html.escape(text, quote=False)  # plotly decodes &lt; &gt; &amp; but shows &quot; as it is
+    return text if plain else html.escape(text, quote=False)  # plotly decodes &lt; &gt; &amp;, shows &quot; as is
 
 
-def unique_labels(tokens: Sequence[str], token_ids: Sequence[int]) -> list[str]:
+def unique_labels(tokens: Sequence[str], token_ids: Sequence[int], plain: bool = False) -> list[str]:
     """Chart labels, one per distinct token id: two ids that decode alike get their id appended."""
     labels: list[str] = []
     seen: dict[str, int] = {}
     for token, token_id in zip(tokens, token_ids):
-        text = label(token)
+        text = label(token, plain=plain)
         if text in seen and seen[text] != token_id:
             text = f"{text} #{token_id}"
         seen.setdefault(text, token_id)
