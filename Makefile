@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browser test dashboard bench clean
+.PHONY: install browser test dashboard class bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: install browser
 
 dashboard: install
 	$(VENV)/bin/attention-explorer dashboard
+
+STUDENTS ?= 30
+class: install
+	$(VENV)/bin/attention-explorer dashboard --class $(STUDENTS)
 
 bench: install
 	$(VENV)/bin/attention-explorer bench
