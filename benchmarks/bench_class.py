@@ -205,9 +205,9 @@ async def single_user_cold(runs: int) -> None:
             finally:
                 await close(pages)
                 await asyncio.to_thread(stop, server)
-    print(spread("launch → first trace drawn, cold", cold, "≤ 15 s"))
-    print(spread("warm server, second page: open → prompt box", warm_box, "≤ 5 s"))
-    print(spread("warm server, second page: open → first trace drawn", warm_trace, "≤ 6 s"))
+    print(spread("launch → first trace drawn, cold", cold, "≤ 10 s"))
+    print(spread("warm server, second page: open → prompt box", warm_box, "≤ 3 s"))
+    print(spread("warm server, second page: open → first trace drawn", warm_trace, "none set"))
 
 
 # --- 2. a class

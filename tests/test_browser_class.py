@@ -116,6 +116,9 @@ def test_two_students_each_see_only_their_own_trace_from_thin_kernels(classroom)
         wait_error(alice, "this class allows at most 32 new tokens")
         wait_stepper(alice, "Bananas")
 
+        # a class of 3 runs at most 3 kernels and 2 spares: Voilà's pool stops refilling there
+        assert len(kernels(proc.pid)) <= 5, kernels(proc.pid)
+
         # the viewer kernels hold no torch: none has libtorch mapped, the service alone has
         for pid in kernels(proc.pid):
             assert "libtorch" not in Path(f"/proc/{pid}/maps").read_text(), f"kernel {pid} loaded torch"

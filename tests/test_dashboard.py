@@ -113,3 +113,19 @@ def test_the_dashboard_notebook_runs_as_a_plain_notebook_on_a_saved_trace(tmp_pa
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
     assert not any(o.get("output_type") == "error" for o in outputs)
+
+
+def test_an_upload_over_the_limit_is_refused_before_it_is_read(tmp_path, tiny_trace):
+    from explorer.service import Limits
+
+    board = Dashboard(make_tiny_lm("llama"), prompt="abc", limits=Limits(upload_bytes=10_000))
+    board.max_new_tokens.value = 2
+    shown = board.generate()
+    tiny_trace.save(tmp_path / "t.trace")
+    data = (tmp_path / "t.trace").read_bytes()
+    assert len(data) > 10_000
+    board.upload.value = ({"name": "big.trace", "content": memoryview(data), "size": len(data), "type": "",
+                           "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
+    assert f"big.trace is {len(data) / 1e3:.1f} kB; this dashboard takes trace files up to 10.0 kB" in message(board)
+    assert "ae-error" in message(board) and board.trace is shown
+    assert board.upload.value == ()  # and the upload is let go

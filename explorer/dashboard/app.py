@@ -63,6 +63,10 @@ def _import_views() -> None:
     from ..views import stepper_view  # noqa: F401
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
 def _download_link(data: bytes, filename: str, mime: str, label: str) -> str:
     encoded = base64.b64encode(data).decode()
     return (f"<a download='{html.escape(filename)}' href='data:{mime};base64,{encoded}' "
@@ -223,8 +227,8 @@ class Dashboard(widgets.VBox):
         self.upload.value = ()
         size = len(item["content"])
         if size > self.limits.upload_bytes:
-            self._say(f"{item['name']} is {size / 1e6:.1f} MB; this dashboard takes trace files up to "
-                      f"{self.limits.upload_bytes / 1e6:.0f} MB", error=True)
+            self._say(f"{item['name']} is {_size(size)}; this dashboard takes trace files up to "
+                      f"{_size(self.limits.upload_bytes)}", error=True)
             return
         try:
             trace = trace_from_bytes(bytes(item["content"]), "the file")
@@ -243,7 +247,7 @@ class Dashboard(widgets.VBox):
         if self.limits.class_size:
             data = trace_to_bytes(self.trace)
             self.links.value = _download_link(data, name, "application/octet-stream", f"download {name}")
-            self._say(f"Your trace is ready to download ({len(data) / 1e6:.1f} MB).")
+            self._say(f"Your trace is ready to download ({_size(len(data))}).")
             return None
         path = Path.cwd() / name
         try:
@@ -279,17 +283,14 @@ class Dashboard(widgets.VBox):
         self._say("Export ready: the HTML page opens offline in any browser.")
 
     # --- the first trace from the generation service
-    def fetch_first_trace(self, wait: float = 2.0) -> Trace | None:
-        """The service's first trace, if it has one within `wait` seconds (it has not while the model loads)."""
-        try:
-            return self.lm.first_trace(timeout=wait)
-        except ExplorerError:
-            return None
-
     def open_first_trace(self, trace: Trace | None = None) -> None:
-        """Show the first trace (fetched now if not given); if the service has none yet, say how far the model's
-        loading is and show the first trace from a background thread when it comes: the page never waits."""
-        trace = trace or self.fetch_first_trace()
+        """Show the first trace (asked of the service now if not given); if the service has none yet, say how far
+        the model's loading is and show the first trace from a background thread when it comes."""
+        if trace is None:
+            try:
+                trace = self.lm.first_trace(timeout=2)
+            except ExplorerError:
+                pass
         if trace is not None:
             self._refresh_chat()
             self.show_trace(trace, "Ready: type a prompt and press Generate.", source="the generation service")
@@ -333,8 +334,11 @@ class Dashboard(widgets.VBox):
             lm.close()
 
     def _refresh_chat(self) -> None:
-        has_chat = self.lm.has_chat_template
-        self.chat.disabled, self.chat.value = not has_chat, has_chat
+        """Offer the chat template once the model's facts are known; a box the student could already use
+        (it was enabled) keeps the student's choice."""
+        if self.chat.disabled:
+            self.chat.value = self.lm.has_chat_template
+            self.chat.disabled = not self.lm.has_chat_template
 
     def when_shown(self, callback: Callable[[], None]) -> None:
         """Run `callback` once the page has drawn the dashboard (the first view of a trace takes the browser
@@ -351,9 +355,13 @@ class Dashboard(widgets.VBox):
         if os.environ.get(SERVICE_ENV) and not trace_path:
             from ..service.client import RemoteModel
 
-            board = cls(lm=RemoteModel(os.environ[SERVICE_ENV], os.environ.get(KEY_ENV, "")), limits=limits)
+            lm = RemoteModel(os.environ[SERVICE_ENV], os.environ.get(KEY_ENV, ""))
+            try:  # now, while Voilà preheats the kernel, not when a student comes; it also tells the model's facts
+                first = lm.first_trace(timeout=2)
+            except ExplorerError:
+                first = None
+            board = cls(lm=lm, limits=limits)
             board._say("Opening the first trace …")
-            first = board.fetch_first_trace()  # now, while Voilà preheats the kernel, not when a student comes
             _import_views()
             board.when_shown(lambda: board.open_first_trace(first))
             return board

@@ -4,7 +4,6 @@ notebooks/dashboard.ipynb with preheated viewer kernels, bound to this machine u
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import secrets
 import socket
@@ -40,11 +39,39 @@ def notebook_path() -> Path:
     return path
 
 
+SPARE_KERNELS = 2  # a class runs at most this many kernels more than it has students
+
+
 def pool_size(class_size: int | None) -> int:
-    """Viewer kernels kept started and run ahead of any visitor (Voilà refills the pool as pages take them):
-    one for one user; for a class, a third of it (at most 10), so that a class arriving within a minute finds
-    kernels ready while the refills catch up, without holding a kernel's memory for every student twice."""
-    return 1 if not class_size else min(10, max(2, math.ceil(class_size / 3)))
+    """Viewer kernels started and run ahead of any visitor: one for one user; for a class, one per student up
+    to 10, so that ten students arriving within seconds all find one ready (a kernel takes ~1.5 s of CPU to
+    start, which on a laptop's two cores would otherwise be paid while the students wait)."""
+    return 1 if not class_size else min(10, class_size)
+
+
+def bound_the_pool(limit: int) -> None:
+    """Voilà refills its pool after every page it serves, without end, so a class of 30 would hold 30 kernels
+    plus the whole pool. Stop refilling once `limit` kernels run or are starting; a student who comes after that
+    gets a kernel started for them, as without a pool. (Voilà has no setting for this: its kernel manager class
+    is made by a factory, which we wrap.)"""
+    import voila.app
+
+    make = voila.app.voila_kernel_manager_factory
+
+    def factory(base_class, preheat_kernel, default_pool_size, page_config_hook=None):
+        manager = make(base_class, preheat_kernel, default_pool_size, page_config_hook=page_config_hook)
+        if not preheat_kernel:
+            return manager
+
+        class BoundedPool(manager):
+            def fill_if_needed(self, *args, **kwargs):
+                starting = sum(not task.done() for pool in getattr(self, "_pools", {}).values() for task in pool)
+                if len(self) + starting < limit:
+                    super().fill_if_needed(*args, **kwargs)
+
+        return BoundedPool
+
+    voila.app.voila_kernel_manager_factory = factory
 
 
 def voila_arguments(port: int, ip: str, class_size: int | None, token: str | None, voila_args: list[str]) -> list[str]:
@@ -59,6 +86,8 @@ def voila_arguments(port: int, ip: str, class_size: int | None, token: str | Non
         "--preheat_kernel=True",
         f"--pool_size={pool_size(class_size)}",
         "--VoilaKernelManager.fill_delay=0",
+        # the output of a preheated kernel's notebook can come late on a busy machine: lost, the page is blank
+        "--VoilaExecutor.iopub_timeout=30",
         # a closed page shuts its kernel down with a POST that carries no XSRF token (Voilà 0.5 sets no _xsrf
         # cookie), which jupyter_server refuses: the kernels of closed tabs would pile up. The POST still needs
         # the page's login, and names a random kernel id.
@@ -110,6 +139,8 @@ def launch(args: argparse.Namespace, voila_args: list[str]) -> int:
         service_args += ["--threads", str(args.threads)] if args.threads else []
         service = ServiceProcess(service_args, env={KEY_ENV: key}).start()
     os.environ.update(env)  # Voilà's kernels inherit them
+    if class_size:
+        bound_the_pool(class_size + SPARE_KERNELS)
     from voila.app import main as voila_main
 
     who = f"a class of {class_size}" if class_size else "you"

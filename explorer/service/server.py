@@ -284,10 +284,10 @@ class GenerationService:
         try:
             trace = self._run(request, on_token)
             outbox.send_multipart([client, p.encode({"kind": p.TRACE, "id": request_id}), trace_to_bytes(trace)])
-            log(f"{client.hex()[:8]}: {trace.n_generated} tokens in {time.monotonic() - started:.1f} s "
+            log(f"{client.hex()}: {trace.n_generated} tokens in {time.monotonic() - started:.1f} s "
                 f"(waited {started - queued_at:.1f} s)")
         except Cancelled:
-            log(f"{client.hex()[:8]}: stopped, the viewer has gone")
+            log(f"{client.hex()}: stopped, the viewer has gone")
         except ExplorerError as e:
             outbox.send_multipart([client, _error(request_id, e)])
         except Exception as e:  # one failed request must not stop the service
