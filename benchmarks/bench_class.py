@@ -32,7 +32,7 @@ from playwright.async_api import Browser, Page, Route, async_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from voila_harness import CHROMIUM, CHROMIUM_ARGS, LOCAL_HOSTS, OUTPUT, free_port  # noqa: E402
+from voila_harness import CHROMIUM, CHROMIUM_ARGS, LOCAL_HOSTS, OUTPUT, free_port, voila_server, write_notebook  # noqa: E402
 
 CLI = str(Path(sys.executable).with_name("attention-explorer"))
 TIMEOUT_MS = 300_000
@@ -219,19 +219,29 @@ class Visit:
     offset: float  # planned arrival, s after the first possible one
     page: Page | None = None
     opened: float | None = None
+    served: float | None = None  # the server's part: the whole HTML page received
     prompt_box: float | None = None
     own_trace: float | None = None
     result: str = "not run"
 
 
-async def student(browser: Browser, url: str, visit: Visit) -> None:
+async def arrive(browser: Browser, url: str, visit: Visit) -> Page:
+    """Open the page at the visit's time; note when the server had sent it and when the prompt box showed."""
     await asyncio.sleep(visit.offset)
+    visit.page = page = await offline_page(browser)
+    visit.opened = time.monotonic()
+    response = await page.goto(url, wait_until="commit", timeout=TIMEOUT_MS)
+    if response is not None:
+        await response.finished()
+        visit.served = time.monotonic() - visit.opened
+    await page.locator(PROMPT_BOX).wait_for(timeout=TIMEOUT_MS)
+    visit.prompt_box = time.monotonic() - visit.opened
+    return page
+
+
+async def student(browser: Browser, url: str, visit: Visit) -> None:
     try:
-        visit.page = page = await offline_page(browser)
-        visit.opened = time.monotonic()
-        await page.goto(url, wait_until="commit", timeout=TIMEOUT_MS)
-        await page.locator(PROMPT_BOX).wait_for(timeout=TIMEOUT_MS)
-        visit.prompt_box = time.monotonic() - visit.opened
+        page = await arrive(browser, url, visit)
         await page.locator(PROMPT_BOX).fill(visit.prompt)
         chat = page.locator(".ae-dashboard input[type=checkbox]").first
         if await chat.is_checked():
@@ -284,18 +294,43 @@ async def class_load(n: int, settle: float) -> None:
             watcher.join()
         await asyncio.to_thread(stop, server)
     first = min((v.opened for v in visits if v.opened is not None), default=0.0)
-    rows = [(v.opened - first if v.opened is not None else None, v.prompt_box, v.own_trace) for v in visits]
-    print(f"{'page':>4}  {'arrived at (s)':>14}  {'open→prompt box (s)':>19}  {'open→own trace (s)':>18}  result")
+    rows = [(v.opened - first if v.opened is not None else None, v.served, v.prompt_box, v.own_trace)
+            for v in visits]
+    print(f"{'page':>4}  {'arrived at (s)':>14}  {'open→page served (s)':>20}  {'open→prompt box (s)':>19}  "
+          f"{'open→own trace (s)':>18}  result")
     for v, row in zip(visits, rows):
         cells = [f"{x:.1f}" if x is not None else "—" for x in row]
-        print(f"{v.number:>4}  {cells[0]:>14}  {cells[1]:>19}  {cells[2]:>18}  {v.result}")
+        print(f"{v.number:>4}  {cells[0]:>14}  {cells[1]:>20}  {cells[2]:>19}  {cells[3]:>18}  {v.result}")
     worst = [max((x for x in column if x is not None), default=float("nan")) for column in zip(*rows)]
     ok = sum(v.result.startswith("ok") for v in visits)
-    print(f"{'max':>4}  {worst[0]:>14.1f}  {worst[1]:>19.1f}  {worst[2]:>18.1f}  {ok}/{n} ok")
+    print(f"{'max':>4}  {worst[0]:>14.1f}  {worst[1]:>20.1f}  {worst[2]:>19.1f}  {worst[3]:>18.1f}  {ok}/{n} ok")
     print(f"memory of the server's process tree: {peaks.before:.0f} MB as the class arrived, peak {peaks.total:.0f} "
           f"MB; generation service peak {peaks.service:.0f} MB; up to {peaks.kernels} ipykernels, peak "
           f"{peaks.kernels_mb:.0f} MB together")
     print("targets: prompt box ≤ 5 s, own trace ≤ 60 s, peak ≤ 3 GB (10 students) / ≤ 5 GB (30)")
+
+
+BARE_CELL = "import ipywidgets as w\nw.VBox([w.Textarea().add_class('ae-prompt'), w.Button(description='Generate')])"
+
+
+def bare_voila(n: int) -> None:
+    """The floor under the prompt-box figure: the same n pages, arriving the same way in one Chromium, on a bare
+    Voilà page (a text box and a button, n kernels preheated): what Voilà and the browser cost by themselves."""
+    notebook = write_notebook(OUTPUT / "bench-bare-voila.ipynb", [BARE_CELL])
+    visits = visits_of(n)
+    with voila_server(notebook, extra_args=["--preheat_kernel=True", f"--pool_size={n}",
+                                            "--VoilaKernelManager.fill_delay=0"]) as url:
+        time.sleep(5 + n)  # the pool is filled and the machine quiet again, as for the class
+
+        async def pages() -> None:
+            async with chromium() as browser:
+                await asyncio.gather(*(arrive(browser, url + "/", v) for v in visits), return_exceptions=True)
+                await close([v.page for v in visits if v.page is not None])
+
+        asyncio.run(pages())
+    shown = [v.prompt_box for v in visits if v.prompt_box is not None]
+    print(f"floor, a bare Voilà page (text box + button), the same {n} pages in one Chromium: open → prompt box "
+          f"{min(shown):.1f}–{max(shown):.1f} s ({len(shown)}/{n} shown)")
 
 
 def main() -> None:
@@ -314,6 +349,8 @@ def main() -> None:
             asyncio.run(part())
         except Exception as e:  # one part failing still lets the other run
             print(f"{name}: FAILED: {type(e).__name__}: {e}")
+    if not args.skip_class:
+        bare_voila(args.students)
 
 
 if __name__ == "__main__":

@@ -86,8 +86,9 @@ def voila_arguments(port: int, ip: str, class_size: int | None, token: str | Non
         "--preheat_kernel=True",
         f"--pool_size={pool_size(class_size)}",
         "--VoilaKernelManager.fill_delay=0",
-        # the output of a preheated kernel's notebook can come late on a busy machine: lost, the page is blank
-        "--VoilaExecutor.iopub_timeout=30",
+        # a kernel's notebook output can come late on a busy machine (measured: over 30 s with 30 pages opening
+        # at once on 2 cores); nbclient then drops it and the page stays blank
+        "--VoilaExecutor.iopub_timeout=120",
         # a closed page shuts its kernel down with a POST that carries no XSRF token (Voilà 0.5 sets no _xsrf
         # cookie), which jupyter_server refuses: the kernels of closed tabs would pile up. The POST still needs
         # the page's login, and names a random kernel id.
