@@ -1,5 +1,5 @@
-"""Dashboard figures in a real browser: start-up to first trace drawn (cold and with a preheated kernel),
-kernel memory over 20 Generate presses, and four browser sessions at once.
+"""The dashboard's memory over a session in a real browser: 20 Generate presses in one page and the viewer
+kernels' memory after each (start-up and many pages at once: benchmarks/bench_class.py).
 
     .venv/bin/python benchmarks/bench_dashboard.py
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -31,23 +30,6 @@ def kernel_rss_mb(server_pid: int) -> dict[int, float]:
         if b"ipykernel" in cmdline and int(fields.get("PPid", 0)) == server_pid:
             out[pid] = int(fields["VmRSS"].split()[0]) / 1024
     return out
-
-
-def first_draw(*args: str) -> float:
-    """Seconds from starting `attention-explorer dashboard` to the first trace drawn in Chromium."""
-    started = time.monotonic()
-    proc, url, _ = start_dashboard(*args)
-    try:
-        with browser() as b:
-            page, _ = offline_page(b)
-            if "--preheat_kernel=True" in args:
-                time.sleep(15)  # let the pool execute the notebook, as it would before a user arrives
-                started = time.monotonic()
-            page.goto(url, timeout=180_000)
-            wait_stepper(page, "step 0 of", timeout=180_000)
-            return time.monotonic() - started
-    finally:
-        stop(proc)
 
 
 def presses(n: int = 20) -> tuple[list[float], list[float], int]:
@@ -76,42 +58,11 @@ def presses(n: int = 20) -> tuple[list[float], list[float], int]:
         stop(proc)
 
 
-def sessions(n: int = 4) -> list[str]:
-    proc, url, _ = start_dashboard()
-    results = [""] * n
-
-    def one(i: int) -> None:
-        try:
-            with browser() as b:
-                page, log = offline_page(b)
-                t = time.monotonic()
-                page.goto(url, timeout=300_000)
-                wait_stepper(page, "step 0 of", timeout=300_000)
-                results[i] = f"drawn in {time.monotonic() - t:.1f} s"
-        except Exception as e:  # report, do not hide
-            results[i] = f"FAILED: {type(e).__name__}: {str(e)[:120]}"
-
-    try:
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return results
-    finally:
-        stop(proc)
-
-
 def main() -> None:
-    cold = first_draw()
-    print(f"start-up to first trace drawn: {cold:.1f} s   (target <= 15 s)")
-    warm = first_draw("--preheat_kernel=True", "--pool_size=1")
-    print(f"page open to first trace drawn, preheated kernel: {warm:.1f} s   (target <= 6 s)")
     rss, seconds, drawn = presses()
     growth = (rss[-1] - rss[0]) / rss[0]
-    print(f"20 Generate presses: {drawn}/20 drawn, median {statistics.median(seconds):.1f} s a press; kernel RSS "
-          f"{rss[0]:.0f} MB after the first, {rss[-1]:.0f} MB after the last: {growth:+.1%}   (target < +10 %)")
-    print("four browser sessions at once:", "; ".join(sessions()))
+    print(f"20 Generate presses: {drawn}/20 drawn, median {statistics.median(seconds):.1f} s a press; viewer kernels' "
+          f"RSS {rss[0]:.0f} MB after the first, {rss[-1]:.0f} MB after the last: {growth:+.1%}   (target < +10 %)")
 
 
 if __name__ == "__main__":
