@@ -1,7 +1,7 @@
 """The classroom: a textbook GPT written from the formulas, a task whose right attention is known, its training.
 
     from explorer import textbook
-    lm = textbook.load()                                   # the trained copy model shipped in assets/
+    lm = textbook.load()                                   # the trained copy model shipped in the package
     trace = lm.generate("3 1 4 1 5 |", max_new_tokens=5)   # an explorer.Trace, like the GPT wrapper's
     model, losses = textbook.train()                       # train a fresh one (about 20 s on a CPU)
 """

@@ -1,4 +1,6 @@
-"""The shipped checkpoint: weights in safetensors, config and training record in JSON beside them (no pickle)."""
+"""The shipped checkpoint: weights in safetensors, config and training record in JSON beside them (no pickle).
+
+It is package data (explorer/textbook/trained/), so a wheel install has it too."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from .model import GPT, GPTConfig
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
-DEFAULT = ASSETS / "textbook-copy.safetensors"
+TRAINED = Path(__file__).resolve().parent / "trained"
+DEFAULT = TRAINED / "textbook-copy.safetensors"
 
 
 def save(model: GPT, path: str | os.PathLike = DEFAULT, losses: list[float] | None = None, **record) -> Path:

@@ -1,16 +1,20 @@
 """Training the textbook GPT on the copy task, on a CPU, in about a minute.
 
-    python -m explorer.textbook            # trains and writes assets/textbook-copy.{safetensors,json}
+    python -m explorer.textbook            # source checkout: retrains the shipped explorer/textbook/trained/
+                                           # installed package: writes to the cache folder instead
+    python -m explorer.textbook my.safetensors   # writes my.safetensors and my.json; textbook.load("my.safetensors")
 
 AdamW, a learning rate that warms up linearly and then follows a cosine down to a tenth of its peak.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -103,17 +107,33 @@ def _copied_right(model: GPT, examples: list[list[int]], length: int) -> int:
     return int((idx == batch).all(dim=1).sum())
 
 
-def main() -> None:
-    from .checkpoint import save
+def default_output() -> Path:
+    """Where `python -m explorer.textbook` writes unless told: over the shipped checkpoint in a source checkout
+    (retraining it is a change to commit), else into the cache folder (an installed package stays as shipped)."""
+    from ..cache import cache_dir
+    from .checkpoint import DEFAULT
 
+    in_checkout = (Path(__file__).resolve().parents[2] / "pyproject.toml").is_file()
+    return DEFAULT if in_checkout else cache_dir() / DEFAULT.name
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train the copy model, measure it and write the checkpoint (see the module docstring for where)."""
+    from .checkpoint import DEFAULT, save
+
+    parser = argparse.ArgumentParser(prog="python -m explorer.textbook", description="Train the textbook copy model.")
+    parser.add_argument("output", nargs="?", type=Path, help=f"the .safetensors to write (default: {default_output()})")
+    output = parser.parse_args(argv).output or default_output()
     task = CopyTask()
     started = time.perf_counter()
     model, losses = train(task)
     seconds = time.perf_counter() - started
     score = accuracy(model, task)
     record = {"seconds": round(seconds, 1), "accuracy": score, "threads": 1, "torch": torch.__version__}
-    path = save(model, losses=losses, task={"name": "copy", **asdict(task)}, training=record)
+    path = save(model, output, losses=losses, task={"name": "copy", **asdict(task)}, training=record)
     print(f"trained in {seconds:.1f} s, final loss {losses[-1]:.4f}, copy accuracy {score:.3f}: {path}")
+    if path.resolve() != DEFAULT:
+        print(f"load it with explorer.textbook.load({str(path)!r})")
 
 
 if __name__ == "__main__":
