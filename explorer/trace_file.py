@@ -7,6 +7,7 @@ trace of a version we know raises TraceFileError, whatever the way it is broken.
 from __future__ import annotations
 
 import json
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -165,14 +166,17 @@ def _build(header: dict, tensors: dict[str, np.ndarray]) -> Trace:
                 raise ValueError(f"layer {i} arrays do not fit {n_tokens} tokens")
             if not key.shape[0] or query.shape[0] % key.shape[0] or query.shape[2] != key.shape[2]:
                 raise ValueError(f"layer {i} query and key heads do not fit together")
+            value = tensors.get(prefix + "value")
+            if value is not None and value.shape != key.shape:
+                raise ValueError(f"layer {i} values have shape {value.shape}, not the keys' {key.shape}")
             layers.append(
                 QueryKeyLayer(
                     query=query,
                     key=key,
                     scaling=float(meta["scaling"]),
-                    sliding_window=meta.get("sliding_window"),
-                    softcap=meta.get("softcap"),
-                    value=tensors.get(prefix + "value"),
+                    sliding_window=_sliding_window(meta.get("sliding_window"), i),
+                    softcap=_softcap(meta.get("softcap"), i),
+                    value=value,
                 )
             )
         elif meta["kind"] == "weights":
@@ -207,5 +211,32 @@ def _build(header: dict, tensors: dict[str, np.ndarray]) -> Trace:
         model=dict(header.get("model", {})),
         settings=dict(header.get("settings", {})),
         timings=dict(header.get("timings", {})),
-        pieces=header.get("pieces"),
+        pieces=_pieces(header.get("pieces"), n_tokens),
     )
+
+
+def _sliding_window(value, layer: int) -> int | None:
+    """A layer's sliding window from the header: None or a whole number ≥ 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"layer {layer} has sliding_window {value!r}, not a whole number ≥ 1 or null")
+    return value
+
+
+def _softcap(value, layer: int) -> float | None:
+    """A layer's logit soft-cap from the header: None or a finite number > 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"layer {layer} has softcap {value!r}, not a finite number > 0 or null")
+    return float(value)
+
+
+def _pieces(value, n_tokens: int) -> list[str] | None:
+    """The tokenizer's pieces from the header: None or one string a token."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != n_tokens or not all(isinstance(p, str) for p in value):
+        raise ValueError(f"pieces must be a list of {n_tokens} strings, one a token, or null")
+    return value

@@ -144,3 +144,36 @@ def test_the_view_needs_no_torch(copy_trace, tmp_path):
         "view = attention_math(trace, layer=1, head=0)\n"
         "for s in range(7): view.stage.value = s"
     ))
+
+
+def test_a_head_out_of_range_in_the_selection_is_clamped(tiny_trace):
+    last = tiny_trace.n_heads - 1
+    sel = Selection(layer=9, head=50, token=3)
+    view = attention_math(tiny_trace, selection=sel)
+    assert (view.layer.value, view.head.value) == (tiny_trace.n_layers - 1, last)
+    sel.head, sel.layer = 1, 0
+    sel.head, sel.layer = 99, 40
+    assert (view.layer.value, view.head.value) == (tiny_trace.n_layers - 1, last)
+    assert f"head {last}" in view.heading.value
+
+
+@pytest.fixture(scope="module")
+def window_trace():
+    from conftest import make_tiny_lm
+
+    return make_tiny_lm("mistral").trace("a sliding window")  # window 4, 17 tokens
+
+
+def test_the_mask_formula_names_the_sliding_window(window_trace, tiny_trace):
+    assert window_trace.layers[0].sliding_window == 4
+    view = attention_math(window_trace, layer=0, head=0, query=10)
+    view.stage.value = STAGES.index("causal mask")
+    formula = _text(view.formula.value)
+    assert "j > 10" in formula and "j ≤ 6" in formula and "window of 4" in formula
+    assert compute(window_trace, 0, 0, 10).allowed.tolist() == [6 < j <= 10 for j in range(window_trace.n_tokens)]
+    plain = attention_math(tiny_trace, layer=0, head=0, query=10)
+    plain.stage.value = STAGES.index("causal mask")
+    assert "j > 10" in _text(plain.formula.value) and "window" not in _text(plain.formula.value)
+    early = attention_math(window_trace, layer=0, head=0, query=2)
+    early.stage.value = STAGES.index("causal mask")
+    assert "j > 2" in _text(early.formula.value) and "−∞ if j > 2 or" not in _text(early.formula.value)

@@ -219,3 +219,67 @@ def test_standalone_page_draws_and_steps_offline(trace, tmp_path, chromium):
     page.screenshot(path=str(OUTPUT / "attention_standalone.png"), full_page=True)
     assert log.dialogs == [] and log.page_errors == [] and log.console_errors == []
     assert log.blocked == [] and math.isfinite(step.prob)
+
+
+ZERO_WINDOWS_CELL = """
+import explorer, ipywidgets as W
+from explorer.views.heatmap_view import heatmap
+
+view = heatmap(explorer.load_trace({path!r}), window_size=16)
+state = W.Label()
+state.add_class("py-window")
+show = lambda *_: setattr(state, "value", f"window={{view.window_start}},{{view.key_start}}")
+view.observe(show, ["window_start", "key_start"])
+show()
+W.VBox([view, state])
+"""
+
+
+def test_moving_the_window_redraws_even_when_its_bytes_do_not_change(tmp_path, chromium):
+    from conftest import make_tiny_lm
+
+    trace = make_tiny_lm("llama").trace("x" * 39)  # 40 tokens: a 16-token window can sit wholly above the diagonal
+    trace.save(tmp_path / "long.trace")
+    cell = ZERO_WINDOWS_CELL.format(path=str(tmp_path / "long.trace"))
+    notebook = write_notebook(tmp_path / "zero_windows.ipynb", [cell])
+    with voila_server(notebook) as url:
+        page, log = offline_page(chromium, viewport=(1300, 1200))
+        page.goto(url + "/", wait_until="domcontentloaded")
+        page.wait_for_selector(".ae-heatmap[data-draw-count]", timeout=180_000)
+        box = page.locator(".ae-overview").bounding_box()
+        n = trace.n_tokens  # one token an overview cell
+
+        def click_overview(row: int, col: int, expect: tuple[int, int]) -> None:
+            page.mouse.click(box["x"] + (col + 0.5) * box["width"] / n, box["y"] + (row + 0.5) * box["height"] / n)
+            page.wait_for_function("document.querySelector('.py-window').textContent === "
+                                   + json.dumps(f"window={expect[0]},{expect[1]}"))
+
+        def first_labels() -> tuple[str, str]:
+            return (page.locator(".ae-row-label").first.get_attribute("data-pos"),
+                    page.locator(".ae-col-label").first.get_attribute("data-pos"))
+
+        click_overview(8, 30, (1, 23))  # every key after every query: all masked, all-zero bytes
+        page.wait_for_function("document.querySelector('.ae-heatmap').dataset.keyStart === '23'")
+        assert first_labels() == ("1", "23")
+        overview_before = page.evaluate("document.querySelector('.ae-overview').toDataURL()")
+        click_overview(10, 32, (3, 24))  # all masked again: the same bytes, another place
+        page.wait_for_function("(d => d.windowStart === '3' && d.keyStart === '24')"
+                               "(document.querySelector('.ae-heatmap').dataset)", timeout=10_000)
+        assert first_labels() == ("3", "24")
+        assert page.evaluate("document.querySelector('.ae-overview').toDataURL()") != overview_before
+        assert log.page_errors == [] and log.our_console_errors() == []
+
+
+def test_a_window_move_sends_where_the_window_is_even_when_its_bytes_repeat():
+    from conftest import make_tiny_lm
+    from explorer.views.heatmap_view import heatmap
+
+    view = heatmap(make_tiny_lm("llama").trace("x" * 39), window_size=16)
+    view.set_state({"window_start": 1, "key_start": 23})  # as the browser sends it: all masked
+    zeros = view.window
+    sent = []
+    send_state = view.send_state
+    view.send_state = lambda key=None: (sent.append(set(key or ())), send_state(key))
+    view.set_state({"window_start": 3, "key_start": 24})  # all masked again: the same bytes
+    assert view.window == zeros and not any(zeros)
+    assert sent and sent[-1] - {"window_start", "key_start"}  # the browser hears of the move with the data

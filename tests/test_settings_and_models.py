@@ -145,3 +145,24 @@ assert (folder / "model.safetensors").stat().st_mtime == mtime  # reused, not co
     env = {"ATTENTION_EXPLORER_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
            "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "cache")], check=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"temperature": 0, "do_sample": True}, "do_sample=True"),
+        ({"temperature": 0.8, "do_sample": False}, "do_sample=False"),
+        ({"do_sample": "yes"}, "do_sample must be True or False"),
+    ],
+)
+def test_extra_keywords_cannot_contradict_the_checked_settings(lm, kwargs, message):
+    with pytest.raises(SettingsError, match=message):
+        lm.generate("Hi", max_new_tokens=2, progress=False, **kwargs)
+
+
+def test_extra_do_sample_that_agrees_is_accepted(lm):
+    greedy = lm.generate("Hi", max_new_tokens=3, do_sample=False, progress=False)
+    again = lm.generate("Hi", max_new_tokens=3, progress=False)
+    assert greedy.token_ids == again.token_ids and greedy.settings["temperature"] == 0.0
+    sampled = lm.generate("Hi", max_new_tokens=3, temperature=0.8, seed=2, do_sample=True, progress=False)
+    assert sampled.settings["temperature"] == 0.8

@@ -10,7 +10,7 @@ from safetensors.numpy import save_file
 
 import explorer
 from explorer import TraceFileError
-from explorer.trace_file import FORMAT, VERSION
+from explorer.trace_file import FORMAT, VERSION, trace_from_bytes
 from conftest import run_without_torch
 
 
@@ -143,3 +143,44 @@ def test_future_version_error_says_to_upgrade(tiny_trace, tmp_path):
     future = _rewrite(good, tmp_path / "future.trace", change_meta=lambda m: m.update(version="99"))
     with pytest.raises(TraceFileError, match="upgrade"):
         explorer.load_trace(future)
+
+
+def _layer0(field, value):
+    return lambda h: h["layers"][0].update({field: value})
+
+
+@pytest.mark.parametrize("name,change_header,change_tensors", [
+    ("sliding_window a string", _layer0("sliding_window", "4"), None),
+    ("sliding_window zero", _layer0("sliding_window", 0), None),
+    ("sliding_window a fraction", _layer0("sliding_window", 2.5), None),
+    ("sliding_window true", _layer0("sliding_window", True), None),
+    ("softcap a string", _layer0("softcap", "5"), None),
+    ("softcap negative", _layer0("softcap", -5.0), None),
+    ("softcap zero", _layer0("softcap", 0), None),
+    ("softcap a list", _layer0("softcap", [5.0]), None),
+    ("value of the wrong shape", None, lambda t: t.update({"layers.0.attn.value": np.zeros((2, 3, 8), np.float32)})),
+    ("pieces not a list", lambda h: h.update(pieces="abc"), None),
+    ("pieces too short", lambda h: h.update(pieces=h["pieces"][:-1]), None),
+    ("pieces not strings", lambda h: h.update(pieces=[1] * len(h["pieces"])), None),
+])
+def test_bad_layer_fields_and_pieces_are_refused_at_load(tiny_trace, tmp_path, name, change_header, change_tensors):
+    good = tmp_path / "good.trace"
+    tiny_trace.save(good)
+    bad = _rewrite(good, tmp_path / "bad.trace", change_header=change_header, change_tensors=change_tensors)
+    with pytest.raises(TraceFileError, match="bad.trace"):
+        explorer.load_trace(bad)
+    with pytest.raises(TraceFileError, match="upload"):
+        trace_from_bytes(bad.read_bytes(), name="upload")
+
+
+def test_good_layer_fields_and_no_pieces_still_load(tiny_trace, tmp_path):
+    good = tmp_path / "good.trace"
+    tiny_trace.save(good)
+    shape = tiny_trace.layers[0].key.shape
+    fine = _rewrite(good, tmp_path / "fine.trace",
+                    change_header=lambda h: (h["layers"][0].update(sliding_window=4, softcap=5),
+                                             h.update(pieces=None)),
+                    change_tensors=lambda t: t.update({"layers.0.attn.value": np.ones(shape, np.float32)}))
+    trace = explorer.load_trace(fine)
+    assert (trace.layers[0].sliding_window, trace.layers[0].softcap, trace.pieces) == (4, 5.0, None)
+    assert trace.layers[0].value.shape == shape

@@ -201,3 +201,16 @@ def test_views_do_not_import_torch(tmp_path, tiny_trace):
         "from explorer.views.stepper_view import stepper\nfrom explorer.views.positional_view import positional\n"
         "stepper(trace); positional(trace)"
     ))
+
+
+def test_a_head_out_of_range_in_the_selection_is_clamped(tiny_trace):
+    last = tiny_trace.n_heads - 1
+    sel = Selection(layer=7, head=50, step=2)
+    view = stepper(tiny_trace, sel)
+    assert (view.layer.value, view.head.value) == (tiny_trace.n_layers - 1, last)
+    sel.head = 99
+    assert view.head.value == last
+    sel.head = -3  # a negative head means the mean, as the other views read it
+    assert view.head.value == MEAN
+    np.testing.assert_array_equal(view.text.value_array[: tiny_trace.steps[2].position],
+                                  tiny_trace.step_attention(2, tiny_trace.n_layers - 1, None))

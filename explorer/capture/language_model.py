@@ -144,9 +144,11 @@ class LanguageModel:
         "float32" reproduces eager attention to ~1e-6, "float16" halves memory (weights within ~2e-3), and
         "auto" takes float32 while the store fits 100 MB, float16 beyond. `on_token(done, total, text)` is called
         with each new token and `on_status(sentence)` says what is happening. Other keyword arguments
-        (min_new_tokens, repetition_penalty, eos_token_id, ...) go to transformers' `generate` unchanged.
+        (min_new_tokens, repetition_penalty, eos_token_id, ...) go to transformers' `generate` unchanged; a
+        `do_sample` that contradicts `temperature` raises SettingsError.
         """
         settings = GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed)
+        settings.check_extra(generate_kwargs)
         _check_candidates(candidates)
         ids = self.encode(prompt, chat=chat)
         check_length(len(ids), max_new_tokens, self.context_length, self.name)

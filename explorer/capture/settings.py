@@ -58,6 +58,21 @@ class GenerationSettings:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def check_extra(self, extra: dict) -> None:
+        """Refuse extra `generate` keywords that would decode otherwise than these settings say."""
+        if "do_sample" not in extra:
+            return
+        do_sample = extra["do_sample"]
+        if not isinstance(do_sample, bool):
+            raise SettingsError(f"do_sample must be True or False, not {do_sample!r}")
+        if do_sample and self.greedy:
+            raise SettingsError("do_sample=True contradicts temperature=0 (greedy): set a temperature > 0 to sample")
+        if not do_sample and not self.greedy:
+            raise SettingsError(
+                f"do_sample=False contradicts temperature={self.temperature} (sampling): "
+                "set temperature=0 to decode greedily"
+            )
+
 
 def check_length(n_prompt: int, max_new_tokens: int, context: int | None, model_name: str) -> None:
     """Refuse an empty prompt, or one that with the new tokens would not fit the model's context."""

@@ -16,7 +16,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from ..trace import QueryKeyLayer, Trace
-from .selection import FollowsSelection, Selection
+from .selection import FollowsSelection, Selection, clamp_head, clamp_layer
 from .tokens_html import escape, visible
 
 STAGES = ["query", "keys", "dot products", "scale", "causal mask", "softmax", "weighted sum"]
@@ -39,6 +39,7 @@ class AttentionMath:
     output: np.ndarray | None  # Σ_j weights_j v_j  [d]
     scaling: float
     softcap: float | None
+    sliding_window: int | None = None  # the layer sees only the last `sliding_window` keys
 
 
 def compute(trace: Trace, layer: int, head: int, query: int) -> AttentionMath:
@@ -56,7 +57,8 @@ def compute(trace: Trace, layer: int, head: int, query: int) -> AttentionMath:
     exp = np.where(allowed, np.exp(scaled - scaled[allowed].max()), 0.0)
     weights = exp / exp.sum()
     output = None if values is None else weights @ values
-    return AttentionMath(q, keys, values, dots, scaled, allowed, weights, output, store.scaling, store.softcap)
+    return AttentionMath(q, keys, values, dots, scaled, allowed, weights, output, store.scaling, store.softcap,
+                         store.sliding_window)
 
 
 def shown_keys(m: AttentionMath, query: int, limit: int = MAX_KEYS) -> np.ndarray:
@@ -127,8 +129,8 @@ class AttentionMathView(FollowsSelection, widgets.VBox):
         self.add_class("attention-math-view")
         self.trace = trace
         self.selection = sel = selection if selection is not None else Selection()
-        layer = min(sel.layer, trace.n_layers - 1) if layer is None else layer
-        head = (sel.head if sel.head is not None else 0) if head is None else head
+        layer = clamp_layer(trace, sel.layer) if layer is None else layer
+        head = (clamp_head(trace, sel.head) or 0) if head is None else head  # the mean has no single computation
         if query is None:
             query = sel.token if sel.token is not None else (trace.n_prompt - 1 if trace.steps else trace.n_tokens - 1)
         self.layer = widgets.Dropdown(options=list(range(trace.n_layers)), value=layer, description="layer",
@@ -168,11 +170,13 @@ class AttentionMathView(FollowsSelection, widgets.VBox):
         self.render()
 
     def _on_selection(self, change) -> None:
-        new = change["new"]
-        control = {"layer": self.layer, "head": self.head, "token": self.query}[change["name"]]
-        if new is not None and new != control.value and 0 <= new <= (control.max if control is self.query
-                                                                      else len(control.options) - 1):
-            control.value = new
+        name, new = change["name"], change["new"]
+        if name == "layer":
+            self.layer.value = clamp_layer(self.trace, new)
+        elif name == "head" and clamp_head(self.trace, new) is not None:  # the mean: keep the head shown
+            self.head.value = clamp_head(self.trace, new)
+        elif name == "token" and new is not None and 0 <= new <= self.query.max:
+            self.query.value = new
 
     def render(self) -> None:
         """Draw the current stage for the current layer, head and query."""
@@ -239,9 +243,7 @@ def stage_html(trace: Trace, m: AttentionMath, i: int, stage: int) -> tuple[str,
                       f"<td>{_number(m.scaled[j])}</td>", "<th>q·k<sub>j</sub></th><th></th><th colspan=2>scaled</th>")
     masked = np.where(m.allowed, m.scaled, -np.inf)
     if stage == 4:
-        formula = (f"<b>s<sub>j</sub> + mask<sub>j</sub></b>, mask<sub>j</sub> = 0 if j ≤ {i}, −∞ if j > {i}<br>"
-                   "A token may not look at the future: keys after the query get −∞, so after the softmax they "
-                   "weigh exactly 0.")
+        formula = _mask_formula(i, m.sliding_window)
         scale = np.abs(m.scaled[m.allowed]).max()
         return box.format(formula), rows(
             lambda j: f"<td>{_number(m.scaled[j])}</td><td>{'+ 0' if m.allowed[j] else '+ −∞'}</td>"
@@ -271,6 +273,20 @@ def stage_html(trace: Trace, m: AttentionMath, i: int, stage: int) -> tuple[str,
             f"{vector_cells(m.values[j], scale)}</tr>" for j in keys if m.allowed[j]]
     header = f"<th>j</th><th>token</th><th>a<sub>j</sub></th><th colspan={d}>v<sub>j</sub></th>"
     return box.format(formula), note + _table(body + [out], header)
+
+
+def _mask_formula(i: int, window: int | None) -> str:
+    """The mask stage's formula for query i: causal, and for a sliding-window layer also the window."""
+    head = "<b>s<sub>j</sub> + mask<sub>j</sub></b>, mask<sub>j</sub> = "
+    if not window or i < window:
+        early = (f" This layer looks back over a sliding window of {window} tokens, which at position {i} still "
+                 "covers every earlier key." if window else "")
+        return (f"{head}0 if j ≤ {i}, −∞ if j > {i}<br>A token may not look at the future: keys after the query "
+                f"get −∞, so after the softmax they weigh exactly 0.{early}")
+    return (f"{head}0 if {i - window} &lt; j ≤ {i}, −∞ if j > {i} or j ≤ {i - window}<br>A token may not look at "
+            f"the future, and this layer looks back over a sliding window of {window} tokens only: keys after the "
+            f"query and keys {window} or more positions before it get −∞, so after the softmax they weigh "
+            "exactly 0.")
 
 
 def attention_math(trace: Trace, layer: int | None = None, head: int | None = None, query: int | None = None,

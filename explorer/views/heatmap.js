@@ -151,6 +151,8 @@ function render({ model, el }) {
 
   let draws = 0, cell = 10, labelKey = "", pending = false;
   const token = (i) => `${i} “${get("tokens")[i]}”`;
+  // where the window bytes start: Python sends window_at with them; the standalone page has window_start/key_start
+  const origin = () => get("window_at") ?? [get("window_start"), get("key_start")];
 
   function labels(r0, c0, rows, cols) {
     const key = [r0, c0, rows, cols, cell, get("selected_token")].join();
@@ -184,7 +186,7 @@ function render({ model, el }) {
     const dpr = window.devicePixelRatio || 1;
     overview.width = overview.height = Math.round(OVERVIEW_PX * dpr);
     paint(overview, asU8(get("overview")), n, n);
-    const r0 = get("window_start"), c0 = get("key_start"), ws = get("window_size");
+    const [r0, c0] = origin(), ws = get("window_size");
     const ctx = overview.getContext("2d"), s = overview.width / n;
     ctx.strokeStyle = "#ff3b30";
     ctx.lineWidth = 2 * dpr;
@@ -248,7 +250,7 @@ function render({ model, el }) {
   canvas.addEventListener("mousemove", (ev) => {
     const c = windowCell(ev);
     if (!c) { tip.style.display = "none"; return; }
-    const [i, j] = c, q = get("window_start") + i, k = get("key_start") + j;
+    const [i, j] = c, q = origin()[0] + i, k = origin()[1] + j;
     const exact = get("window_exact"), cols = get("window_cols");
     let text = `query ${token(q)}\nkey   ${token(k)}\n`;
     if (k > q) text += "masked: a token cannot attend to later tokens";
@@ -259,7 +261,7 @@ function render({ model, el }) {
   });
   canvas.addEventListener("click", (ev) => {
     const c = windowCell(ev);
-    if (c) save([["selected_token", get("window_start") + c[0]]]);
+    if (c) save([["selected_token", origin()[0] + c[0]]]);
   });
   let asked = null;
   const overviewCell = (ev) => {
@@ -294,7 +296,8 @@ function render({ model, el }) {
   });
   for (const e of [canvas, overview]) e.addEventListener("mouseleave", () => { tip.style.display = "none"; asked = null; });
 
-  const events = ["overview", "window", "selected_token", "window_size", "log_scale", "shows"].map((k) => "change:" + k);
+  const events = ["overview", "window", "window_at", "selected_token", "window_size", "log_scale", "shows"]
+    .map((k) => "change:" + k);
   for (const e of events) model.on(e, schedule);
   const picks = ["layer", "head"].map((k) => "change:" + k);
   for (const e of picks) model.on(e, syncControls);

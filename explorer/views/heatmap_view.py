@@ -50,6 +50,9 @@ class HeatmapView(FollowsSelection, ClampsLayerHead, anywidget.AnyWidget):
     window_exact = traitlets.Bytes(b"").tag(sync=True)  # float32 little-endian, same cells
     window_rows = traitlets.Int(0).tag(sync=True)
     window_cols = traitlets.Int(0).tag(sync=True)
+    # [window_start, key_start] the window bytes are of: set with them, so a move reaches the browser and redraws
+    # its labels and overview even when the new window's bytes equal the old one's
+    window_at = traitlets.List(traitlets.Int(), [0, 0]).tag(sync=True)
     selected_token = traitlets.Int(None, allow_none=True).tag(sync=True)
     shows = traitlets.Unicode("").tag(sync=True)  # "layer head" the bytes above are of (head "mean"), for tests
 
@@ -140,6 +143,7 @@ class HeatmapView(FollowsSelection, ClampsLayerHead, anywidget.AnyWidget):
             w = self.window_weights()
             self.shows = f"{self.layer} {'mean' if self.head is None else self.head}"
             self.window_rows, self.window_cols = w.shape
+            self.window_at = [self.window_start, self.key_start]
             self.window = self.quantise(w).tobytes()
             self.window_exact = w.astype("<f4").tobytes()
 

@@ -28,15 +28,24 @@ class FollowsSelection:
         super().close()
 
 
+def clamp_layer(trace, layer: int) -> int:
+    """`layer` brought into the trace's layers."""
+    return min(max(int(layer), 0), trace.n_layers - 1)
+
+
+def clamp_head(trace, head: int | None) -> int | None:
+    """`head` brought into the trace's heads; None or a negative head means the mean of the heads (None)."""
+    return None if head is None or head < 0 else min(int(head), trace.n_heads - 1)
+
+
 class ClampsLayerHead:
     """Mixin for a widget with `layer` and `head` traits and a `trace`: values sent by the browser are
     clamped to the trace's layers and heads (head None or negative means the mean of the heads)."""
 
     @traitlets.validate("layer")
     def _valid_layer(self, proposal):
-        return min(max(int(proposal["value"]), 0), self.trace.n_layers - 1)
+        return clamp_layer(self.trace, proposal["value"])
 
     @traitlets.validate("head")
     def _valid_head(self, proposal):
-        v = proposal["value"]
-        return None if v is None or v < 0 else min(int(v), self.trace.n_heads - 1)
+        return clamp_head(self.trace, proposal["value"])

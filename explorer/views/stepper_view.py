@@ -19,7 +19,7 @@ import traitlets
 
 from ..trace import Trace
 from .step_charts import StepCharts
-from .selection import FollowsSelection, Selection
+from .selection import FollowsSelection, Selection, clamp_head, clamp_layer
 from .tokens_html import token_span
 
 MEAN = -1  # the head selector's value for the mean of the layer's heads
@@ -81,10 +81,10 @@ class StepperView(FollowsSelection, widgets.VBox):
                                         continuous_update=True, layout=widgets.Layout(width="420px"))
         self.play = widgets.Play(value=step, min=0, max=n - 1, interval=play_interval, description="play")
         self._link = widgets.jslink((self.play, "value"), (self.slider, "value"))
-        self.layer = widgets.Dropdown(options=list(range(trace.n_layers)), value=min(sel.layer, trace.n_layers - 1),
+        self.layer = widgets.Dropdown(options=list(range(trace.n_layers)), value=clamp_layer(trace, sel.layer),
                                       description="layer", layout=widgets.Layout(width="150px"))
         heads = [("mean of heads", MEAN)] + [(f"head {h}", h) for h in range(trace.n_heads)]
-        self.head = widgets.Dropdown(options=heads, value=MEAN if sel.head is None else sel.head,
+        self.head = widgets.Dropdown(options=heads, value=self._head_option(sel.head),
                                      description="head", layout=widgets.Layout(width="230px"))
         self.info = widgets.HTML()
         self.focus = widgets.HTML()
@@ -189,10 +189,15 @@ class StepperView(FollowsSelection, widgets.VBox):
         sel = self.selection
         if change["name"] == "step" and 0 <= sel.step < self.trace.n_generated:
             self.slider.value = sel.step
-        elif change["name"] == "layer" and 0 <= sel.layer < self.trace.n_layers:
-            self.layer.value = sel.layer
+        elif change["name"] == "layer":
+            self.layer.value = clamp_layer(self.trace, sel.layer)
         elif change["name"] == "head":
-            self.head.value = MEAN if sel.head is None else sel.head
+            self.head.value = self._head_option(sel.head)
+
+    def _head_option(self, head: int | None) -> int:
+        """The head selector's option for a selection's head, clamped to the trace's heads."""
+        head = clamp_head(self.trace, head)
+        return MEAN if head is None else head
 
 
 def stepper(trace: Trace, selection: Selection | None = None) -> StepperView:
