@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -87,6 +88,63 @@ def memory(lm, n_tokens: int) -> tuple[int, int, float, str, int]:
     return trace.nbytes, full, error, trace.settings["precision"], trace.n_tokens
 
 
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_above(run) -> tuple[float, object]:
+    """MB that the process's peak resident memory rose above its size just before `run()` (Linux: the high-water
+    mark is reset first through /proc/self/clear_refs, so the model load's own peak does not hide it)."""
+    import gc
+
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _rss_kb("VmRSS")
+    result = run()
+    return (_rss_kb("VmHWM") - before) / 1024, result
+
+
+def _peak_of(kind: str, prompt_tokens: int, new_tokens: int) -> dict[str, float]:
+    """In this (fresh) process: load the model, warm the way up once on a short prompt, then measure one run."""
+    lm = load_model(progress=False)
+
+    def run(text: str, n: int):
+        ids = torch.tensor([lm.encode(text)], device=lm.device)
+        settings = dict(attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                        pad_token_id=lm.tokenizer.pad_token_id)
+        if kind == "capture":
+            return lm.generate(text, max_new_tokens=n, min_new_tokens=n, progress=False)
+        with torch.inference_mode():
+            return lm.model.generate(ids, output_attentions=kind == "eager", return_dict_in_generate=True, **settings)
+
+    if kind == "eager":
+        lm.model.set_attn_implementation("eager")
+    run(_prompt_text(lm, 16), 2)  # thread pools, kernels and caches of the first call are not the run's
+    text = _prompt_text(lm, prompt_tokens)
+    peak, result = peak_above(lambda: run(text, new_tokens))
+    return {"peak": peak, "trace": result.nbytes / 2**20 if kind == "capture" else 0.0}
+
+
+def peak_memory(prompt_tokens: int = 1024, new_tokens: int = 32, repeats: int = 3) -> dict[str, list[dict]]:
+    """Peak MB above the loaded model, each run in a fresh process (a process keeps what it freed, so a second run
+    in it would look free): plain sdpa generate, our capture (keeping its trace), and transformers' eager
+    generate(output_attentions=True), the way the other tools capture; `repeats` runs of each, interleaved."""
+    import json
+    import subprocess
+    import sys
+
+    out: dict[str, list[dict]] = {"plain": [], "capture": [], "eager": []}
+    for _ in range(repeats):
+        for kind in out:
+            done = subprocess.run([sys.executable, "-m", "explorer.bench", "peak", kind, str(prompt_tokens),
+                                   str(new_tokens)], capture_output=True, text=True, check=True)
+            out[kind].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return out
+
+
 def run_benchmark(repeats: int = 3) -> None:
     started = time.perf_counter()
     lm = load_model(progress=True)
@@ -108,9 +166,32 @@ def run_benchmark(repeats: int = 3) -> None:
         err = "-" if error != error else f"{error:.1e}"
         print(f"    {n_tokens:<8}{held / 1e6:>10.1f}{full / 1e6:>10.0f}{full / held:>8.0f}x  {precision:<9}  {err}")
 
-    print("\n(c) load time of model + tokenizer")
+    print("\n(c) peak memory above the loaded model, 1,024-token prompt + 32 new (VmHWM, reset before each)")
+    peaks = peak_memory()
+    plain, capture, eager = (statistics.median(r["peak"] for r in peaks[k]) for k in ("plain", "capture", "eager"))
+    trace = peaks["capture"][0]["trace"]
+    floor = plain + trace
+
+    def spread(kind: str) -> str:
+        values = [r["peak"] for r in peaks[kind]]
+        return f"{min(values):.0f}-{max(values):.0f}"
+
+    print(f"    plain sdpa generate      {plain:>7.0f} MB  ({spread('plain')} over {len(peaks['plain'])} runs)")
+    print(f"    capture                  {capture:>7.0f} MB  ({spread('capture')}), keeping a {trace:.0f} MB trace: "
+          f"{capture / floor:.2f}x the floor (plain + trace = {floor:.0f} MB)   target <= 1.15x")
+    print(f"    eager output_attentions  {eager:>7.0f} MB  ({spread('eager')}), {eager / capture:.1f}x ours")
+
+    print("\n(d) load time of model + tokenizer")
     again = time.perf_counter()
     load_model(progress=False)
     print(f"    first load in this process (converts the GGUF first if there is no cache): {load_seconds:.2f} s")
     print(f"    load from cache: {time.perf_counter() - again:.2f} s   target <= 3 s")
     print(f"\nbench took {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":  # python -m explorer.bench peak KIND PROMPT_TOKENS NEW_TOKENS: one measurement, as JSON
+    import json
+    import sys
+
+    _, _, kind, prompt_tokens, new_tokens = sys.argv
+    print(json.dumps(_peak_of(kind, int(prompt_tokens), int(new_tokens))))

@@ -130,3 +130,21 @@ def test_default_model_attention_equals_eager(default_lm):
     plain = default_lm.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12,
                                       do_sample=False)
     assert plain[0].tolist() == trace.token_ids
+
+
+def test_position_store_equals_concatenation_when_the_run_outgrows_or_undershoots_what_was_announced():
+    import torch
+
+    from explorer.capture.attention import PositionStore
+
+    torch.manual_seed(0)
+    for capacity, n_layers in [(5, 2), (40, 4), (0, 0)]:  # too small, too large (trimmed copy), nothing announced
+        store = PositionStore(torch.float32, capacity, n_layers)
+        chunks = {layer: [torch.randn(3, n, 4) for n in (7, 1, 1, 1)] for layer in range(3)}
+        for step in range(4):
+            for layer in range(3):
+                store.append(layer, chunks[layer][step])
+        for layer in range(3):
+            got = store.take(layer)
+            np.testing.assert_array_equal(got, torch.cat(chunks[layer], dim=1).numpy())
+            assert got.shape == (3, 10, 4) and (got.base is None or capacity != 40)  # a big unused capacity is let go

@@ -159,7 +159,8 @@ class LanguageModel:
             # a static cache hands attention the whole preallocated buffer: new keys are not at its end
             raise SettingsError("capture needs the dynamic KV cache: leave cache_implementation unset")
         precision = self._choose_precision(precision, len(ids) + max_new_tokens, keep_values)
-        recorder = AttentionRecorder(PRECISIONS[precision], keep_values)
+        recorder = AttentionRecorder(PRECISIONS[precision], keep_values, capacity=len(ids) + max_new_tokens,
+                                     n_layers=self.model.config.num_hidden_layers)
         input_ids = torch.tensor([ids], device=self.device)
         streamer = _Progress(max_new_tokens, progress, on_token, self.decode_token)
         if on_status is not None:
@@ -198,7 +199,8 @@ class LanguageModel:
         ids = self.encode(text, chat=chat)
         check_length(len(ids), 0, self.context_length, self.name)
         precision = self._choose_precision(precision, len(ids), keep_values)
-        recorder = AttentionRecorder(PRECISIONS[precision], keep_values)
+        recorder = AttentionRecorder(PRECISIONS[precision], keep_values, capacity=len(ids),
+                                     n_layers=self.model.config.num_hidden_layers)
         started = time.perf_counter()
         with torch.inference_mode(), recording(self.model, recorder):
             self.model(torch.tensor([ids], device=self.device), use_cache=False)
