@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browser test dashboard class bench clean
+.PHONY: install browser test dashboard lab class bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: install browser
 
 dashboard: install
 	$(VENV)/bin/attention-explorer dashboard
+
+# JupyterLab 4 on the lesson notebooks, listening on this machine only
+lab: install
+	$(VENV)/bin/jupyter lab notebooks/ --ServerApp.ip=127.0.0.1
 
 STUDENTS ?= 30
 class: install

@@ -291,8 +291,21 @@ class BertvizPage:
             f'<div id="{self.vis_id}"><span style="user-select:none">{layer_select}</span>'
             "<div id='vis'></div></div>\n"
             f'<script type="application/json" id="{params_id}">{self.params_json(layer, head)}</script>\n'
-            f"<script>\n{boot}\n</script>\n</body></html>\n"
+            f"<script>\n{boot}\n</script>\n<script>{_FIT_TO_WIDTH}</script>\n</body></html>\n"
         )
+
+
+# bertviz draws at fixed sizes (the model view's thumbnails); a page wider than its frame is shrunk to fit rather
+# than cut at the frame's edge
+_FIT_TO_WIDTH = """
+function fitToWidth() {
+  var page = document.documentElement, room = page.clientWidth;
+  document.body.style.zoom = 1;
+  if (page.scrollWidth > room) document.body.style.zoom = room / page.scrollWidth;
+}
+fitToWidth();
+window.addEventListener("resize", fitToWidth);
+"""
 
 
 def iframe(page: str, height: int) -> str:
@@ -329,7 +342,8 @@ def _widget(page: BertvizPage, selection: Selection | None, height: int | None, 
             return iframe(page.html(), height)
         return iframe(page.html(selection.layer, selection.head), height)
 
-    widget = PageWidget(value=value(), layout=ipywidgets.Layout(width="100%"))
+    # width auto: the widget's box fills its row inside its own margins ("100%" plus the margins overflowed)
+    widget = PageWidget(value=value(), layout=ipywidgets.Layout(width="auto"))
     widget.page = page
     if selection is not None and page.view == "head_view":
         widget.follow(selection, lambda _: setattr(widget, "value", value()), ["layer", "head"])

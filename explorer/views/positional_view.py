@@ -157,14 +157,15 @@ def positional_figure(trace: Trace, max_size: int = MAX_SIZE, seed: int = 0) -> 
     pos = trace.positional
     if pos.kind == "rotary":
         fig = _rotary_figure(pos, trace.n_tokens, max_size, seed)
-        height, width = 680, 980
+        height = 680
     elif pos.kind in ("learned", "sinusoidal"):
         table = pos.arrays["embeddings" if pos.kind == "learned" else "table"]
         fig = _table_figure(table, pos.kind, max_size)
-        height, width = 460, 980
+        height = 460
     else:
         return None
-    fig.update_layout(height=height, width=width, margin=dict(l=60, r=20, t=50, b=50), template="plotly_white")
+    # no width: plotly's renderer sizes the figure to its box (a JupyterLab output area, a dashboard tab)
+    fig.update_layout(height=height, autosize=True, margin=dict(l=60, r=20, t=50, b=50), template="plotly_white")
     fig.update_annotations(font_size=13)
     return fig
 
