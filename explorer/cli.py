@@ -75,11 +75,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _print_trace(trace, seconds: dict) -> None:
     m = trace.model
-    heads = f"{m.get('heads')} heads" + (f" ({m['kv_heads']} kv)" if m.get("kv_heads") != m.get("heads") else "")
-    params = m.get("parameters")
-    size = f"{params / 1e6:.0f}M params, " if params else ""
-    print(f"model    {m.get('name')} ({m.get('architecture')}, {size}{m.get('layers')} layers x {heads}, "
-          f"{trace.positional.kind} positions) on {m.get('device')}, {m.get('dtype')}")
+    heads = f"{m.heads} heads" + (f" ({m.kv_heads} kv)" if m.kv_heads != m.heads else "")
+    size = f"{m.parameters / 1e6:.0f}M params, " if m.parameters else ""
+    print(f"model    {m.name} ({m.architecture}, {size}{m.layers} layers x {heads}, "
+          f"{trace.positional.kind} positions) on {m.device}, {m.dtype}")
     print(f"prompt   {trace.prompt_text!r} ({trace.n_prompt} tokens)")
     if trace.steps:
         width = max(8, *(len(repr(s.token)) for s in trace.steps))

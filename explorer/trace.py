@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .facts import ModelFacts
+
 
 class Candidate(NamedTuple):
     """One entry of a top-k list."""
@@ -167,7 +169,7 @@ class Trace:
     layers: list[AttentionLayer]
     steps: list[Step]
     positional: Positional
-    model: dict = field(default_factory=dict)  # name, architecture, sizes, device, dtype
+    model: ModelFacts = field(default_factory=ModelFacts)  # name, architecture, sizes, device, dtype
     settings: dict = field(default_factory=dict)  # generation settings as used
     timings: dict = field(default_factory=dict)  # seconds
     pieces: list[str] | None = None  # tokens as the tokenizer's vocabulary spells them ("Ġcat")
@@ -245,7 +247,7 @@ class Trace:
         save_trace(self, path)
 
     def __repr__(self) -> str:
-        name = self.model.get("name", "?")
+        name = self.model.name or "?"
         return (
             f"Trace({name!r}, {self.n_tokens} tokens = {self.n_prompt} prompt + {self.n_generated} generated, "
             f"{self.n_layers} layers x {self.n_heads} heads, positional={self.positional.kind!r})"

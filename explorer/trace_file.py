@@ -17,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load, save, save_file
 
 from .errors import TraceFileError
+from .facts import ModelFacts
 from .trace import Candidate, Positional, QueryKeyLayer, Step, Trace, WeightsLayer
 
 FORMAT = "attention-explorer/trace"
@@ -72,7 +73,7 @@ def _tensors_and_metadata(trace: Trace) -> tuple[dict[str, np.ndarray], dict[str
             "description": trace.positional.description,
             "arrays": sorted(trace.positional.arrays),
         },
-        "model": trace.model,
+        "model": trace.model.to_dict(),
         "settings": trace.settings,
         "timings": trace.timings,
     }
@@ -208,7 +209,7 @@ def _build(header: dict, tensors: dict[str, np.ndarray]) -> Trace:
         layers=layers,
         steps=steps,
         positional=positional,
-        model=dict(header.get("model", {})),
+        model=ModelFacts.from_dict(header.get("model")),
         settings=dict(header.get("settings", {})),
         timings=dict(header.get("timings", {})),
         pieces=_pieces(header.get("pieces"), n_tokens),

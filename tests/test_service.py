@@ -64,7 +64,7 @@ def test_a_trace_from_the_service_equals_the_same_model_run_here(service, defaul
     for layer in (0, 29):
         np.testing.assert_allclose(got.attention(layer, 4), here.attention(layer, 4), atol=1e-5)
     assert [s.prob for s in got.steps] == pytest.approx([s.prob for s in here.steps], abs=1e-5)
-    assert remote.info()["name"] == "SmolLM2-135M-Instruct" and remote.has_chat_template
+    assert remote.info().name == "SmolLM2-135M-Instruct" and remote.has_chat_template
     sampled = remote.generate("Once", max_new_tokens=5, temperature=0.9, top_p=0.9, seed=7)
     assert sampled.token_ids == default_lm.generate("Once", 5, 0.9, None, 0.9, 7, progress=False).token_ids
 
@@ -161,7 +161,7 @@ def test_the_viewer_kernel_shows_the_services_trace_and_never_imports_torch(serv
         "import sys\n"
         "board = _\n"
         "board.open_first_trace()  # what the page's first drawing triggers\n"
-        "assert board.trace is not None and board.trace.model['name'] == 'SmolLM2-135M-Instruct'\n"
+        "assert board.trace is not None and board.trace.model.name == 'SmolLM2-135M-Instruct'\n"
         "board.prompt.value, board.max_new_tokens.value = 'The cat sat on the', 4\n"
         "board.chat.value = False\n"
         "trace = board.generate()\n"
@@ -199,7 +199,7 @@ def test_pages_wait_with_the_loading_percent_then_get_their_traces(monkeypatch):
         self._stage(40, "loading the model")
         release.wait(60)
         self.lm = make_tiny_lm("llama")
-        self.status.model = self.lm.info()
+        self.status.model = self.lm.info().to_dict()
         self.first_trace = trace_to_bytes(self.lm.generate("abc", 3, progress=False))
         self._stage(100, "ready")
         self.status.state = "ready"
@@ -225,7 +225,7 @@ def test_pages_wait_with_the_loading_percent_then_get_their_traces(monkeypatch):
         assert "loading the model … 40%" in statuses and not results  # it waits, and says why
         release.set()
         asking.join(30)
-        assert results and results[0].n_generated == 2 and results[0].model["name"] == "tiny-llama"
+        assert results and results[0].n_generated == 2 and results[0].model.name == "tiny-llama"
         while "Ready" not in board.message.value:  # the first trace, shown from the background thread
             assert time.monotonic() < until + 30
             time.sleep(0.1)

@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, set_seed
 from transformers.generation.streamers import BaseStreamer
 
 from ..errors import ModelLoadError, SettingsError
+from ..facts import ModelFacts
 from ..trace import Trace
 from .attention import AttentionRecorder, recording, uses_attention_interface
 from .positional import read_positional
@@ -77,7 +78,7 @@ class LanguageModel:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def info(self) -> dict:
+    def info(self) -> ModelFacts:
         """Facts about the model at a glance: name, sizes, heads, positional encoding, device, dtype."""
         if self._facts is None:
             config = self.model.config
@@ -95,11 +96,8 @@ class LanguageModel:
                 "positional": read_positional(self.model, 1).kind,
                 "capture": "attention interface" if uses_attention_interface(self.model) else "hooks",
             }
-        return self._facts | {
-            "device": str(self.device),
-            "dtype": str(self.model.dtype).removeprefix("torch."),
-            "chat_template": self.has_chat_template,
-        }
+        return ModelFacts(**self._facts, device=str(self.device), dtype=str(self.model.dtype).removeprefix("torch."),
+                          chat_template=self.has_chat_template)
 
     def encode(self, text: str, chat: bool = False) -> list[int]:
         """Token ids of `text`, wrapped in the chat template as a user message when chat=True."""

@@ -21,6 +21,7 @@ from pathlib import Path
 import ipywidgets as widgets
 
 from ..errors import ExplorerError, SettingsError
+from ..facts import ModelFacts
 from ..service.protocol import FIRST_PROMPT, KEY_ENV, LIMITS_ENV, SERVICE_ENV, Limits
 from ..trace import Trace
 from ..trace_file import load_trace, trace_from_bytes, trace_to_bytes
@@ -39,20 +40,17 @@ _STYLE = """<style>
 </style>"""
 
 
-def _facts_html(info: dict, source: str) -> str:
-    heads = info.get("heads")
-    kv = info.get("kv_heads")
-    params = info.get("parameters")
+def _facts_html(facts: ModelFacts, source: str) -> str:
     rows = [
-        ("model", info.get("name")),
+        ("model", facts.name),
         ("source", source),
-        ("parameters", f"{params / 1e6:.1f} M" if params else "?"),
-        ("layers", info.get("layers")),
-        ("heads", f"{heads} query / {kv} key-value" if kv and kv != heads else heads),
-        ("positions", info.get("positional")),
-        ("context", info.get("context_length")),
-        ("device", info.get("device")),
-        ("dtype", info.get("dtype")),
+        ("parameters", f"{facts.parameters / 1e6:.1f} M" if facts.parameters else "?"),
+        ("layers", facts.layers),
+        ("heads", facts.describe_heads()),
+        ("positions", facts.positional),
+        ("context", facts.context_length),
+        ("device", facts.device),
+        ("dtype", facts.dtype),
     ]
     body = "<br>".join(f"<b>{html.escape(k)}</b>{html.escape(str(v))}" for k, v in rows)
     return f"<div class='ae-facts'>{body}</div>"

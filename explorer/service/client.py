@@ -14,6 +14,7 @@ from collections.abc import Callable
 import zmq
 
 from ..errors import ServiceError, SettingsError
+from ..facts import ModelFacts
 from ..trace import Trace
 from ..trace_file import trace_from_bytes
 from . import protocol as p
@@ -27,20 +28,20 @@ class RemoteModel:
 
     def __init__(self, address: str, key: str = "", silence_seconds: float = SILENCE_SECONDS):
         self.address, self.key, self.silence_seconds = address, key, silence_seconds
-        self.facts: dict = {}  # the model's facts, from the last status
+        self.facts = ModelFacts()  # the model's facts, from the last status or trace
         self._context = zmq.Context.instance()
         self._socket: zmq.Socket | None = None
 
     @property
     def name(self) -> str:
-        return self.facts.get("name", "the service's model")
+        return self.facts.name or "the service's model"
 
     @property
     def has_chat_template(self) -> bool:
-        return bool(self.facts.get("chat_template"))
+        return bool(self.facts.chat_template)
 
-    def info(self) -> dict:
-        return dict(self.facts)
+    def info(self) -> ModelFacts:
+        return self.facts
 
     # --- the connection
     def _connected(self) -> zmq.Socket:
@@ -88,7 +89,7 @@ class RemoteModel:
         message, _ = self._ask(p.STATUS, timeout)
         status = ServiceStatus.from_json(message)
         if status.model:
-            self.facts = status.model
+            self.facts = ModelFacts.from_dict(status.model)
         return status
 
     def first_trace(self, timeout: float = 3.0) -> Trace | None:
@@ -97,7 +98,7 @@ class RemoteModel:
         if not frames:
             return None
         trace = trace_from_bytes(frames[0], "the service's first trace")
-        self.facts = self.facts or trace.model
+        self.facts = trace.model
         return trace
 
     def generate(

@@ -149,7 +149,7 @@ class ServiceStatus:
     state: str  # "loading", "ready" or "failed"
     percent: int = 0
     stage: str = ""
-    model: dict = field(default_factory=dict)  # LanguageModel.info() once known
+    model: dict = field(default_factory=dict)  # ModelFacts.to_dict() once known (JSON on the wire)
     waiting: int = 0
     limits: dict = field(default_factory=dict)
     error: str = ""

@@ -252,7 +252,7 @@ class GenerationService:
             default_model_dir(progress=False)
         self._stage(60, "loading the model")
         self.lm = load_model(self.model_name, device=self.device, dtype=self.dtype, progress=False)
-        self.status.model = self.lm.info()
+        self.status.model = self.lm.info().to_dict()
         if self.first_trace is None:
             self._stage(90, "generating the first trace")
             request = GenerationRequest(FIRST_PROMPT, FIRST_NEW_TOKENS, chat=self.lm.has_chat_template)
@@ -302,7 +302,7 @@ class GenerationService:
         try:
             model = load_trace(path).model  # ours, but checked all the same: a broken cache file is made again
             self.first_trace = path.read_bytes()
-            self.status.model = model
+            self.status.model = model.to_dict()
         except ExplorerError:
             self.first_trace = None
 

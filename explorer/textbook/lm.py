@@ -10,6 +10,7 @@ import torch
 from ..capture.probabilities import build_steps
 from ..capture.settings import GenerationSettings
 from ..errors import SettingsError
+from ..facts import ModelFacts
 from ..trace import Positional, QueryKeyLayer, Trace
 from .model import GPT
 from .train import one_thread
@@ -52,26 +53,15 @@ class TextbookLM:
             raise SettingsError(f"{unknown[0]!r} is not in the vocabulary {' '.join(self.vocab)}")
         return [self.vocab.index(t) for t in tokens]
 
-    def info(self) -> dict:
-        """Facts about the model, with the same keys as LanguageModel.info()."""
+    def info(self) -> ModelFacts:
+        """Facts about the model, the record LanguageModel.info() gives."""
         config = self.model.config
-        return {
-            "name": self.name,
-            "architecture": type(self.model).__name__,
-            "model_type": "textbook",
-            "parameters": self.model.n_parameters,
-            "layers": config.n_layer,
-            "heads": config.n_head,
-            "kv_heads": config.n_head,
-            "hidden_size": config.n_embd,
-            "vocab_size": config.vocab_size,
-            "context_length": config.block_size,
-            "positional": "sinusoidal",
-            "capture": "textbook",
-            "device": "cpu",
-            "dtype": "float32",
-            "chat_template": False,
-        }
+        return ModelFacts(
+            name=self.name, architecture=type(self.model).__name__, model_type="textbook",
+            parameters=self.model.n_parameters, layers=config.n_layer, heads=config.n_head, kv_heads=config.n_head,
+            hidden_size=config.n_embd, vocab_size=config.vocab_size, context_length=config.block_size,
+            positional="sinusoidal", capture="textbook", device="cpu", dtype="float32", chat_template=False,
+        )
 
     @torch.no_grad()
     def trace(self, tokens: str | list[str]) -> Trace:

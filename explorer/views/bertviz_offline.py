@@ -167,7 +167,7 @@ def caption(trace: Trace, view: str, layers: list[int], heads: list[int], start:
     if view == "head_view":
         heads_text += " (the colour squares, in that order)"
     layers_text = f"layer{'s' * (len(layers) > 1)} {_span(layers)}"
-    parts = [f"{trace.model.get('name', 'model')}: {layers_text}, {heads_text}, {where}."]
+    parts = [f"{trace.model.name or 'model'}: {layers_text}, {heads_text}, {where}."]
     if start == 0:
         parts.append("Rows are the model's weights; the window starts at the first token, so each sums to 1.")
     elif renormalize:
@@ -291,7 +291,7 @@ class BertvizPage:
             f'<div id="{self.vis_id}"><span style="user-select:none">{layer_select}</span>'
             "<div id='vis'></div></div>\n"
             f'<script type="application/json" id="{params_id}">{self.params_json(layer, head)}</script>\n'
-            f"<script>\n{boot}\n</script>\n<script>{_FIT_TO_WIDTH}</script>\n</body></html>\n"
+            f"<script>\n{boot}\n{_FIT_TO_WIDTH}</script>\n</body></html>\n"
         )
 
 

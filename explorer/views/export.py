@@ -34,7 +34,7 @@ def to_json(view) -> dict:
         cols = range(view.key_start, view.key_start + w.shape[1])
         return {
             "view": "heatmap",
-            "model": trace.model.get("name"),
+            "model": trace.model.name,
             "tokens": list(trace.tokens),
             "n_prompt": trace.n_prompt,
             "layer": view.layer,
@@ -48,7 +48,7 @@ def to_json(view) -> dict:
     if isinstance(view, HeadsMapView):
         return {
             "view": "heads_map",
-            "model": view.trace.model.get("name"),
+            "model": view.trace.model.name,
             "n_layers": view.n_layers,
             "n_heads": view.n_heads,
             "n_tokens": view.n_tokens,
@@ -79,7 +79,7 @@ def _payload(trace, layer: int, head: int | None, n: int) -> dict:
         for s in trace.steps if s.position < n
     ]
     return {
-        "model": str(trace.model.get("name", "")),
+        "model": trace.model.name or "",
         "tokens": [visible(t) for t in trace.tokens[:n]],  # labels: whitespace made visible
         "text": list(trace.tokens[:n]),  # running text
         "n_tokens": n,
@@ -111,7 +111,7 @@ def standalone_html(trace, path: str | os.PathLike, layer: int = 0, head: int | 
     generated tokens, for the first `max_tokens` tokens (every layer and head, float32: ~L·H·n²·2 bytes)."""
     trace._check(layer, head)
     n = max(1, min(int(max_tokens), trace.n_tokens, 256))
-    title = f"Attention of {trace.model.get('name', 'a model')}"
+    title = f"Attention of {trace.model.name or 'a model'}"
     shown = f"{n} of {trace.n_tokens} tokens" if n < trace.n_tokens else f"{n} tokens"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
