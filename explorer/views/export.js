@@ -1,6 +1,7 @@
 // The standalone HTML page (written by export.py): heatmap.js, inlined beside this script, draws the heatmap
 // from a model of the same shape as the notebook widget's, filled here from the embedded float32 weights;
 // below it a stepper walks through the generated tokens. Tokens are only written with textContent.
+// Both scripts start with prelude.js (export.py puts it in front), so the colours and helpers are the notebook's.
 
 const data = JSON.parse(document.getElementById("attention-data").textContent);
 const source = document.getElementById("heatmap-module").textContent;
@@ -9,16 +10,20 @@ const heatmap = await import(URL.createObjectURL(new Blob([source], { type: "tex
 const N = data.n_tokens, H = data.n_heads, TRI = (N * (N + 1)) / 2;
 const raw = Uint8Array.from(atob(data.attention), (c) => c.charCodeAt(0));
 const attention = new Float32Array(raw.buffer); // [layers, heads + mean, packed lower triangle]
+/** The weight of query i on key j in a head (null: the layer's mean), 0 above the diagonal.
+ * @param {number} layer @param {number | null} head @param {number} i @param {number} j @returns {number} */
 const weight = (layer, head, i, j) =>
   j > i ? 0 : attention[(layer * (H + 1) + (head ?? H)) * TRI + (i * (i + 1)) / 2 + j];
 
-// the same colour indices as attention_data.quantise in Python
+/** The same colour indices as attention_data.quantise in Python.
+ * @param {number} w @param {number} scale @param {boolean} log @param {number} decades @returns {number} */
 function quantise(w, scale, log, decades) {
   const q = log ? 255 * (1 + Math.log10(Math.max(w, 1e-38) / scale) / decades) : (255 * w) / scale;
   return Math.max(0, Math.min(255, Math.round(q)));
 }
 
-// What the Python HeatmapView computes on a change, computed here from the embedded weights
+/** What the Python HeatmapView computes on a change, computed here from the embedded weights.
+ * @param {LocalModel} m @param {Set<string>} changed the traits set @returns {Set<string>} the traits now changed */
 function refresh(m, changed) {
   const s = m.state, clamp = (v, lo, hi) => Math.max(lo, Math.min(hi, v));
   s.window_size = clamp(s.window_size, 1, N);
@@ -49,19 +54,28 @@ function refresh(m, changed) {
   return out;
 }
 
-class LocalModel { // the part of the anywidget model API that heatmap.js uses
+/** The part of the anywidget model API that heatmap.js uses (prelude.js's Model), over a plain state object. */
+class LocalModel {
+  /** @param {Record<string, any>} state */
   constructor(state) { this.state = state; this.dirty = new Set(); this.listeners = {}; refresh(this, new Set(["layer"])); }
+  /** @param {string} k @returns {any} */
   get(k) { return this.state[k]; }
+  /** @param {string} k @param {any} v */
   set(k, v) { this.state[k] = v; this.dirty.add(k); }
+  /** @param {string} e @param {Function} f */
   on(e, f) { (this.listeners[e] ||= []).push(f); }
+  /** @param {string} e @param {Function} f */
   off(e, f) { this.listeners[e] = (this.listeners[e] || []).filter((g) => g !== f); }
+  /** @param {string} e @param {...any} args */
   emit(e, ...args) { for (const f of this.listeners[e] || []) f(...args); }
+  /** Recompute what the set traits change, then tell the listeners. */
   save_changes() {
     const changed = refresh(this, this.dirty);
     this.dirty = new Set();
     for (const k of changed) this.emit("change:" + k);
   }
-  send(msg) { // the overview's "largest weight under this cell": one weight a cell here
+  /** The overview's "largest weight under this cell": one weight a cell here. @param {any} msg */
+  send(msg) {
     if (msg.kind !== "block") return;
     const s = this.state, reply = { ...msg, layer: s.layer, head: s.head, query: msg.row, key: msg.col,
       weight: weight(s.layer, s.head, msg.row, msg.col) };
@@ -77,12 +91,6 @@ const model = new LocalModel({
 heatmap.default.render({ model, el: document.getElementById("heatmap") });
 
 // --- the stepper: text so far with the new token marked, the attention that chose it, its probability
-function h(tag, style = {}, text = null) {
-  const e = document.createElement(tag);
-  Object.assign(e.style, style);
-  if (text !== null) e.textContent = text;
-  return e;
-}
 const box = document.getElementById("stepper");
 box.classList.add("ae-stepper");
 const steps = data.steps;
@@ -104,6 +112,7 @@ if (!steps.length) {
   box.append(controls, note, text, about, topk);
 
   let draws = 0;
+  /** The step the slider is on: its text, shading, readout and candidates. */
   function drawStep() {
     const st = steps[+slider.value], p = st.position, layer = model.get("layer"), head = model.get("head");
     label.textContent = `step ${st.index + 1} of ${steps.length}`;

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import frontend
 from .heads_map_view import HeadsMapView
 from .heatmap_view import HeatmapView
 from .tokens_html import json_for_script, visible
-
-HERE = Path(__file__).parent
 
 
 def _rounded(a: np.ndarray, digits: int = 4) -> list:
@@ -99,7 +98,7 @@ def _finite(x: float) -> float | None:
 
 
 def _inline_js(name: str) -> str:
-    text = (HERE / name).read_text()
+    text = frontend.module(name)  # prelude.js first, as in the notebook: the same colours and helpers
     if "</script" in text.lower() or "<!--" in text:
         raise ValueError(f"{name} contains </script or <!-- and cannot be inlined in a <script> element")
     return text

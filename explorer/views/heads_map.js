@@ -1,46 +1,13 @@
 // All heads on one canvas: a row of thumbnails per layer, a strip under each coloured by a statistic,
 // hover for the numbers, click to select; below, the statistics as a table sortable by any column.
+// LUT, MASKED, cssColour, asU8 and h come from prelude.js, put in front of this file by frontend.py.
 
-// viridis lookup table (same polynomial fit as heatmap.js; an anywidget module cannot import a sibling file)
-function viridis() {
-  const c = [
-    [0.2777273272234177, 0.005407344544966578, 0.3340998053353061],
-    [0.1050930431085774, 1.404613529898575, 1.384590162594685],
-    [-0.3308618287255563, 0.214847559468213, 0.09509516302823659],
-    [-4.634230498983486, -5.799100973351585, -19.33244095627987],
-    [6.228269936347081, 14.17993336680509, 56.69055260068105],
-    [4.776384997670288, -13.74514537774601, -65.35303263337234],
-    [-5.435455855934631, 4.645852612178535, 26.3124352495832],
-  ];
-  const lut = new Uint32Array(256);
-  for (let i = 0; i < 256; i++) {
-    const ch = [0, 1, 2].map((k) => {
-      let v = c[6][k];
-      for (let j = 5; j >= 0; j--) v = c[j][k] + (i / 255) * v;
-      return Math.max(0, Math.min(255, Math.round(v * 255)));
-    });
-    lut[i] = (255 << 24) | (ch[2] << 16) | (ch[1] << 8) | ch[0];
-  }
-  return lut;
-}
-const LUT = viridis();
-const MASKED = (255 << 24) | (236 << 16) | (236 << 8) | 236;
-const css = (i) => `rgb(${LUT[i] & 255},${(LUT[i] >> 8) & 255},${(LUT[i] >> 16) & 255})`;
+/** A statistic for reading: 3 significant digits, "–" when there is none.
+ * @param {number | null | undefined} v @returns {string} */
 const fmt = (v) => (v === null || v === undefined ? "–" : v.toPrecision(3));
 
-function asU8(v) {
-  if (v instanceof Uint8Array) return v;
-  if (ArrayBuffer.isView(v)) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-  return new Uint8Array(0);
-}
-
-function h(tag, style = {}, text = null) {
-  const e = document.createElement(tag);
-  Object.assign(e.style, style);
-  if (text !== null) e.textContent = text;
-  return e;
-}
-
+/** Draw the heads map into `el` and redraw on the model's changes; returns the cleanup.
+ * @param {{ model: Model, el: HTMLElement }} ctx @returns {() => void} */
 function render({ model, el }) {
   el.classList.add("ae-heads-map");
   Object.assign(el.style, { position: "relative", font: "12px sans-serif", color: "#222" });
@@ -82,6 +49,7 @@ function render({ model, el }) {
     return { px, cw: px + GAP, ch: px + strip + GAP, strip };
   };
 
+  /** Draw the thumbnails, strips, caption and table from the model's current state. */
   function draw() {
     const t0 = performance.now();
     const n = get("thumb_n"), u8 = asU8(get("thumbs")), { px, cw, ch, strip } = geometry();
@@ -125,7 +93,7 @@ function render({ model, el }) {
         ctx.drawImage(off, hd * n, l * n, n, n, x, y, px, px);
         if (by) {
           const v = stat(by, l, hd);
-          ctx.fillStyle = v === null ? "#ccc" : css(Math.round((255 * (v - lo)) / (hi - lo || 1)));
+          ctx.fillStyle = v === null ? "#ccc" : cssColour(Math.round((255 * (v - lo)) / (hi - lo || 1)));
           ctx.fillRect(x, y + px + 1, px, STRIP);
         }
         if (l === selL && (selH === null || selH === hd)) {
@@ -148,6 +116,7 @@ function render({ model, el }) {
       layer: selL, head: selH ?? "mean", geometry: JSON.stringify({ left: LEFT, top: TOP, px, cw, ch }) });
   }
 
+  /** The statistics table, sorted by `sortKey` in `sortDir`, the selected head's row marked. */
   function drawTable() {
     const rows = [];
     for (let l = 0; l < L; l++) for (let hd = 0; hd < H; hd++) {
@@ -188,6 +157,8 @@ function render({ model, el }) {
     }
   }
 
+  /** The [layer, head] of the thumbnail under the pointer, or null.
+   * @param {MouseEvent} ev @returns {[number, number] | null} */
   const at = (ev) => {
     const r = canvas.getBoundingClientRect(), { px, cw, ch } = geometry();
     const x = ev.clientX - r.left - LEFT, y = ev.clientY - r.top - TOP;

@@ -7,13 +7,12 @@ selection's layer and head, so a heatmap on the same Selection opens that head.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import anywidget
 import numpy as np
 import traitlets
 
 from . import attention_data as ad
+from . import frontend
 from .selection import ClampsLayerHead, FollowsSelection, Selection
 
 STAT_LABELS = {
@@ -26,8 +25,7 @@ STAT_LABELS = {
 class HeadsMapView(FollowsSelection, ClampsLayerHead, anywidget.AnyWidget):
     """Thumbnails of all layers × heads with hover statistics, a sortable table and click-to-select."""
 
-    # the text, not the Path: anywidget watches a Path for edits and its watcher keeps every instance alive
-    _esm = Path(__file__).with_name("heads_map.js").read_text()
+    _esm = frontend.module("heads_map.js")
 
     n_layers = traitlets.Int(0).tag(sync=True)
     n_heads = traitlets.Int(0).tag(sync=True)

@@ -1,43 +1,12 @@
 // The attention heatmap: a whole-head overview and a labelled window, drawn from uint8 colour indices.
 // The same module draws in a notebook (anywidget) and in the standalone HTML page (export.js gives it a
 // model of the same shape). Tokens are only ever written with textContent.
+// LUT, MASKED, asU8 and h come from prelude.js, put in front of this file by frontend.py.
 
-// viridis as a 256-entry lookup table of RGBA pixels packed little-endian (0xAABBGGRR)
-function viridis() {
-  const c = [
-    [0.2777273272234177, 0.005407344544966578, 0.3340998053353061],
-    [0.1050930431085774, 1.404613529898575, 1.384590162594685],
-    [-0.3308618287255563, 0.214847559468213, 0.09509516302823659],
-    [-4.634230498983486, -5.799100973351585, -19.33244095627987],
-    [6.228269936347081, 14.17993336680509, 56.69055260068105],
-    [4.776384997670288, -13.74514537774601, -65.35303263337234],
-    [-5.435455855934631, 4.645852612178535, 26.3124352495832],
-  ];
-  const lut = new Uint32Array(256);
-  for (let i = 0; i < 256; i++) {
-    const ch = [0, 1, 2].map((k) => {
-      let v = c[6][k];
-      for (let j = 5; j >= 0; j--) v = c[j][k] + (i / 255) * v;
-      return Math.max(0, Math.min(255, Math.round(v * 255)));
-    });
-    lut[i] = (255 << 24) | (ch[2] << 16) | (ch[1] << 8) | ch[0];
-  }
-  return lut;
-}
-export const LUT = viridis();
-const MASKED = (255 << 24) | (236 << 16) | (236 << 8) | 236; // cells a causal model cannot attend to
-export const cssColour = (i) => `rgb(${LUT[i] & 255},${(LUT[i] >> 8) & 255},${(LUT[i] >> 16) & 255})`;
-
-// Bytes traits arrive as a DataView; the standalone page passes a Uint8Array
-export function asU8(v) {
-  if (v instanceof Uint8Array) return v;
-  if (ArrayBuffer.isView(v)) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-  if (v instanceof ArrayBuffer) return new Uint8Array(v);
-  return new Uint8Array(0);
-}
-
-// Paint a rows × cols matrix of colour indices onto `canvas`, cells above the diagonal (key after query) grey.
-// rowStart/colStart place the matrix in the whole sequence, in cells.
+/** Paint a rows × cols matrix of colour indices onto `canvas`, cells above the diagonal (key after query) grey.
+ * rowStart/colStart place the matrix in the whole sequence, in cells.
+ * @param {HTMLCanvasElement} canvas @param {Uint8Array} u8 @param {number} rows @param {number} cols
+ * @param {number} [rowStart] @param {number} [colStart] */
 export function paint(canvas, u8, rows, cols, rowStart = 0, colStart = 0) {
   const ctx = canvas.getContext("2d");
   ctx.clearRect(0, 0, canvas.width, canvas.height);
@@ -56,15 +25,13 @@ export function paint(canvas, u8, rows, cols, rowStart = 0, colStart = 0) {
   ctx.drawImage(off, 0, 0, canvas.width, canvas.height);
 }
 
+/** A weight for reading: 3 significant digits, exponent notation below 1e-3.
+ * @param {number} w @returns {string} */
 export const fmt = (w) => (w === 0 ? "0" : Math.abs(w) < 1e-3 ? w.toExponential(2) : w.toPrecision(3));
 
-function h(tag, style = {}, text = null) {
-  const e = document.createElement(tag);
-  Object.assign(e.style, style);
-  if (text !== null) e.textContent = text;
-  return e;
-}
-
+/** A <select> of [value, label] options that calls `onChange` with the chosen value.
+ * @param {Array<[string | number, string]>} options @param {(value: string) => void} onChange
+ * @returns {HTMLSelectElement} */
 function select(options, onChange) {
   const s = h("select", { marginRight: "10px" });
   for (const [value, label] of options) s.append(Object.assign(h("option", {}, label), { value: String(value) }));
@@ -72,7 +39,8 @@ function select(options, onChange) {
   return s;
 }
 
-// The legend: a vertical colour bar with tick values (linear or by decades)
+/** The legend: a vertical colour bar with tick values (linear or by decades).
+ * @param {HTMLElement} box @param {number} scale @param {boolean} log @param {number} decades */
 function drawLegend(box, scale, log, decades) {
   box.replaceChildren();
   const H = 200;
@@ -96,6 +64,8 @@ function drawLegend(box, scale, log, decades) {
   box.append(h("div", { font: "11px sans-serif", marginBottom: "9px" }, log ? "weight (log)" : "weight"), row);
 }
 
+/** Draw the heatmap into `el` and redraw on the model's changes; returns the cleanup.
+ * @param {{ model: Model, el: HTMLElement }} ctx @returns {() => void} */
 function render({ model, el }) {
   el.classList.add("ae-heatmap");
   Object.assign(el.style, { position: "relative", font: "12px sans-serif", color: "#222" });
@@ -154,6 +124,8 @@ function render({ model, el }) {
   // where the window bytes start: Python sends window_at with them; the standalone page has window_start/key_start
   const origin = () => get("window_at") ?? [get("window_start"), get("key_start")];
 
+  /** The row and column token labels of the window, rebuilt only when they change.
+   * @param {number} r0 @param {number} c0 @param {number} rows @param {number} cols */
   function labels(r0, c0, rows, cols) {
     const key = [r0, c0, rows, cols, cell, get("selected_token")].join();
     if (key === labelKey) return;
@@ -180,6 +152,7 @@ function render({ model, el }) {
     colLabels.replaceChildren(...pick(cols).map((i) => make(i, true)));
   }
 
+  /** Draw everything from the model's current state. */
   function draw() {
     const t0 = performance.now();
     const f = get("overview_factor"), n = get("overview_n");

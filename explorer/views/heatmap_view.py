@@ -11,13 +11,13 @@ So a head switch at 2,048 tokens with a 64-token window sends 64 KB + 20 KB, not
 from __future__ import annotations
 
 from collections import OrderedDict
-from pathlib import Path
 
 import anywidget
 import numpy as np
 import traitlets
 
 from . import attention_data as ad
+from . import frontend
 from .selection import ClampsLayerHead, FollowsSelection, Selection
 from .tokens_html import visible
 
@@ -28,8 +28,7 @@ WINDOW_SIZES = (16, 32, 64, 128, 256)
 class HeatmapView(FollowsSelection, ClampsLayerHead, anywidget.AnyWidget):
     """Canvas heatmap of one head's attention with a token window, an overview, a log scale and a legend."""
 
-    # the text, not the Path: anywidget watches a Path for edits and its watcher keeps every instance alive
-    _esm = Path(__file__).with_name("heatmap.js").read_text()
+    _esm = frontend.module("heatmap.js")
 
     tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)  # every token, whitespace made visible; sent once
     n_prompt = traitlets.Int(0).tag(sync=True)

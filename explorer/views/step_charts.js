@@ -4,18 +4,12 @@
 // Labels are set with textContent: a token like <img src=x onerror=...> shows as text.
 
 const SVG = "http://www.w3.org/2000/svg";
-const MODEL = "#1f77b4", SAMPLING = "#ff7f0e", CHOSEN = "#d62728", GRID = "#e5e5e5", INK = "#2a3f5f";
+const MODEL = "#1f77b4", SAMPLING = "#ff7f0e", CHOSEN = "#d62728", GRID = "#e5e5e5";  // text ink #2a3f5f: step_charts.css
 const HEIGHT = 330;
 const LABEL_CHARS = 12;  // a longer candidate label is cut (whole on hover), so that turned labels stay inside
 
-const CSS = `
-.step-charts { width: 100%; min-width: 480px; font: 12px sans-serif; }
-.step-charts svg { display: block; }
-.step-charts .title { font-size: 14px; fill: ${INK}; }
-.step-charts .tick, .step-charts .axis-title, .step-charts .bar-label { fill: ${INK}; }
-`;
-
-/** @param {string} name @param {Record<string, string|number>} attrs @param {string} [text] */
+/** An SVG element with attributes and, if given, its text (set as textContent).
+ * @param {string} name @param {Record<string, string|number>} attrs @param {string} [text] @returns {SVGElement} */
 function node(name, attrs, text) {
   const el = document.createElementNS(SVG, name);
   for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
@@ -23,7 +17,7 @@ function node(name, attrs, text) {
   return el;
 }
 
-/** Round tick values from 0 to `top`. @param {number} top @returns {number[]} */
+/** Round tick values from 0 to `top`. @param {number} top @param {number} [count] @returns {number[]} */
 function ticks(top, count = 5) {
   if (!(top > 0)) return [0];
   const raw = top / count;
@@ -35,7 +29,8 @@ function ticks(top, count = 5) {
 }
 
 /** A y axis with grid lines; returns the value → pixel map.
- * @param {SVGElement} g @param {{x: number, y: number, w: number, h: number}} box @param {number} top @param {string} title */
+ * @param {SVGElement} g @param {{x: number, y: number, w: number, h: number}} box @param {number} top @param {string} title
+ * @returns {(v: number) => number} */
 function yAxis(g, box, top, title) {
   const y = (/** @type {number} */ v) => box.y + box.h - (v / top) * box.h;
   for (const v of ticks(top)) {
@@ -47,7 +42,8 @@ function yAxis(g, box, top, title) {
   return y;
 }
 
-/** @param {SVGElement} g @param {any} c one step's candidates @param {boolean} differs @param {{x: number, y: number, w: number, h: number}} box */
+/** The bars of one step's candidates, the chosen one marked.
+ * @param {SVGElement} g @param {any} c one step's candidates @param {boolean} differs @param {{x: number, y: number, w: number, h: number}} box */
 function bars(g, c, differs, box) {
   const values = [...c.model, ...(differs ? c.sampling : [])].filter((p) => p != null);
   const top = Math.max(...values, 1e-9) * 1.25;
@@ -76,7 +72,8 @@ function bars(g, c, differs, box) {
   g.append(node("text", { class: "title", x: box.x - 50, y: 18 }, c.title));
 }
 
-/** @param {SVGElement} g @param {any} model @param {{x: number, y: number, w: number, h: number}} box */
+/** The entropy of every step as a line, the current step circled.
+ * @param {SVGElement} g @param {Model} model @param {{x: number, y: number, w: number, h: number}} box */
 function entropy(g, model, box) {
   const values = model.get("entropy"), sampled = model.get("sampling_entropy"), tokens = model.get("tokens");
   const step = model.get("step"), n = values.length;
@@ -87,7 +84,8 @@ function entropy(g, model, box) {
     g.append(node("text", { class: "tick", x: x(i), y: box.y + box.h + 16, "text-anchor": "middle" }, String(i)));
   }
   g.append(node("text", { class: "axis-title", x: box.x + box.w / 2, y: box.y + box.h + 34, "text-anchor": "middle" }, "step"));
-  const line = (/** @type {number[]} */ v, colour, dash, cls) => g.append(node("polyline", { class: cls, fill: "none",
+  /** @param {number[]} v @param {string} colour @param {string} dash @param {string} cls */
+  const line = (v, colour, dash, cls) => g.append(node("polyline", { class: cls, fill: "none",
     stroke: colour, "stroke-width": 1.5, "stroke-dasharray": dash, points: v.map((e, i) => `${x(i)},${y(e)}`).join(" ") }));
   if (sampled.length) line(sampled, SAMPLING, "4 3", "sampling-line");
   line(values, MODEL, "", "entropy-line");
@@ -102,7 +100,7 @@ function entropy(g, model, box) {
     "entropy of each step (nats): low = sure, high = hesitant"));
 }
 
-/** @param {SVGElement} g @param {number} x @param {number} y */
+/** The colour key of the two series. @param {SVGElement} g @param {number} x @param {number} y */
 function legend(g, x, y) {
   [["model", MODEL], ["sampled from", SAMPLING]].forEach(([name, colour], i) => {
     g.append(node("rect", { x: x + i * 120, y: y - 9, width: 10, height: 10, fill: colour }));
@@ -110,14 +108,9 @@ function legend(g, x, y) {
   });
 }
 
-/** @param {{ model: any, el: HTMLElement }} ctx */
+/** Draw the charts into `el` and redraw on a new step or width; returns the cleanup.
+ * @param {{ model: Model, el: HTMLElement }} ctx @returns {() => void} */
 function render({ model, el }) {
-  if (!document.getElementById("step-charts-style")) {
-    const style = document.createElement("style");
-    style.id = "step-charts-style";
-    style.textContent = CSS;
-    document.head.append(style);
-  }
   el.classList.add("step-charts");
   let draws = 0;
 

@@ -7,13 +7,12 @@ steps' candidates go over once (a few numbers a step); moving to another step se
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import anywidget
 import numpy as np
 import traitlets
 
 from ..trace import Step, Trace
+from . import frontend
 from .tokens_html import unique_labels
 
 
@@ -75,8 +74,8 @@ class StepCharts(anywidget.AnyWidget):
     """Bars of one step's candidates (model, and sampled-from where it differs; the chosen one outlined) and the
     entropy line of all steps with `step` marked. Follows its box's width."""
 
-    # the text, not the Path: anywidget watches a Path for edits and its watcher keeps every instance alive
-    _esm = Path(__file__).with_name("step_charts.js").read_text()
+    _esm = frontend.module("step_charts.js")
+    _css = frontend.stylesheet("step_charts.css")
     candidates = traitlets.List().tag(sync=True)  # one candidates_of() dict per step
     entropy = traitlets.List(traitlets.Float()).tag(sync=True)  # nats, per step
     sampling_entropy = traitlets.List(traitlets.Float()).tag(sync=True)  # [] unless some step sampled otherwise

@@ -2,45 +2,11 @@
 // Tokens arrive once as a list; per step only `values` (float32 bytes), `count` and `highlight` change.
 // Tokens are set with textContent, never innerHTML: a token like <img src=x onerror=...> shows as text.
 
-const VISIBLE = { " ": "␣", "\n": "↵", "\t": "→", "\r": "␍" };
+// asFloat32 and visible come from prelude.js, put in front of this file by frontend.py; the styles are stepper.css.
 
-function visible(token) {
-  if (token === "") return "∅";
-  let out = "";
-  for (const c of token) out += VISIBLE[c] ?? c;
-  return out;
-}
-
-// Bytes traits arrive as a DataView
-function asFloat32(v) {
-  if (v == null || v.byteLength === 0) return new Float32Array(0);
-  const buffer = v.buffer.slice(v.byteOffset, v.byteOffset + v.byteLength);
-  return new Float32Array(buffer);
-}
-
-const CSS = `
-.token-text { position: relative; }
-.token-text-box { position: relative; overflow-y: auto; font: 13px/1.7 ui-monospace, monospace; white-space: pre-wrap;
-  word-break: break-word; border: 1px solid #ddd; border-radius: 4px; padding: 4px 6px; background: #fff; color: #111; }
-.token-text-box span { cursor: pointer; border-radius: 2px; }
-.token-text-box span.highlight { outline: 2px solid #d62728; outline-offset: 0; font-weight: bold; }
-.token-text-box span.selected { text-decoration: underline; }
-.token-text-box.chips { white-space: normal; }
-.token-text-box.chips span { display: inline-block; border: 1px solid #ccc; margin: 1px; padding: 0 3px; white-space: pre; }
-.token-text-tip { position: absolute; display: none; pointer-events: none; z-index: 20; white-space: pre;
-  background: rgba(0,0,0,.85); color: #fff; font: 12px monospace; padding: 3px 6px; border-radius: 3px; }
-`;
-
-function addStyle() {
-  if (document.getElementById("token-text-style")) return;
-  const style = document.createElement("style");
-  style.id = "token-text-style";
-  style.textContent = CSS;
-  document.head.append(style);
-}
-
+/** Draw the token text into `el` and repaint on the model's changes; returns the cleanup.
+ * @param {{ model: Model, el: HTMLElement }} ctx @returns {() => void} */
 function render({ model, el }) {
-  addStyle();
   el.classList.add("token-text");
   const box = document.createElement("div");
   const tip = document.createElement("div");
@@ -49,6 +15,7 @@ function render({ model, el }) {
   let spans = [];
   let draws = 0;
 
+  /** One span a token, rebuilt when the tokens or the mode change. */
   function build() {
     const tokens = model.get("tokens");
     const chips = model.get("mode") === "chips";
@@ -71,6 +38,7 @@ function render({ model, el }) {
     });
   }
 
+  /** Colour, show and mark the spans from `values`, `count`, `highlight` and `selected`. */
   function paint() {
     const values = asFloat32(model.get("values"));
     const count = model.get("count");
@@ -104,6 +72,7 @@ function render({ model, el }) {
     el.dataset.highlight = String(highlight);
   }
 
+  /** @param {MouseEvent} ev */
   function onMove(ev) {
     const span = ev.target.closest("span[data-index]");
     if (!span) { tip.style.display = "none"; return; }
@@ -120,6 +89,7 @@ function render({ model, el }) {
     tip.style.display = "block";
   }
   function onLeave() { tip.style.display = "none"; }
+  /** @param {MouseEvent} ev */
   function onClick(ev) {
     const span = ev.target.closest("span[data-index]");
     if (!span) return;

@@ -10,7 +10,6 @@ The tokens and every step's candidates go over once; the charts are SVG drawn by
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 import anywidget
 import ipywidgets as widgets
@@ -18,6 +17,7 @@ import numpy as np
 import traitlets
 
 from ..trace import Trace
+from . import frontend
 from .step_charts import StepCharts
 from .selection import FollowsSelection, Selection, clamp_head, clamp_layer
 from .tokens_html import token_span
@@ -31,8 +31,8 @@ class TokenText(anywidget.AnyWidget):
     Tokens are set with textContent in the browser, so any token shows as the characters it holds.
     """
 
-    # the text, not the Path: anywidget watches a Path for edits and its watcher keeps every instance alive
-    _esm = Path(__file__).with_name("stepper.js").read_text()
+    _esm = frontend.module("stepper.js")
+    _css = frontend.stylesheet("stepper.css")
     tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
     titles = traitlets.List(traitlets.Unicode()).tag(sync=True)  # extra hover line per token
     values = traitlets.Bytes(b"").tag(sync=True)  # float32, one per token
