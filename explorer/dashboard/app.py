@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 from pathlib import Path
 
 import ipywidgets as widgets
@@ -71,10 +72,23 @@ def _download_link(data: bytes, filename: str, mime: str, label: str) -> str:
             f"class='ae-download'>{html.escape(label)}</a>")
 
 
+class DrivableModel(Protocol):
+    """A model the dashboard can drive: LanguageModel (in this kernel), RemoteModel (the generation service) and
+    the textbook LM all are."""
+
+    has_chat_template: bool
+
+    def generate(self, prompt: str, max_new_tokens: int = 20, temperature: float = 0.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None, *, chat: bool = False,
+                 on_token: Callable[[int, int, str], None] | None = None,
+                 on_status: Callable[[str], None] | None = None, keep_values: bool = False,
+                 progress: bool = True) -> Trace: ...
+
+
 class Dashboard(widgets.VBox):
     """Prompt, settings and Generate on the left; the explorer of the current trace on the right."""
 
-    def __init__(self, lm=None, trace: Trace | None = None, prompt: str = DEFAULT_PROMPT,
+    def __init__(self, lm: DrivableModel | None = None, trace: Trace | None = None, prompt: str = DEFAULT_PROMPT,
                  limits: Limits = Limits()):
         super().__init__()
         self.add_class("ae-dashboard")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -41,6 +42,8 @@ class TextbookLM:
         self.model = model.eval()
         self.name = name
         self.vocab = list(model.config.vocab)
+
+    has_chat_template = False
 
     def encode(self, tokens: str | list[str]) -> list[int]:
         """Token ids of a list of token strings, or of a string of tokens separated by spaces."""
@@ -83,10 +86,23 @@ class TextbookLM:
         seed: int | None = None,
         *,
         candidates: int = 5,
+        chat: bool = False,
+        on_token: Callable[[int, int, str], None] | None = None,
+        on_status: Callable[[str], None] | None = None,
+        keep_values: bool = True,
+        progress: bool = False,
     ) -> Trace:
-        """Write `max_new_tokens` tokens after the prompt (greedy when temperature is 0) and capture every step."""
+        """Write `max_new_tokens` tokens after the prompt (greedy when temperature is 0) and capture every step.
+
+        The keywords after `candidates` are those the dashboard passes to any model it drives: this model has no
+        chat template, always keeps values (they are tiny) and is too quick to need a progress bar, but it does
+        report each token to `on_token(done, total, token)`."""
         settings = GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed)
+        if chat:
+            raise SettingsError(f"{self.name} has no chat template: use chat=False")
         ids = self._check_length(self.encode(prompt_tokens), max_new_tokens)
+        if on_status is not None:
+            on_status(f"reading the prompt ({len(ids)} tokens)")
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         raw_logits, sampling_scores = [], []
         started = time.perf_counter()
@@ -102,6 +118,8 @@ class TextbookLM:
                 raw_logits.append(logits)
                 sampling_scores.append(scores)
                 idx = torch.cat([idx, next_id], dim=1)
+                if on_token is not None:
+                    on_token(len(raw_logits), max_new_tokens, self.vocab[int(next_id)])
             generated_at = time.perf_counter()
             self.model(idx)  # the last token's own attention row, as the wrapper records it
         token_ids = idx[0].tolist()
