@@ -145,6 +145,41 @@ def peak_memory(prompt_tokens: int = 1024, new_tokens: int = 32, repeats: int = 
     return out
 
 
+def threads(lm, repeats: int = 3, new_tokens: int = 20) -> dict[tuple[str, int], list[float]]:
+    """Seconds of a dashboard-sized generation (20 new tokens, values kept) with 1 torch thread and with torch's
+    default, on an idle machine and beside two processes that keep two cores busy (as viewer kernels and
+    browsers do on a class server)."""
+    import subprocess
+    import sys
+
+    default = torch.get_num_threads()
+    text = "Tell me about the sea and the"
+    out: dict[tuple[str, int], list[float]] = {}
+
+    def measure(load: str) -> None:
+        for _ in range(repeats):
+            for n in sorted({1, default}):
+                torch.set_num_threads(n)
+                started = time.perf_counter()
+                lm.generate(text, max_new_tokens=new_tokens, min_new_tokens=new_tokens, keep_values=True,
+                            progress=False)
+                out.setdefault((load, n), []).append(time.perf_counter() - started)
+
+    try:
+        measure("idle")
+        spin = "import time\nend = time.time() + 120\nwhile time.time() < end: pass"
+        busy = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2)]
+        try:
+            measure("busy")
+        finally:
+            for p in busy:
+                p.kill()
+                p.wait()
+    finally:
+        torch.set_num_threads(default)
+    return out
+
+
 def run_benchmark(repeats: int = 3) -> None:
     started = time.perf_counter()
     lm = load_model(progress=True)
@@ -181,7 +216,15 @@ def run_benchmark(repeats: int = 3) -> None:
           f"{capture / floor:.2f}x the floor (plain + trace = {floor:.0f} MB)   target <= 1.15x")
     print(f"    eager output_attentions  {eager:>7.0f} MB  ({spread('eager')}), {eager / capture:.1f}x ours")
 
-    print("\n(d) load time of model + tokenizer")
+    print("\n(d) torch threads for the dashboard's generation (20 new tokens), idle and beside 2 busy processes")
+    timed = threads(lm)
+    default = max(n for _, n in timed)
+    for load in ("idle", "busy"):
+        one, many = statistics.median(timed[(load, 1)]), statistics.median(timed[(load, default)])
+        print(f"    {load:<5} 1 thread {one:.2f} s, {default} threads {many:.2f} s: 1 thread takes {one / many:.2f}x")
+    print("    the generation service uses half the cores (--threads N overrides; torch.set_num_threads in Python)")
+
+    print("\n(e) load time of model + tokenizer")
     again = time.perf_counter()
     load_model(progress=False)
     print(f"    first load in this process (converts the GGUF first if there is no cache): {load_seconds:.2f} s")
