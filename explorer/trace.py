@@ -8,10 +8,14 @@ attention interface we keep each layer's queries and keys and compute a head's r
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from safetensors.numpy import save, save_file
 
 from .facts import ModelFacts
 
@@ -159,6 +163,19 @@ class WeightsLayer:
 AttentionLayer = QueryKeyLayer | WeightsLayer
 
 
+FORMAT = "attention-explorer/trace"
+VERSION = 1
+
+_STEP_FIELDS = ("index", "position", "token", "token_id", "prob", "rank", "entropy", "sampling_prob", "sampling_entropy")
+
+
+def _step_to_json(step: Step) -> dict:
+    out = {name: getattr(step, name) for name in _STEP_FIELDS}
+    out["top_k"] = [list(c) for c in step.top_k]
+    out["sampling_top_k"] = [list(c) for c in step.sampling_top_k]
+    return out
+
+
 @dataclass
 class Trace:
     """Tokens, per-head attention of every layer, positional encodings and per-step probabilities."""
@@ -240,11 +257,49 @@ class Trace:
         total = sum(a.nbytes for layer in self.layers for a in layer.tensors().values())
         return total + sum(a.nbytes for a in self.positional.arrays.values())
 
-    def save(self, path) -> None:
-        """Write this trace to a safetensors file with a JSON header (no pickle)."""
-        from .trace_file import save_trace
+    def save(self, path: str | os.PathLike) -> None:
+        """Write this trace to a safetensors file with a JSON header (no pickle); a failed save leaves no half file."""
+        tensors, metadata = self._tensors_and_metadata()
+        path = Path(path)
+        tmp = path.with_name(path.name + ".partial")
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
-        save_trace(self, path)
+    def to_bytes(self) -> bytes:
+        """The bytes of the file `save` writes, without a file: what the generation service sends."""
+        tensors, metadata = self._tensors_and_metadata()
+        return save(tensors, metadata=metadata)
+
+    def _tensors_and_metadata(self) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """The arrays by name, and the metadata (format, version, JSON header) that describes them."""
+        tensors: dict[str, np.ndarray] = {}
+        for i, layer in enumerate(self.layers):
+            for name, array in layer.tensors().items():
+                tensors[f"layers.{i}.attn.{name}"] = np.ascontiguousarray(array)
+        for name, array in self.positional.arrays.items():
+            tensors[f"positional.{name}"] = np.ascontiguousarray(array)
+        header = {
+            "tokens": self.tokens,
+            "token_ids": self.token_ids,
+            "pieces": self.pieces,
+            "n_prompt": self.n_prompt,
+            "layers": [layer.meta() for layer in self.layers],
+            "steps": [_step_to_json(s) for s in self.steps],
+            "positional": {
+                "kind": self.positional.kind,
+                "params": self.positional.params,
+                "description": self.positional.description,
+                "arrays": sorted(self.positional.arrays),
+            },
+            "model": self.model.to_dict(),
+            "settings": self.settings,
+            "timings": self.timings,
+        }
+        return tensors, {"format": FORMAT, "version": str(VERSION), "header": json.dumps(header)}
 
     def __repr__(self) -> str:
         name = self.model.name or "?"

@@ -1,7 +1,8 @@
-"""Saving and loading traces: one safetensors file whose metadata carries a versioned JSON header.
+"""Loading traces: one safetensors file whose metadata carries a versioned JSON header (`Trace.save` writes it).
 
 safetensors holds only arrays and strings, so loading a file can never run code. Anything that is not a
-trace of a version we know raises TraceFileError, whatever the way it is broken.
+trace of a version we know raises TraceFileError, whatever the way it is broken. This module reads and
+distrusts; the Trace writes itself, so the import goes one way: trace_file → trace.
 """
 
 from __future__ import annotations
@@ -14,24 +15,11 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load, save, save_file
+from safetensors.numpy import load
 
 from .errors import TraceFileError
 from .facts import ModelFacts
-from .trace import Candidate, Positional, QueryKeyLayer, Step, Trace, WeightsLayer
-
-FORMAT = "attention-explorer/trace"
-VERSION = 1
-
-_STEP_FIELDS = ("index", "position", "token", "token_id", "prob", "rank", "entropy", "sampling_prob", "sampling_entropy")
-
-
-def _step_to_json(step: Step) -> dict:
-    out = {name: getattr(step, name) for name in _STEP_FIELDS}
-    out["top_k"] = [list(c) for c in step.top_k]
-    out["sampling_top_k"] = [list(c) for c in step.sampling_top_k]
-    return out
-
+from .trace import FORMAT, VERSION, Candidate, Positional, QueryKeyLayer, Step, Trace, WeightsLayer
 
 def _step_from_json(d: dict) -> Step:
     def candidates(items):
@@ -52,53 +40,6 @@ def _step_from_json(d: dict) -> Step:
     )
 
 
-def _tensors_and_metadata(trace: Trace) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """The arrays of `trace` by name, and the metadata (format, version, JSON header) that describes them."""
-    tensors: dict[str, np.ndarray] = {}
-    for i, layer in enumerate(trace.layers):
-        for name, array in layer.tensors().items():
-            tensors[f"layers.{i}.attn.{name}"] = np.ascontiguousarray(array)
-    for name, array in trace.positional.arrays.items():
-        tensors[f"positional.{name}"] = np.ascontiguousarray(array)
-    header = {
-        "tokens": trace.tokens,
-        "token_ids": trace.token_ids,
-        "pieces": trace.pieces,
-        "n_prompt": trace.n_prompt,
-        "layers": [layer.meta() for layer in trace.layers],
-        "steps": [_step_to_json(s) for s in trace.steps],
-        "positional": {
-            "kind": trace.positional.kind,
-            "params": trace.positional.params,
-            "description": trace.positional.description,
-            "arrays": sorted(trace.positional.arrays),
-        },
-        "model": trace.model.to_dict(),
-        "settings": trace.settings,
-        "timings": trace.timings,
-    }
-    return tensors, {"format": FORMAT, "version": str(VERSION), "header": json.dumps(header)}
-
-
-def save_trace(trace: Trace, path: str | os.PathLike) -> None:
-    """Write `trace` to `path` (written to a temporary file first, so a failed save leaves no half file)."""
-    tensors, metadata = _tensors_and_metadata(trace)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def trace_to_bytes(trace: Trace) -> bytes:
-    """The bytes of the file `save_trace` writes, without a file: what the generation service sends."""
-    tensors, metadata = _tensors_and_metadata(trace)
-    return save(tensors, metadata=metadata)
-
-
 def load_trace(path: str | os.PathLike) -> Trace:
     """Open a trace written by `Trace.save`; no model is needed."""
     path = Path(path)
@@ -112,7 +53,7 @@ def load_trace(path: str | os.PathLike) -> Trace:
 
 
 def trace_from_bytes(data: bytes, name: str = "the data") -> Trace:
-    """A trace from the bytes of a trace file (`trace_to_bytes`, an upload); `name` is what errors call it."""
+    """A trace from the bytes of a trace file (`Trace.to_bytes`, an upload); `name` is what errors call it."""
     with _readable(name):
         if len(data) < 8:
             raise ValueError("too short to be a safetensors file")

@@ -191,7 +191,6 @@ def test_pages_wait_with_the_loading_percent_then_get_their_traces(monkeypatch):
     from conftest import make_tiny_lm
     from explorer.dashboard import Dashboard
     from explorer.service.server import GenerationService
-    from explorer.trace_file import trace_to_bytes
 
     release = threading.Event()
 
@@ -200,7 +199,7 @@ def test_pages_wait_with_the_loading_percent_then_get_their_traces(monkeypatch):
         release.wait(60)
         self.lm = make_tiny_lm("llama")
         self.status.model = self.lm.info().to_dict()
-        self.first_trace = trace_to_bytes(self.lm.generate("abc", 3, progress=False))
+        self.first_trace = self.lm.generate("abc", 3, progress=False).to_bytes()
         self._stage(100, "ready")
         self.status.state = "ready"
 

@@ -4,6 +4,8 @@ import json
 import pickle
 import struct
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
@@ -184,3 +186,13 @@ def test_good_layer_fields_and_no_pieces_still_load(tiny_trace, tmp_path):
     trace = explorer.load_trace(fine)
     assert (trace.layers[0].sliding_window, trace.layers[0].softcap, trace.pieces) == (4, 5.0, None)
     assert trace.layers[0].value.shape == shape
+
+
+def test_the_trace_writes_itself_and_the_loader_depends_on_it_not_the_other_way():
+    import ast
+
+    import explorer.trace
+
+    tree = ast.parse(Path(explorer.trace.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "trace_file" not in imported and "explorer.trace_file" not in imported  # anywhere, lazily or not

@@ -25,7 +25,7 @@ from ..errors import ExplorerError, SettingsError
 from ..facts import ModelFacts
 from ..service.protocol import FIRST_PROMPT, KEY_ENV, LIMITS_ENV, SERVICE_ENV, Limits
 from ..trace import Trace
-from ..trace_file import load_trace, trace_from_bytes, trace_to_bytes
+from ..trace_file import load_trace, trace_from_bytes
 from ..views.explorer_view import ExplorerView
 from .page_ready import PageReady
 
@@ -257,7 +257,7 @@ class Dashboard(widgets.VBox):
             return None
         name = time.strftime("trace-%Y%m%d-%H%M%S.trace")
         if self.limits.class_size:
-            data = trace_to_bytes(self.trace)
+            data = self.trace.to_bytes()
             self.links.value = _download_link(data, name, "application/octet-stream", f"download {name}")
             self._say(f"Your trace is ready to download ({_size(len(data))}).")
             return None

@@ -26,7 +26,8 @@ import zmq
 from .. import __version__
 from ..cache import cache_dir
 from ..errors import ExplorerError, SettingsError
-from ..trace_file import VERSION, load_trace, trace_to_bytes
+from ..trace import VERSION
+from ..trace_file import load_trace
 from . import protocol as p
 from .protocol import FIRST_NEW_TOKENS, FIRST_PROMPT, GenerationRequest, Limits, ServiceStatus
 
@@ -256,7 +257,7 @@ class GenerationService:
         if self.first_trace is None:
             self._stage(90, "generating the first trace")
             request = GenerationRequest(FIRST_PROMPT, FIRST_NEW_TOKENS, chat=self.lm.has_chat_template)
-            self.first_trace = trace_to_bytes(self._run(request, lambda *_: None))
+            self.first_trace = self._run(request, lambda *_: None).to_bytes()
             self._write_first_trace()
         self._stage(100, "ready")
         self.status.state = "ready"
@@ -283,7 +284,7 @@ class GenerationService:
 
         try:
             trace = self._run(request, on_token)
-            outbox.send_multipart([client, p.encode({"kind": p.TRACE, "id": request_id}), trace_to_bytes(trace)])
+            outbox.send_multipart([client, p.encode({"kind": p.TRACE, "id": request_id}), trace.to_bytes()])
             log(f"{client.hex()}: {trace.n_generated} tokens in {time.monotonic() - started:.1f} s "
                 f"(waited {started - queued_at:.1f} s)")
         except Cancelled:
