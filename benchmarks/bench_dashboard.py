@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from test_browser_dashboard import fill, start_dashboard, stop, wait_stepper  # noqa: E402
+from dashboard_harness import fill, start_dashboard, stop, wait_stepper  # noqa: E402
 from voila_harness import browser, offline_page  # noqa: E402
 
 

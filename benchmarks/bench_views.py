@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/bench_views.py [512 2048]
 
-For each size a synthetic trace of SmolLM2's shapes (30 layers, 9 query heads, 3 key/value heads, 64 dims; random
-queries and keys, so the numbers are the machinery's, not a model's) is saved and shown in a notebook. Measured:
+For each size a synthetic trace of SmolLM2's shapes (tests/synthetic.py: 30 layers, 9 query heads, 3 key/value
+heads, 64 dims; random queries and keys, so the numbers are the machinery's, not a model's) is saved and shown in a
+notebook. Measured:
 - head step: ArrowDown on the head picker -> the new head drawn (Python recomputes the overview and the window);
 - window step: ArrowRight on the window slider -> the moved window drawn (only the window is recomputed);
 - bytes: websocket bytes received for one step, against T² (one byte a weight of the full head).
@@ -20,29 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from synthetic import smollm2_shaped_trace  # noqa: E402
 from voila_harness import browser, offline_page, voila_server, write_notebook  # noqa: E402
-
-from explorer.trace import Positional, QueryKeyLayer, Trace  # noqa: E402
 
 TARGET_MS = {512: 100, 2048: 250}
 STEPS = 8
-
-
-def synthetic_trace(n_tokens: int, n_layers: int = 30, n_heads: int = 9, kv_heads: int = 3, dim: int = 64) -> Trace:
-    """Random float16 queries and keys of SmolLM2's shapes, with a strong first key as real models have."""
-    rng = np.random.default_rng(0)
-    layers = []
-    for _ in range(n_layers):
-        key = (rng.standard_normal((kv_heads, n_tokens, dim)) * 1.5).astype(np.float16)
-        key[:, 0] *= 3
-        query = (rng.standard_normal((n_heads, n_tokens, dim)) * 1.5).astype(np.float16)
-        layers.append(QueryKeyLayer(query=query, key=key, scaling=dim**-0.5))
-    return Trace(tokens=[f" tok{i}" for i in range(n_tokens)], token_ids=list(range(n_tokens)), n_prompt=n_tokens,
-                 layers=layers, steps=[], positional=Positional("none"), model={"name": f"synthetic-{n_tokens}"})
-
 
 CELL = """
 import explorer
@@ -71,7 +55,7 @@ def measure(page, frames, control: str, key: str, ready: str) -> tuple[list[floa
 
 
 def run(n_tokens: int, b, folder: Path) -> dict:
-    trace = synthetic_trace(n_tokens)
+    trace = smollm2_shaped_trace(n_tokens)
     path = folder / f"synthetic-{n_tokens}.trace"
     trace.save(path)
     from explorer.views.heads_map_view import heads_map

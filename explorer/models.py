@@ -8,7 +8,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -175,18 +174,17 @@ def load_model(
         raise SettingsError(f"the model name must be a non-empty string or path, not {name_or_path!r}")
     source = str(default_model_dir(progress)) if is_default else str(name_or_path)
     name = DEFAULT_MODEL if is_default else str(name_or_path)
-    started = time.perf_counter()
     bars_were_on = hf_logging.is_progress_bar_enabled()
     if not progress:
         hf_logging.disable_progress_bar()
     try:
-        return _load(source, name, resolved_device, resolved_dtype, device_map, started, **from_pretrained_kwargs)
+        return _load(source, name, resolved_device, resolved_dtype, device_map, **from_pretrained_kwargs)
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
 
 
-def _load(source, name, resolved_device, resolved_dtype, device_map, started, **from_pretrained_kwargs):
+def _load(source, name, resolved_device, resolved_dtype, device_map, **from_pretrained_kwargs):
     """Tokenizer and model from `source`, placed on the device (or spread by device_map)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -202,9 +200,7 @@ def _load(source, name, resolved_device, resolved_dtype, device_map, started, **
         raise
     if device_map is None:
         model.to(resolved_device)
-    lm = LanguageModel(model, tokenizer, name=name)
-    lm.load_seconds = time.perf_counter() - started
-    return lm
+    return LanguageModel(model, tokenizer, name=name)
 
 
 def wrap(model, tokenizer, name: str | None = None) -> LanguageModel:

@@ -98,11 +98,6 @@ def make_tiny_lm(arch: str, seed: int = 0):
     return explorer.wrap(model, ByteTokenizer(), name=f"tiny-{arch}")
 
 
-@pytest.fixture(scope="session", params=ARCHITECTURES)
-def tiny_lm(request):
-    return make_tiny_lm(request.param)
-
-
 @pytest.fixture(scope="session")
 def tiny_trace():
     """A small generated trace (tiny Llama with GQA): 13 prompt tokens (<bos> + 12 bytes) + 10 generated."""

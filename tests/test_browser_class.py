@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from test_browser_dashboard import fill, printed, start_dashboard, stop, wait_error, wait_message, wait_stepper
+from dashboard_harness import fill, printed, start_dashboard, stop, wait_error, wait_message, wait_stepper
 from voila_harness import OUTPUT, browser, offline_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

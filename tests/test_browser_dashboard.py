@@ -2,57 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-from voila_harness import OUTPUT, browser, free_port, offline_page
+from dashboard_harness import CLI, fill, start_dashboard, stop, upload, wait_error, wait_message, wait_stepper
+from voila_harness import OUTPUT, browser, offline_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CLI = str(Path(sys.executable).with_name("attention-explorer"))
 HOSTILE = "<img src=x onerror=alert(1)>"
-
-
-def start_dashboard(*args: str, timeout: float = 180):
-    """Run `attention-explorer dashboard ARGS` on a free port; return (process, url, seconds to serve).
-    What it prints goes to tests/output/dashboard-PORT.log (see `printed`)."""
-    port = free_port()
-    OUTPUT.mkdir(exist_ok=True)
-    log = open(OUTPUT / f"dashboard-{port}.log", "w")
-    started = time.monotonic()
-    proc = subprocess.Popen([CLI, "dashboard", "--port", str(port), *args], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}/"
-    while time.monotonic() - started < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the dashboard exited with {proc.returncode}: see {log.name}")
-        try:
-            urllib.request.urlopen(url + "voila/static/voila.js", timeout=2).close()
-            return proc, url, time.monotonic() - started
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the dashboard did not start")
-
-
-def printed(url: str) -> str:
-    """What the dashboard serving `url` has printed so far."""
-    return (OUTPUT / f"dashboard-{url.rstrip('/').rsplit(':', 1)[1]}.log").read_text()
-
-
-def stop(proc) -> None:
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -66,46 +26,6 @@ def hostile_trace(tmp_path_factory):
     path = tmp_path_factory.mktemp("traces") / "hostile.trace"
     trace.save(path)
     return path
-
-
-def upload(page, path) -> None:
-    """Choose a file with the Load trace button, as a user does."""
-    with page.expect_file_chooser() as chooser:
-        page.locator(".ae-upload").click()
-    chooser.value.set_files(str(path))
-
-
-def wait_error(page, pattern: str) -> str:
-    """Wait until the page shows an error message matching `pattern`."""
-    text = wait_message(page, pattern, timeout=60_000)
-    assert page.locator(".ae-message .ae-error").count() == 1, text
-    return text
-
-
-def wait_message(page, pattern: str, timeout=120_000) -> str:
-    try:
-        page.wait_for_function(
-            "p => new RegExp(p).test(document.querySelector('.ae-message')?.innerText || '')", arg=pattern,
-            timeout=timeout,
-        )
-    except Exception:
-        page.screenshot(path=str(OUTPUT / "dashboard-failure.png"), full_page=True)
-        raise
-    return page.locator(".ae-message").inner_text()
-
-
-def fill(page, field: str, value: str) -> None:
-    """Type into a dashboard field (by its class) and press Enter, as a user commits a number."""
-    page.locator(f".{field} input").fill(value)
-    page.locator(f".{field} input").press("Enter")
-
-
-def wait_stepper(page, pattern: str, timeout=120_000) -> None:
-    """Wait until the step-through view shows text matching `pattern` (it is rebuilt on each new trace)."""
-    page.wait_for_function(
-        "p => new RegExp(p).test(document.querySelector('.stepper-view')?.innerText || '')", arg=pattern,
-        timeout=timeout,
-    )
 
 
 def step_info(page) -> str:

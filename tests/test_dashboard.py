@@ -111,8 +111,11 @@ def test_the_dashboard_notebook_runs_as_a_plain_notebook_on_a_saved_trace(tmp_pa
     finally:
         del os.environ["ATTENTION_EXPLORER_TRACE"]
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
-    assert not any(o.get("output_type") == "error" for o in outputs)
+    (view,) = [o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] for o in outputs if "data" in o]
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    assert "ae-dashboard" in state[view]["state"]["_dom_classes"]  # the cell shows the dashboard itself
+    texts = [str(m["state"].get("value")) for m in state.values()]
+    assert any("no model is loaded" in t for t in texts)  # in the saved trace's mode, not a model's
 
 
 def test_an_upload_over_the_limit_is_refused_before_it_is_read(tmp_path, tiny_trace):
@@ -129,3 +132,17 @@ def test_an_upload_over_the_limit_is_refused_before_it_is_read(tmp_path, tiny_tr
     assert f"big.trace is {len(data) / 1e3:.1f} kB; this dashboard takes trace files up to 10.0 kB" in message(board)
     assert "ae-error" in message(board) and board.trace is shown
     assert board.upload.value == ()  # and the upload is let go
+
+
+def test_the_dashboard_drives_the_textbook_model_too():
+    """Every model the dashboard can drive takes the same keywords (the DrivableModel protocol)."""
+    from explorer import textbook
+
+    lm = textbook.load()
+    board = Dashboard(lm, prompt="3 1 4 1 5 |")
+    assert board.chat.disabled and not board.chat.value  # no chat template
+    board.max_new_tokens.value = 5
+    trace = board.generate()
+    assert trace is not None, board.message.value
+    assert trace.tokens[trace.n_prompt:] == ["3", "1", "4", "1", "5"]  # the copy model copies
+    assert board.progress.value == 5 and board.live.value == "31415"  # each token shown as it came

@@ -11,30 +11,16 @@ import re
 import numpy as np
 import pytest
 
-from explorer.trace import Positional, QueryKeyLayer, Trace
 from explorer.views import Selection
 from explorer.views import attention_data as ad
 from explorer.views.export import standalone_html, to_json
 from explorer.views.heads_map_view import heads_map
 from explorer.views.heatmap_view import heatmap
 from conftest import run_without_torch
+from synthetic import synthetic_trace
 
 XSS = "<img src=x onerror=alert(1)>"
 SCRIPT = "</script><script>alert(2)</script>&amp;"
-
-
-def synthetic_trace(n_tokens: int, n_layers: int = 2, n_heads: int = 2, kv_heads: int = 1, dim: int = 8,
-                    seed: int = 0) -> Trace:
-    """A trace of random queries and keys (no model): sizes of our choosing, a sink on key 0."""
-    rng = np.random.default_rng(seed)
-    layers = []
-    for _ in range(n_layers):
-        query = rng.standard_normal((n_heads, n_tokens, dim)).astype(np.float16)
-        key = rng.standard_normal((kv_heads, n_tokens, dim)).astype(np.float16)
-        key[:, 0] *= 4  # a token that draws much attention, as real models have
-        layers.append(QueryKeyLayer(query=query, key=key, scaling=dim**-0.5))
-    return Trace(tokens=[f"t{i}" for i in range(n_tokens)], token_ids=list(range(n_tokens)), n_prompt=n_tokens,
-                 layers=layers, steps=[], positional=Positional("none"), model={"name": "synthetic"})
 
 
 def naive_max_pool(m: np.ndarray, f: int) -> np.ndarray:

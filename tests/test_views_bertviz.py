@@ -14,9 +14,9 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from explorer.trace import Positional, QueryKeyLayer, Trace
 from explorer.views import Selection
 from explorer.views import bertviz_offline as bv
+from synthetic import smollm2_shaped_trace
 
 HOSTILE = ["<img src=x onerror=alert(1)>", "</script>", "a&amp;b", "\u2028", '"attn":null']
 PARAMS = re.compile(r'<script type="application/json" id="([^"]+)">(.*?)</script>', re.S)
@@ -49,17 +49,6 @@ def tags(text: str) -> Tags:
     parser.feed(text)
     parser.close()
     return parser
-
-
-def synthetic_trace(n_tokens=64, n_layers=30, n_heads=9, n_kv=3, d=64, seed=0) -> Trace:
-    """A Trace of SmolLM2's shape from random queries and keys, built without a model."""
-    rng = np.random.default_rng(seed)
-    layers = [QueryKeyLayer(query=rng.normal(size=(n_heads, n_tokens, d)).astype(np.float32),
-                            key=rng.normal(size=(n_kv, n_tokens, d)).astype(np.float32), scaling=d**-0.5)
-              for _ in range(n_layers)]
-    tokens = [f" w{i}" for i in range(n_tokens)]
-    return Trace(tokens=tokens, token_ids=list(range(n_tokens)), n_prompt=n_tokens, layers=layers, steps=[],
-                 positional=Positional("none"), model={"name": "synthetic"})
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +162,7 @@ print(sorted(m for m in ("torch", "transformers", "bertviz", "bertviz.util") if 
 
 
 def test_page_size_stays_bounded_for_smollm2_shape():
-    trace = synthetic_trace()  # 64 tokens x 30 layers x 9 heads, diffuse attention (few zeros: a worst case)
+    trace = smollm2_shaped_trace(64, sink=1)  # 64 tokens x 30 layers x 9 heads, diffuse: few zeros, a worst case
     page = bv.head_view_html(trace)
     print(f"\nhead_view 64 tokens x 30 layers x 9 heads: {len(page) / 1e6:.2f} MB")
     assert len(page_params(page)["attention"][0]["attn"].ravel()) == 64 * 64 * 30 * 9
@@ -185,7 +174,7 @@ def test_page_size_stays_bounded_for_smollm2_shape():
     with pytest.raises(ValueError, match="pick fewer layers= or heads="):
         bv.model_view_html(trace, start=0, stop=64)
     assert len(bv.model_view_html(trace, layers=[0, 1], heads=[0, 1, 2], start=0, stop=64)) < 1e6
-    bigger = synthetic_trace(n_tokens=72, n_layers=30, n_heads=9, seed=1)
+    bigger = smollm2_shaped_trace(72, sink=1, seed=1)
     with pytest.raises(ValueError, match="more than 1,200,000"):
         bv.head_view_html(bigger, start=0, stop=72, max_tokens=72)
     shrunk = bv.BertvizPage(bigger, "head_view", max_tokens=72)

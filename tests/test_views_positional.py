@@ -10,7 +10,6 @@ import pytest
 from explorer.trace import Positional
 from explorer.views.positional_view import (
     MAX_SIZE,
-    PositionalView,
     positional,
     relative_scores,
     rotary_layout,
@@ -47,7 +46,6 @@ def closed_form_score(q, k, inv_freq, distance, scaling=1.0):
 
 def test_learned_heatmap_and_similarity_equal_numpy(gpt2_trace):
     view = positional(gpt2_trace)
-    assert isinstance(view, PositionalView)
     table = gpt2_trace.positional.embeddings
     heat, sim = view.figure.data
     np.testing.assert_allclose(np.asarray(heat.z), table, rtol=1e-6)
