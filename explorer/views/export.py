@@ -1,7 +1,8 @@
 """Views as data: `to_json(view)` for a notebook view, `standalone_html(trace, path)` for one offline HTML file.
 
 The HTML page needs no server and no network: heatmap.js (the notebook widget's own drawing code) and export.js
-are inlined, and the data is embedded as JSON with `<`, `>` and `&` escaped, so no token can end the script.
+are inlined, each after the views' shared prelude.js, and the data is embedded as JSON with `<`, `>` and `&`
+escaped, so no token can end the script.
 """
 
 from __future__ import annotations
