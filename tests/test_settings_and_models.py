@@ -116,9 +116,9 @@ def test_local_folder_loads_with_device_and_dtype(tmp_path):
 @pytest.mark.slow
 def test_default_model_loads_from_cache_offline_with_chat_template(default_lm):
     info = default_lm.info()
-    assert info["name"] == "SmolLM2-135M-Instruct" and info["layers"] == 30
-    assert info["heads"] == 9 and info["kv_heads"] == 3 and info["positional"] == "rotary"
-    assert info["chat_template"] is True
+    assert info.name == "SmolLM2-135M-Instruct" and info.layers == 30
+    assert info.heads == 9 and info.kv_heads == 3 and info.positional == "rotary"
+    assert info.chat_template is True
     trace = default_lm.generate("Say hi", chat=True, max_new_tokens=3, progress=False)
     assert trace.tokens[0] == "<|im_start|>" and "<|im_start|>assistant" in trace.prompt_text
 

@@ -147,19 +147,12 @@ class LanguageModel:
         """
         settings = GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed)
         settings.check_extra(generate_kwargs)
+        _check_passed_through(generate_kwargs)
         _check_candidates(candidates)
         ids = self.encode(prompt, chat=chat)
         check_length(len(ids), max_new_tokens, self.context_length, self.name)
-        clash = {"streamer", "return_dict_in_generate", "output_logits", "output_scores"} & set(generate_kwargs)
-        if clash:
-            raise SettingsError(f"{', '.join(sorted(clash))} is set by attention-explorer itself")
-        if generate_kwargs.get("cache_implementation") not in (None, "dynamic"):
-            # a static cache hands attention the whole preallocated buffer: new keys are not at its end
-            raise SettingsError("capture needs the dynamic KV cache: leave cache_implementation unset")
         precision = self._choose_precision(precision, len(ids) + max_new_tokens, keep_values)
-        recorder = AttentionRecorder(PRECISIONS[precision], keep_values, capacity=len(ids) + max_new_tokens,
-                                     n_layers=self.model.config.num_hidden_layers)
-        input_ids = torch.tensor([ids], device=self.device)
+        recorder = self._recorder(precision, len(ids) + max_new_tokens, keep_values)
         streamer = _Progress(max_new_tokens, progress, on_token, self.decode_token)
         if on_status is not None:
             on_status(f"reading the prompt ({len(ids)} tokens)")
@@ -168,8 +161,8 @@ class LanguageModel:
             if seed is not None:
                 set_seed(seed)  # python, numpy and torch (all devices), as transformers' own examples do
             out = self.model.generate(
-                input_ids,
-                attention_mask=torch.ones_like(input_ids),
+                torch.tensor([ids], device=self.device),
+                attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=self.device),
                 return_dict_in_generate=True,
                 output_logits=True,
                 output_scores=True,
@@ -177,15 +170,8 @@ class LanguageModel:
                 **({"pad_token_id": _pad_token_id(self)} | settings.generate_kwargs() | generate_kwargs),
             )
             generated_at = time.perf_counter()
-            sequence = out.sequences[0]
-            # the last token was never read by the model: one more step gives its attention row
-            self.model(
-                sequence[None, -1:],
-                attention_mask=torch.ones_like(sequence[None, :]),
-                past_key_values=out.past_key_values,
-                use_cache=True,
-            )
-        token_ids = sequence.tolist()
+            self._read_last_token(out)
+        token_ids = out.sequences[0].tolist()
         steps = build_steps(token_ids, len(ids), out.logits, out.scores, self.decode_token, candidates)
         used = settings.as_dict() | {"chat": chat, "candidates": candidates, "precision": precision}
         used |= {k: v for k, v in generate_kwargs.items() if isinstance(v, (int, float, str, bool, list))}
@@ -197,14 +183,28 @@ class LanguageModel:
         ids = self.encode(text, chat=chat)
         check_length(len(ids), 0, self.context_length, self.name)
         precision = self._choose_precision(precision, len(ids), keep_values)
-        recorder = AttentionRecorder(PRECISIONS[precision], keep_values, capacity=len(ids),
-                                     n_layers=self.model.config.num_hidden_layers)
+        recorder = self._recorder(precision, len(ids), keep_values)
         started = time.perf_counter()
         with torch.inference_mode(), recording(self.model, recorder):
             self.model(torch.tensor([ids], device=self.device), use_cache=False)
         timings = {"forward": time.perf_counter() - started}
         settings = {"chat": chat, "precision": precision}
         return self._build_trace(ids, len(ids), recorder, [], settings, timings)
+
+    def _recorder(self, precision: str, n_positions: int, keep_values: bool) -> AttentionRecorder:
+        """A recorder with room for `n_positions` positions of every layer."""
+        return AttentionRecorder(PRECISIONS[precision], keep_values, capacity=n_positions,
+                                 n_layers=self.model.config.num_hidden_layers)
+
+    def _read_last_token(self, out) -> None:
+        """The last generated token was never read by the model: one more step gives its attention row."""
+        sequence = out.sequences[0]
+        self.model(
+            sequence[None, -1:],
+            attention_mask=torch.ones_like(sequence[None, :]),
+            past_key_values=out.past_key_values,
+            use_cache=True,
+        )
 
     def _choose_precision(self, precision: str, n_tokens: int, keep_values: bool) -> str:
         if precision == "auto":
@@ -232,6 +232,16 @@ class LanguageModel:
 
     def __repr__(self) -> str:
         return f"LanguageModel({self.name!r}, device={str(self.device)!r}, dtype={self.model.dtype})"
+
+
+def _check_passed_through(generate_kwargs: dict) -> None:
+    """Refuse keywords of transformers' `generate` that capture sets itself or cannot follow."""
+    clash = {"streamer", "return_dict_in_generate", "output_logits", "output_scores"} & set(generate_kwargs)
+    if clash:
+        raise SettingsError(f"{', '.join(sorted(clash))} is set by attention-explorer itself")
+    if generate_kwargs.get("cache_implementation") not in (None, "dynamic"):
+        # a static cache hands attention the whole preallocated buffer: new keys are not at its end
+        raise SettingsError("capture needs the dynamic KV cache: leave cache_implementation unset")
 
 
 def _check_candidates(k) -> None:

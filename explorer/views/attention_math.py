@@ -194,85 +194,140 @@ class AttentionMathView(FollowsSelection, widgets.VBox):
         self.formula.value, self.drawing.value = stage_html(self.trace, m, i, self.stage.value)
 
 
-def stage_html(trace: Trace, m: AttentionMath, i: int, stage: int) -> tuple[str, str]:
-    """(formula, drawing) HTML of one stage."""
-    d = len(m.query)
-    keys = shown_keys(m, i)
-    note = "" if len(keys) == len(m.dots) else (
-        f"<p><i>Showing {len(keys)} of {len(m.dots)} keys: the most attended, and a few the mask hides.</i></p>")
-    rotary = " (after the rotary rotation for its position)" if trace.positional.kind == "rotary" else ""
-    hover = "<br><small>Red positive, blue negative; hover a cell for its value.</small>" if d > NUMBERS_UP_TO else ""
-    box = '<div style="font-size:14px;line-height:1.6">{}</div>'
+@dataclass
+class _Stage:
+    """What every stage's page is made of: the trace, the numbers of query i, and how the rows are laid out."""
 
-    def rows(cells, extra_header: str):
+    trace: Trace
+    m: AttentionMath
+    i: int
+    stage: int
+
+    @property
+    def d(self) -> int:
+        return len(self.m.query)
+
+    @property
+    def rotary(self) -> str:
+        return " (after the rotary rotation for its position)" if self.trace.positional.kind == "rotary" else ""
+
+    @property
+    def hover(self) -> str:
+        return "<br><small>Red positive, blue negative; hover a cell for its value.</small>" \
+            if self.d > NUMBERS_UP_TO else ""
+
+    def shown(self) -> tuple[list[int], str]:
+        """The keys shown, and a sentence when they are not all of them."""
+        m, keys = self.m, shown_keys(self.m, self.i)
+        note = "" if len(keys) == len(m.dots) else (
+            f"<p><i>Showing {len(keys)} of {len(m.dots)} keys: the most attended, and a few the mask hides.</i></p>")
+        return keys, note
+
+    def page(self, formula: str, drawing: str) -> tuple[str, str]:
+        return f'<div style="font-size:14px;line-height:1.6">{formula}</div>', drawing
+
+    def rows(self, cells, extra_header: str) -> str:
+        """One row per shown key: its position and token, then `cells(j)`; keys the mask hides greyed out."""
+        m, (keys, note) = self.m, self.shown()
         grey = ' style="color:#aaa"'
-        body = [f"<tr{grey if stage >= 4 and not m.allowed[j] else ''}>{_key_cells(trace, j, i)}{cells(j)}</tr>"
-                for j in keys]
+        body = [f"<tr{grey if self.stage >= 4 and not m.allowed[j] else ''}>{_key_cells(self.trace, j, self.i)}"
+                f"{cells(j)}</tr>" for j in keys]
         return note + _table(body, f"<th>j</th><th>token</th>{extra_header}")
 
-    if stage == 0:
-        formula = (f"<b>q = x<sub>{i}</sub> W<sub>Q</sub></b><br>The query of the token at position {i}: what it "
-                   f"is looking for. One row of Q = XW<sub>Q</sub> for this head{rotary}, "
-                   f"d<sub>k</sub> = {d} numbers.{hover}")
-        return box.format(formula), _table([f"<tr>{vector_cells(m.query, np.abs(m.query).max())}</tr>"], "")
-    if stage == 1:
-        formula = ("<b>k<sub>j</sub> = x<sub>j</sub> W<sub>K</sub></b><br>Every token's key: what it offers. "
-                   f"Rows of K = XW<sub>K</sub>{rotary}. The query will be compared with each of them.{hover}")
-        scale = np.abs(m.keys).max()
-        return box.format(formula), rows(lambda j: vector_cells(m.keys[j], scale),
-                                         f"<th colspan={d}>k<sub>j</sub></th>")
-    if stage == 2:
-        best = int(np.argmax(np.where(m.allowed, m.dots, -np.inf)))
-        terms = " + ".join(f"({m.query[t]:.2f}×{m.keys[best, t]:.2f})" for t in range(min(3, d)))
-        formula = (f"<b>s<sub>j</sub> = q · k<sub>j</sub> = Σ<sub>d</sub> q<sub>d</sub> k<sub>j,d</sub></b><br>"
-                   f"One dot product per key: large when query and key point the same way. For key {best}: "
-                   f"{terms} + … = {_number(m.dots[best])}.")
-        scale = np.abs(m.dots).max()
-        return box.format(formula), rows(lambda j: f"<td>{bar(m.dots[j], scale)}</td><td>{_number(m.dots[j])}</td>",
-                                         "<th colspan=2>q·k<sub>j</sub></th>")
-    if stage == 3:
-        root = 1 / m.scaling
-        how = (f"÷ √d<sub>k</sub> = ÷ √{d} = ÷ {root:.4g}" if abs(root - math.sqrt(d)) < 1e-6 * root
-               else f"× scaling = × {m.scaling:.4g} (this model's own scale, not 1/√d<sub>k</sub>)")
-        cap = f"<br>Then capped: c·tanh(s/c) with c = {m.softcap:g}." if m.softcap else ""
-        formula = (f"<b>s<sub>j</sub> = q · k<sub>j</sub> / √d<sub>k</sub></b><br>{how}. Without it, dot products "
-                   f"of long vectors grow large and the softmax would pick one key almost always.{cap}")
-        scale = np.abs(m.scaled).max()
-        return box.format(formula), rows(
-            lambda j: f"<td>{_number(m.dots[j])}</td><td>→</td><td>{bar(m.scaled[j], scale)}</td>"
-                      f"<td>{_number(m.scaled[j])}</td>", "<th>q·k<sub>j</sub></th><th></th><th colspan=2>scaled</th>")
-    masked = np.where(m.allowed, m.scaled, -np.inf)
-    if stage == 4:
-        formula = _mask_formula(i, m.sliding_window)
-        scale = np.abs(m.scaled[m.allowed]).max()
-        return box.format(formula), rows(
-            lambda j: f"<td>{_number(m.scaled[j])}</td><td>{'+ 0' if m.allowed[j] else '+ −∞'}</td>"
-                      f"<td>{bar(masked[j], scale)}</td><td>{_number(masked[j])}</td>",
-            "<th>scaled</th><th>mask</th><th colspan=2>masked</th>")
+    @property
+    def masked(self) -> np.ndarray:
+        return np.where(self.m.allowed, self.m.scaled, -np.inf)
+
+
+def _query_stage(st: _Stage) -> tuple[str, str]:
+    m, i, d = st.m, st.i, st.d
+    formula = (f"<b>q = x<sub>{i}</sub> W<sub>Q</sub></b><br>The query of the token at position {i}: what it "
+               f"is looking for. One row of Q = XW<sub>Q</sub> for this head{st.rotary}, "
+               f"d<sub>k</sub> = {d} numbers.{st.hover}")
+    return st.page(formula, _table([f"<tr>{vector_cells(m.query, np.abs(m.query).max())}</tr>"], ""))
+
+
+def _keys_stage(st: _Stage) -> tuple[str, str]:
+    m = st.m
+    formula = ("<b>k<sub>j</sub> = x<sub>j</sub> W<sub>K</sub></b><br>Every token's key: what it offers. "
+               f"Rows of K = XW<sub>K</sub>{st.rotary}. The query will be compared with each of them.{st.hover}")
+    scale = np.abs(m.keys).max()
+    return st.page(formula, st.rows(lambda j: vector_cells(m.keys[j], scale),
+                                    f"<th colspan={st.d}>k<sub>j</sub></th>"))
+
+
+def _dots_stage(st: _Stage) -> tuple[str, str]:
+    m = st.m
+    best = int(np.argmax(np.where(m.allowed, m.dots, -np.inf)))
+    terms = " + ".join(f"({m.query[t]:.2f}×{m.keys[best, t]:.2f})" for t in range(min(3, st.d)))
+    formula = (f"<b>s<sub>j</sub> = q · k<sub>j</sub> = Σ<sub>d</sub> q<sub>d</sub> k<sub>j,d</sub></b><br>"
+               f"One dot product per key: large when query and key point the same way. For key {best}: "
+               f"{terms} + … = {_number(m.dots[best])}.")
+    scale = np.abs(m.dots).max()
+    return st.page(formula, st.rows(lambda j: f"<td>{bar(m.dots[j], scale)}</td><td>{_number(m.dots[j])}</td>",
+                                    "<th colspan=2>q·k<sub>j</sub></th>"))
+
+
+def _scaled_stage(st: _Stage) -> tuple[str, str]:
+    m, d = st.m, st.d
+    root = 1 / m.scaling
+    how = (f"÷ √d<sub>k</sub> = ÷ √{d} = ÷ {root:.4g}" if abs(root - math.sqrt(d)) < 1e-6 * root
+           else f"× scaling = × {m.scaling:.4g} (this model's own scale, not 1/√d<sub>k</sub>)")
+    cap = f"<br>Then capped: c·tanh(s/c) with c = {m.softcap:g}." if m.softcap else ""
+    formula = (f"<b>s<sub>j</sub> = q · k<sub>j</sub> / √d<sub>k</sub></b><br>{how}. Without it, dot products "
+               f"of long vectors grow large and the softmax would pick one key almost always.{cap}")
+    scale = np.abs(m.scaled).max()
+    return st.page(formula, st.rows(
+        lambda j: f"<td>{_number(m.dots[j])}</td><td>→</td><td>{bar(m.scaled[j], scale)}</td>"
+                  f"<td>{_number(m.scaled[j])}</td>", "<th>q·k<sub>j</sub></th><th></th><th colspan=2>scaled</th>"))
+
+
+def _mask_stage(st: _Stage) -> tuple[str, str]:
+    m, masked = st.m, st.masked
+    scale = np.abs(m.scaled[m.allowed]).max()
+    return st.page(_mask_formula(st.i, m.sliding_window), st.rows(
+        lambda j: f"<td>{_number(m.scaled[j])}</td><td>{'+ 0' if m.allowed[j] else '+ −∞'}</td>"
+                  f"<td>{bar(masked[j], scale)}</td><td>{_number(masked[j])}</td>",
+        "<th>scaled</th><th>mask</th><th colspan=2>masked</th>"))
+
+
+def _softmax_stage(st: _Stage) -> tuple[str, str]:
+    m, masked = st.m, st.masked
     exp = np.where(m.allowed, np.exp(masked - masked[m.allowed].max()), 0.0)
-    if stage == 5:
-        formula = ("<b>a<sub>j</sub> = exp(s<sub>j</sub>) / Σ<sub>j'</sub> exp(s<sub>j'</sub>)</b><br>"
-                   f"Exponentiate (after subtracting the largest score, {_number(masked[m.allowed].max())}, which "
-                   f"changes nothing) and divide by the sum, {exp.sum():.4f}. The weights are positive and add up "
-                   f"to {m.weights.sum():.4f}.")
-        return box.format(formula), rows(
-            lambda j: f"<td>{_number(masked[j])}</td><td>{exp[j]:.4f}</td><td>{bar(m.weights[j], 1.0)}</td>"
-                      f"<td><b>{m.weights[j]:.4f}</b></td>",
-            "<th>s<sub>j</sub></th><th>exp(s<sub>j</sub>−max)</th><th colspan=2>a<sub>j</sub></th>")
+    formula = ("<b>a<sub>j</sub> = exp(s<sub>j</sub>) / Σ<sub>j'</sub> exp(s<sub>j'</sub>)</b><br>"
+               f"Exponentiate (after subtracting the largest score, {_number(masked[m.allowed].max())}, which "
+               f"changes nothing) and divide by the sum, {exp.sum():.4f}. The weights are positive and add up "
+               f"to {m.weights.sum():.4f}.")
+    return st.page(formula, st.rows(
+        lambda j: f"<td>{_number(masked[j])}</td><td>{exp[j]:.4f}</td><td>{bar(m.weights[j], 1.0)}</td>"
+                  f"<td><b>{m.weights[j]:.4f}</b></td>",
+        "<th>s<sub>j</sub></th><th>exp(s<sub>j</sub>−max)</th><th colspan=2>a<sub>j</sub></th>"))
+
+
+def _output_stage(st: _Stage) -> tuple[str, str]:
+    m, d = st.m, st.d
     if m.values is None:
-        formula = "<b>o = Σ<sub>j</sub> a<sub>j</sub> v<sub>j</sub></b>"
-        return box.format(formula), (
+        return st.page("<b>o = Σ<sub>j</sub> a<sub>j</sub> v<sub>j</sub></b>", (
             "<p><b>Values were not captured for this trace.</b> Generate with "
-            "<code>lm.generate(..., keep_values=True)</code> to see the weighted sum of the values.</p>")
+            "<code>lm.generate(..., keep_values=True)</code> to see the weighted sum of the values.</p>"))
     formula = ("<b>o = Σ<sub>j</sub> a<sub>j</sub> v<sub>j</sub></b>, v<sub>j</sub> = x<sub>j</sub> W<sub>V</sub><br>"
                "The head's output: the values mixed in the proportions of the weights. It is then concatenated "
-               f"with the other heads' outputs and multiplied by W<sub>O</sub>.{hover}")
+               f"with the other heads' outputs and multiplied by W<sub>O</sub>.{st.hover}")
     scale = max(np.abs(m.values).max(), np.abs(m.output).max())
+    keys, note = st.shown()
     out = f"<tr><td></td><td><b>o</b></td><td></td>{vector_cells(m.output, scale)}</tr>"
-    body = [f"<tr>{_key_cells(trace, j, i)}<td>{m.weights[j]:.3f} ×</td>"
+    body = [f"<tr>{_key_cells(st.trace, j, st.i)}<td>{m.weights[j]:.3f} ×</td>"
             f"{vector_cells(m.values[j], scale)}</tr>" for j in keys if m.allowed[j]]
     header = f"<th>j</th><th>token</th><th>a<sub>j</sub></th><th colspan={d}>v<sub>j</sub></th>"
-    return box.format(formula), note + _table(body + [out], header)
+    return st.page(formula, note + _table(body + [out], header))
+
+
+_STAGES = [_query_stage, _keys_stage, _dots_stage, _scaled_stage, _mask_stage, _softmax_stage, _output_stage]
+
+
+def stage_html(trace: Trace, m: AttentionMath, i: int, stage: int) -> tuple[str, str]:
+    """(formula, drawing) HTML of one stage: query, keys, dot products, scaling, mask, softmax, weighted values."""
+    return _STAGES[min(stage, len(_STAGES) - 1)](_Stage(trace, m, i, stage))
 
 
 def _mask_formula(i: int, window: int | None) -> str:
