@@ -291,7 +291,7 @@ class BertvizPage:
             f'<div id="{self.vis_id}"><span style="user-select:none">{layer_select}</span>'
             "<div id='vis'></div></div>\n"
             f'<script type="application/json" id="{params_id}">{self.params_json(layer, head)}</script>\n'
-            f"<script>\n{boot}\n{_FIT_TO_WIDTH}</script>\n</body></html>\n"
+            f"<script>\n{_FIT_TO_WIDTH}\n{boot}\n</script>\n</body></html>\n"
         )
 
 
@@ -300,10 +300,11 @@ class BertvizPage:
 _FIT_TO_WIDTH = """
 function fitToWidth() {
   var page = document.documentElement, room = page.clientWidth;
+  if (!room) return;  /* not laid out yet (a hidden tab): the resize when it shows comes back here */
   document.body.style.zoom = 1;
   if (page.scrollWidth > room) document.body.style.zoom = room / page.scrollWidth;
 }
-fitToWidth();
+window.addEventListener("load", fitToWidth);  /* registered before bertviz runs, whatever it throws */
 window.addEventListener("resize", fitToWidth);
 """
 
