@@ -64,37 +64,81 @@ function drawLegend(box, scale, log, decades) {
   box.append(h("div", { font: "11px sans-serif", marginBottom: "9px" }, log ? "weight (log)" : "weight"), row);
 }
 
-/** Draw the heatmap into `el` and redraw on the model's changes; returns the cleanup.
- * @param {{ model: Model, el: HTMLElement }} ctx @returns {() => void} */
-function render({ model, el }) {
-  el.classList.add("ae-heatmap");
-  Object.assign(el.style, { position: "relative", font: "12px sans-serif", color: "#222" });
-  const LABEL_W = 110, LABEL_H = 84, OVERVIEW_PX = 240;
-  const get = (k) => model.get(k);
-  const save = (pairs) => { for (const [k, v] of pairs) model.set(k, v); model.save_changes(); };
+/** Room for the row labels (left), the column labels (above) and the overview's side, in CSS pixels. */
+const LABEL_W = 110, LABEL_H = 84, OVERVIEW_PX = 240;
 
-  // controls
-  const controls = h("div", { marginBottom: "6px", display: "flex", alignItems: "center", flexWrap: "wrap" });
+/** The pickers above the heatmap.
+ * @typedef {{ box: HTMLDivElement, layerSel: HTMLSelectElement, headSel: HTMLSelectElement,
+ *   sizeSel: HTMLSelectElement, logBox: HTMLInputElement, slider: HTMLInputElement }} Controls */
+
+/** One heatmap view: its model, its elements and the little state its drawing and events share.
+ * cell is the window's cell size in CSS pixels; labelKey says which labels are built; asked is the overview
+ * block whose largest weight the tooltip waits for.
+ * @typedef {{ model: Model, el: HTMLElement, T: number, controls: Controls, overview: HTMLCanvasElement,
+ *   ovCaption: HTMLDivElement, grid: HTMLDivElement, canvas: HTMLCanvasElement, rowLabels: HTMLDivElement,
+ *   colLabels: HTMLDivElement, legend: HTMLDivElement, readout: HTMLDivElement, tip: HTMLDivElement,
+ *   draws: number, cell: number, labelKey: string, pending: boolean,
+ *   asked: [number, number] | null }} HeatmapView */
+
+/** Set the traits in `pairs` on the model and send them in one message.
+ * @param {Model} model @param {Array<[string, any]>} pairs */
+function save(model, pairs) {
+  for (const [k, v] of pairs) model.set(k, v);
+  model.save_changes();
+}
+
+/** Token `i` for reading: its position and its text.
+ * @param {HeatmapView} v @param {number} i @returns {string} */
+const token = (v, i) => `${i} “${v.model.get("tokens")[i]}”`;
+
+/** The [query, key] where the window bytes start: Python sends window_at with them; the standalone page has
+ * window_start/key_start.
+ * @param {HeatmapView} v @returns {[number, number]} */
+const origin = (v) => v.model.get("window_at") ?? [v.model.get("window_start"), v.model.get("key_start")];
+
+/** The pickers: layer, head, window size, log scale and the slider that moves the window.
+ * @param {Model} model @param {number} T the number of tokens @returns {Controls} */
+function buildControls(model, T) {
+  const get = (k) => model.get(k);
+  const box = h("div", { marginBottom: "6px", display: "flex", alignItems: "center", flexWrap: "wrap" });
   const layerSel = select([...Array(get("n_layers")).keys()].map((l) => [l, `layer ${l}`]),
-    (v) => save([["layer", +v]]));
+    (v) => save(model, [["layer", +v]]));
   const headSel = select([[-1, "mean of heads"], ...[...Array(get("n_heads")).keys()].map((x) => [x, `head ${x}`])],
-    (v) => save([["head", +v < 0 ? null : +v]]));
-  const T = get("tokens").length;
+    (v) => save(model, [["head", +v < 0 ? null : +v]]));
   const sizes = [16, 32, 64, 128, 256].filter((s) => s < T).concat([Math.min(T, 256)]);
   if (!sizes.includes(get("window_size"))) sizes.push(get("window_size"));
   const sizeSel = select(sizes.sort((a, b) => a - b).map((s) => [s, `window ${s}`]),
-    (v) => save([["window_size", +v]]));
+    (v) => save(model, [["window_size", +v]]));
   const logBox = Object.assign(h("input"), { type: "checkbox" });
-  logBox.addEventListener("change", () => save([["log_scale", logBox.checked]]));
+  logBox.addEventListener("change", () => save(model, [["log_scale", logBox.checked]]));
   const slider = Object.assign(h("input", { width: "220px" }), { type: "range", min: "0", step: "1" });
-  slider.addEventListener("input", () => save([["window_start", +slider.value], ["key_start", +slider.value]]));
+  slider.addEventListener("input", () => save(model, [["window_start", +slider.value], ["key_start", +slider.value]]));
   const logLabel = h("label", { marginRight: "10px" });
   logLabel.append(logBox, document.createTextNode(" log scale"));
-  controls.append(layerSel, headSel, sizeSel, logLabel, h("span", { marginRight: "4px" }, "move window"), slider);
+  box.append(layerSel, headSel, sizeSel, logLabel, h("span", { marginRight: "4px" }, "move window"), slider);
   [layerSel, headSel, sizeSel, logBox, slider].forEach((c, i) => c.classList.add(
     ["ae-layer", "ae-head", "ae-size", "ae-log", "ae-slider"][i]));
+  return { box, layerSel, headSel, sizeSel, logBox, slider };
+}
 
-  // overview | window with labels | legend
+/** The hover tooltip, placed by `placeTip`.
+ * @returns {HTMLDivElement} */
+function buildTip() {
+  const tip = h("div", { position: "absolute", pointerEvents: "none", display: "none", zIndex: 10,
+    background: "rgba(0,0,0,.82)", color: "#fff", font: "12px monospace", padding: "3px 6px",
+    borderRadius: "3px", whiteSpace: "pre" });
+  tip.classList.add("ae-tip");
+  return tip;
+}
+
+/** Build the view's elements in `el`: the controls, then overview | window with labels | legend, the readout
+ * and the tooltip.
+ * @param {Model} model @param {HTMLElement} el @returns {HeatmapView} */
+function build(model, el) {
+  el.classList.add("ae-heatmap");
+  Object.assign(el.style, { position: "relative", font: "12px sans-serif", color: "#222" });
+  const T = model.get("tokens").length;
+  const controls = buildControls(model, T);
   const body = h("div", { display: "flex", alignItems: "flex-start", gap: "14px", overflowX: "auto" });
   // nothing shrinks: on a narrow page the row scrolls instead of the legend being squeezed under the window
   const ovBox = h("div", { marginTop: LABEL_H + "px", flexShrink: 0 });
@@ -113,173 +157,243 @@ function render({ model, el }) {
   body.append(ovBox, grid, legend);
   const readout = h("div", { marginTop: "6px", minHeight: "16px" });
   readout.classList.add("ae-readout");
-  const tip = h("div", { position: "absolute", pointerEvents: "none", display: "none", zIndex: 10,
-    background: "rgba(0,0,0,.82)", color: "#fff", font: "12px monospace", padding: "3px 6px",
-    borderRadius: "3px", whiteSpace: "pre" });
-  tip.classList.add("ae-tip");
-  el.append(controls, body, readout, tip);
+  const tip = buildTip();
+  el.append(controls.box, body, readout, tip);
+  return { model, el, T, controls, overview, ovCaption, grid, canvas, rowLabels, colLabels, legend, readout, tip,
+    draws: 0, cell: 10, labelKey: "", pending: false, asked: null };
+}
 
-  let draws = 0, cell = 10, labelKey = "", pending = false;
-  const token = (i) => `${i} “${get("tokens")[i]}”`;
-  // where the window bytes start: Python sends window_at with them; the standalone page has window_start/key_start
-  const origin = () => get("window_at") ?? [get("window_start"), get("key_start")];
+/** The whole head, with the window outlined in red, and its caption.
+ * @param {HeatmapView} v @param {number} r0 @param {number} c0 @param {number} dpr */
+function drawOverview(v, r0, c0, dpr) {
+  const get = (k) => v.model.get(k), { overview } = v;
+  const f = get("overview_factor"), n = get("overview_n"), ws = get("window_size");
+  overview.width = overview.height = Math.round(OVERVIEW_PX * dpr);
+  paint(overview, asU8(get("overview")), n, n);
+  const ctx = overview.getContext("2d"), s = overview.width / n;
+  ctx.strokeStyle = "#ff3b30";
+  ctx.lineWidth = 2 * dpr;
+  ctx.strokeRect((c0 / f) * s, (r0 / f) * s, Math.max(2, (ws / f) * s), Math.max(2, (ws / f) * s));
+  v.ovCaption.textContent = `whole head, ${v.T} tokens` + (f > 1 ? `: each pixel is the max of ${f}×${f} weights` : "")
+    + "; click to move the window";
+}
 
-  /** The row and column token labels of the window, rebuilt only when they change.
-   * @param {number} r0 @param {number} c0 @param {number} rows @param {number} cols */
-  function labels(r0, c0, rows, cols) {
-    const key = [r0, c0, rows, cols, cell, get("selected_token")].join();
-    if (key === labelKey) return;
-    labelKey = key;
-    const toks = get("tokens"), np = get("n_prompt"), sel = get("selected_token");
-    const every = Math.ceil(9 / cell), font = Math.min(12, Math.max(cell, 9) - 1);
-    const make = (i, vertical) => {
-      const pos = (vertical ? c0 : r0) + i;
-      const e = h("div", { position: "absolute", overflow: "hidden", textOverflow: "ellipsis", whiteSpace: "nowrap",
-        font: `${font}px sans-serif`, cursor: "pointer", color: pos >= np ? "#b35900" : "#222",
-        fontWeight: pos === sel ? "bold" : "normal", background: pos === sel ? "#ffe58a" : "" }, toks[pos]);
-      e.title = `#${pos}${pos >= np ? " (generated)" : ""}`;
-      e.dataset.pos = String(pos);
-      e.className = vertical ? "ae-col-label" : "ae-row-label";
-      if (vertical) Object.assign(e.style, { left: LABEL_W + i * cell + "px", top: "0px", width: cell * every + "px",
-        height: LABEL_H - 2 + "px", writingMode: "vertical-rl", transform: "rotate(180deg)", lineHeight: cell + "px" });
-      else Object.assign(e.style, { left: "0px", top: LABEL_H + i * cell + "px", width: LABEL_W - 4 + "px",
-        height: cell * every + "px", lineHeight: cell + "px", textAlign: "right" });
-      e.addEventListener("click", () => save([["selected_token", pos]]));
-      return e;
-    };
-    const pick = (n) => [...Array(n).keys()].filter((i) => i % every === 0);
-    rowLabels.replaceChildren(...pick(rows).map((i) => make(i, false)));
-    colLabels.replaceChildren(...pick(cols).map((i) => make(i, true)));
-  }
+/** The window's cells, the selected token's row and column outlined in red; sets the cell size.
+ * @param {HeatmapView} v @param {number} r0 @param {number} c0 @param {number} dpr */
+function drawWindow(v, r0, c0, dpr) {
+  const get = (k) => v.model.get(k), { canvas } = v;
+  const rows = get("window_rows"), cols = get("window_cols");
+  const cell = v.cell = Math.max(2, Math.min(18, Math.floor(640 / Math.max(rows, cols, 1))));
+  canvas.style.width = cols * cell + "px";
+  canvas.style.height = rows * cell + "px";
+  canvas.width = cols * cell * dpr;
+  canvas.height = rows * cell * dpr;
+  paint(canvas, asU8(get("window")), rows, cols, r0, c0);
+  const sel = get("selected_token");
+  const w = canvas.getContext("2d"), px = cell * dpr;
+  w.strokeStyle = "#ff3b30";
+  w.lineWidth = Math.max(1, dpr);
+  if (sel !== null && sel >= r0 && sel < r0 + rows) w.strokeRect(0, (sel - r0) * px, canvas.width, px);
+  if (sel !== null && sel >= c0 && sel < c0 + cols) w.strokeRect((sel - c0) * px, 0, px, canvas.height);
+  v.grid.style.width = LABEL_W + cols * cell + "px";
+  v.grid.style.height = LABEL_H + rows * cell + "px";
+}
 
-  /** Draw everything from the model's current state. */
-  function draw() {
-    const t0 = performance.now();
-    const f = get("overview_factor"), n = get("overview_n");
-    const dpr = window.devicePixelRatio || 1;
-    overview.width = overview.height = Math.round(OVERVIEW_PX * dpr);
-    paint(overview, asU8(get("overview")), n, n);
-    const [r0, c0] = origin(), ws = get("window_size");
-    const ctx = overview.getContext("2d"), s = overview.width / n;
-    ctx.strokeStyle = "#ff3b30";
-    ctx.lineWidth = 2 * dpr;
-    ctx.strokeRect((c0 / f) * s, (r0 / f) * s, Math.max(2, (ws / f) * s), Math.max(2, (ws / f) * s));
-    ovCaption.textContent = `whole head, ${T} tokens` + (f > 1 ? `: each pixel is the max of ${f}×${f} weights` : "")
-      + "; click to move the window";
+/** One token label, a row's (left of the window) or a column's (above it, vertical); a click selects it.
+ * @param {HeatmapView} v @param {number} pos the token's position @param {number} i its place in the window
+ * @param {boolean} vertical @param {number} every one label for this many cells */
+function tokenLabel(v, pos, i, vertical, every) {
+  const np = v.model.get("n_prompt"), sel = v.model.get("selected_token"), cell = v.cell;
+  const font = Math.min(12, Math.max(cell, 9) - 1);
+  const e = h("div", { position: "absolute", overflow: "hidden", textOverflow: "ellipsis", whiteSpace: "nowrap",
+    font: `${font}px sans-serif`, cursor: "pointer", color: pos >= np ? "#b35900" : "#222",
+    fontWeight: pos === sel ? "bold" : "normal", background: pos === sel ? "#ffe58a" : "" },
+  v.model.get("tokens")[pos]);
+  e.title = `#${pos}${pos >= np ? " (generated)" : ""}`;
+  e.dataset.pos = String(pos);
+  e.className = vertical ? "ae-col-label" : "ae-row-label";
+  if (vertical) Object.assign(e.style, { left: LABEL_W + i * cell + "px", top: "0px", width: cell * every + "px",
+    height: LABEL_H - 2 + "px", writingMode: "vertical-rl", transform: "rotate(180deg)", lineHeight: cell + "px" });
+  else Object.assign(e.style, { left: "0px", top: LABEL_H + i * cell + "px", width: LABEL_W - 4 + "px",
+    height: cell * every + "px", lineHeight: cell + "px", textAlign: "right" });
+  e.addEventListener("click", () => save(v.model, [["selected_token", pos]]));
+  return e;
+}
 
-    const rows = get("window_rows"), cols = get("window_cols");
-    cell = Math.max(2, Math.min(18, Math.floor(640 / Math.max(rows, cols, 1))));
-    canvas.style.width = cols * cell + "px";
-    canvas.style.height = rows * cell + "px";
-    canvas.width = cols * cell * dpr;
-    canvas.height = rows * cell * dpr;
-    paint(canvas, asU8(get("window")), rows, cols, r0, c0);
-    const sel = get("selected_token");
-    const w = canvas.getContext("2d"), px = cell * dpr;
-    w.strokeStyle = "#ff3b30";
-    w.lineWidth = Math.max(1, dpr);
-    if (sel !== null && sel >= r0 && sel < r0 + rows) w.strokeRect(0, (sel - r0) * px, canvas.width, px);
-    if (sel !== null && sel >= c0 && sel < c0 + cols) w.strokeRect((sel - c0) * px, 0, px, canvas.height);
-    grid.style.width = LABEL_W + cols * cell + "px";
-    grid.style.height = LABEL_H + rows * cell + "px";
-    labels(r0, c0, rows, cols);
-    drawLegend(legend, get("scale"), get("log_scale"), get("log_decades"));
+/** The row and column token labels of the window, rebuilt only when they change.
+ * @param {HeatmapView} v @param {number} r0 @param {number} c0 */
+function drawLabels(v, r0, c0) {
+  const rows = v.model.get("window_rows"), cols = v.model.get("window_cols");
+  const key = [r0, c0, rows, cols, v.cell, v.model.get("selected_token")].join();
+  if (key === v.labelKey) return;
+  v.labelKey = key;
+  const every = Math.ceil(9 / v.cell);
+  const pick = (n) => [...Array(n).keys()].filter((i) => i % every === 0);
+  v.rowLabels.replaceChildren(...pick(rows).map((i) => tokenLabel(v, r0 + i, i, false, every)));
+  v.colLabels.replaceChildren(...pick(cols).map((i) => tokenLabel(v, c0 + i, i, true, every)));
+}
 
-    syncControls();
-    readout.textContent = sel === null ? "click a token label or a cell to select a token"
-      : `selected token ${token(sel)}${sel >= get("n_prompt") ? " (generated)" : ""}`;
+/** The line under the heatmap: the selected token, or how to select one.
+ * @param {HeatmapView} v */
+function drawReadout(v) {
+  const sel = v.model.get("selected_token");
+  v.readout.textContent = sel === null ? "click a token label or a cell to select a token"
+    : `selected token ${token(v, sel)}${sel >= v.model.get("n_prompt") ? " (generated)" : ""}`;
+}
 
-    draws += 1;
-    Object.assign(el.dataset, { drawCount: draws, drawnAt: performance.now(), drawMs: (performance.now() - t0).toFixed(1),
-      layer: get("shows").split(" ")[0], head: get("shows").split(" ")[1], windowStart: r0, keyStart: c0 });
-  }
-  function syncControls() { // the pickers show the model's values, wherever they were changed
-    const ws = get("window_size");
-    layerSel.value = String(get("layer"));
-    headSel.value = String(get("head") ?? -1);
-    sizeSel.value = String(ws);
-    logBox.checked = get("log_scale");
-    slider.max = String(Math.max(0, T - ws));
-    slider.value = String(get("window_start"));
-  }
-  function schedule() { // one draw for all the traits one message changes
-    if (pending) return;
-    pending = true;
-    queueMicrotask(() => { pending = false; draw(); });
-  }
+/** The pickers show the model's values, wherever they were changed.
+ * @param {HeatmapView} v */
+function syncControls(v) {
+  const get = (k) => v.model.get(k), c = v.controls;
+  const ws = get("window_size");
+  c.layerSel.value = String(get("layer"));
+  c.headSel.value = String(get("head") ?? -1);
+  c.sizeSel.value = String(ws);
+  c.logBox.checked = get("log_scale");
+  c.slider.max = String(Math.max(0, v.T - ws));
+  c.slider.value = String(get("window_start"));
+}
 
-  // hover and click
-  const place = (ev) => {
-    const r = el.getBoundingClientRect();
-    tip.style.left = ev.clientX - r.left + 14 + "px";
-    tip.style.top = ev.clientY - r.top + 14 + "px";
-    tip.style.display = "block";
-  };
-  const windowCell = (ev) => {
-    const r = canvas.getBoundingClientRect();
-    const i = Math.floor((ev.clientY - r.top) / cell), j = Math.floor((ev.clientX - r.left) / cell);
-    return i >= 0 && j >= 0 && i < get("window_rows") && j < get("window_cols") ? [i, j] : null;
-  };
-  canvas.addEventListener("mousemove", (ev) => {
-    const c = windowCell(ev);
-    if (!c) { tip.style.display = "none"; return; }
-    const [i, j] = c, q = origin()[0] + i, k = origin()[1] + j;
-    const exact = get("window_exact"), cols = get("window_cols");
-    let text = `query ${token(q)}\nkey   ${token(k)}\n`;
-    if (k > q) text += "masked: a token cannot attend to later tokens";
-    else text += "weight " + fmt(new DataView(exact.buffer, exact.byteOffset, exact.byteLength)
-      .getFloat32((i * cols + j) * 4, true));
-    tip.textContent = text;
-    place(ev);
+/** Draw everything from the model's current state, and note the draw in el's data-* attributes.
+ * @param {HeatmapView} v */
+function draw(v) {
+  const t0 = performance.now(), get = (k) => v.model.get(k);
+  const dpr = window.devicePixelRatio || 1;
+  const [r0, c0] = origin(v);
+  drawOverview(v, r0, c0, dpr);
+  drawWindow(v, r0, c0, dpr);
+  drawLabels(v, r0, c0);
+  drawLegend(v.legend, get("scale"), get("log_scale"), get("log_decades"));
+  syncControls(v);
+  drawReadout(v);
+  v.draws += 1;
+  Object.assign(v.el.dataset, { drawCount: v.draws, drawnAt: performance.now(), drawMs: (performance.now() - t0).toFixed(1),
+    layer: get("shows").split(" ")[0], head: get("shows").split(" ")[1], windowStart: r0, keyStart: c0 });
+}
+
+/** Draw once for all the traits one message changes.
+ * @param {HeatmapView} v */
+function schedule(v) {
+  if (v.pending) return;
+  v.pending = true;
+  queueMicrotask(() => { v.pending = false; draw(v); });
+}
+
+/** Show the tooltip next to the pointer.
+ * @param {HeatmapView} v @param {MouseEvent} ev */
+function placeTip(v, ev) {
+  const r = v.el.getBoundingClientRect();
+  v.tip.style.left = ev.clientX - r.left + 14 + "px";
+  v.tip.style.top = ev.clientY - r.top + 14 + "px";
+  v.tip.style.display = "block";
+}
+
+/** The [row, column] of the window cell under the pointer, or null.
+ * @param {HeatmapView} v @param {MouseEvent} ev @returns {[number, number] | null} */
+function windowCell(v, ev) {
+  const r = v.canvas.getBoundingClientRect();
+  const i = Math.floor((ev.clientY - r.top) / v.cell), j = Math.floor((ev.clientX - r.left) / v.cell);
+  return i >= 0 && j >= 0 && i < v.model.get("window_rows") && j < v.model.get("window_cols") ? [i, j] : null;
+}
+
+/** The [row, column] of the overview block under the pointer, or null.
+ * @param {HeatmapView} v @param {MouseEvent} ev @returns {[number, number] | null} */
+function overviewCell(v, ev) {
+  const r = v.overview.getBoundingClientRect(), n = v.model.get("overview_n");
+  const row = Math.floor(((ev.clientY - r.top) / r.height) * n), col = Math.floor(((ev.clientX - r.left) / r.width) * n);
+  return row >= 0 && col >= 0 && row < n && col < n ? [row, col] : null;
+}
+
+/** The tooltip over a window cell: its query, its key and the exact weight (or why it is masked).
+ * @param {HeatmapView} v @param {MouseEvent} ev */
+function showCellTip(v, ev) {
+  const c = windowCell(v, ev);
+  if (!c) { v.tip.style.display = "none"; return; }
+  const [i, j] = c, q = origin(v)[0] + i, k = origin(v)[1] + j;
+  const exact = v.model.get("window_exact"), cols = v.model.get("window_cols");
+  let text = `query ${token(v, q)}\nkey   ${token(v, k)}\n`;
+  if (k > q) text += "masked: a token cannot attend to later tokens";
+  else text += "weight " + fmt(new DataView(exact.buffer, exact.byteOffset, exact.byteLength)
+    .getFloat32((i * cols + j) * 4, true));
+  v.tip.textContent = text;
+  placeTip(v, ev);
+}
+
+/** The tooltip over an overview block: its spans of queries and keys; asks Python for its largest weight.
+ * @param {HeatmapView} v @param {MouseEvent} ev */
+function showBlockTip(v, ev) {
+  const c = overviewCell(v, ev);
+  if (!c) { v.tip.style.display = "none"; return; }
+  const f = v.model.get("overview_factor"), last = v.T - 1, [row, col] = c;
+  const span = (a) => (f === 1 ? `${a * f}` : `${a * f}–${Math.min(last, a * f + f - 1)}`);
+  placeTip(v, ev);
+  if (col > row) { v.tip.textContent = `queries ${span(row)}, keys ${span(col)}: masked`; v.asked = null; return; }
+  if (v.asked && v.asked[0] === row && v.asked[1] === col) return;
+  v.asked = [row, col];
+  v.tip.textContent = `queries ${span(row)}, keys ${span(col)}\nlargest weight: …`;
+  v.model.send({ kind: "block", row, col });
+}
+
+/** Python's answer to `showBlockTip`: the block's largest weight and where it is, if still asked for.
+ * @param {HeatmapView} v @param {any} msg */
+function showBlockWeight(v, msg) {
+  const { asked } = v;
+  if (!msg || msg.kind !== "block" || !asked || msg.row !== asked[0] || msg.col !== asked[1]) return;
+  if (msg.layer !== v.model.get("layer") || msg.head !== v.model.get("head")) return;
+  v.tip.textContent = v.tip.textContent.replace("…",
+    `${fmt(msg.weight)}\n  query ${token(v, msg.query)}\n  key   ${token(v, msg.key)}`);
+}
+
+/** A click on the overview: centre the window on the block clicked.
+ * @param {HeatmapView} v @param {MouseEvent} ev */
+function moveWindowTo(v, ev) {
+  const c = overviewCell(v, ev);
+  if (!c) return;
+  const f = v.model.get("overview_factor"), ws = v.model.get("window_size"), top = Math.max(0, v.T - ws);
+  const at = (x) => Math.max(0, Math.min(top, Math.round(x * f + f / 2 - ws / 2)));
+  save(v.model, [["window_start", at(c[0])], ["key_start", at(c[1])]]);
+}
+
+/** Hover and click on the window and the overview.
+ * @param {HeatmapView} v */
+function listen(v) {
+  v.canvas.addEventListener("mousemove", (ev) => showCellTip(v, ev));
+  v.canvas.addEventListener("click", (ev) => {
+    const c = windowCell(v, ev);
+    if (c) save(v.model, [["selected_token", origin(v)[0] + c[0]]]);
   });
-  canvas.addEventListener("click", (ev) => {
-    const c = windowCell(ev);
-    if (c) save([["selected_token", origin()[0] + c[0]]]);
-  });
-  let asked = null;
-  const overviewCell = (ev) => {
-    const r = overview.getBoundingClientRect(), n = get("overview_n");
-    const row = Math.floor(((ev.clientY - r.top) / r.height) * n), col = Math.floor(((ev.clientX - r.left) / r.width) * n);
-    return row >= 0 && col >= 0 && row < n && col < n ? [row, col] : null;
-  };
-  overview.addEventListener("mousemove", (ev) => {
-    const c = overviewCell(ev);
-    if (!c) { tip.style.display = "none"; return; }
-    const f = get("overview_factor"), last = T - 1, [row, col] = c;
-    const span = (a) => (f === 1 ? `${a * f}` : `${a * f}–${Math.min(last, a * f + f - 1)}`);
-    place(ev);
-    if (col > row) { tip.textContent = `queries ${span(row)}, keys ${span(col)}: masked`; asked = null; return; }
-    if (asked && asked[0] === row && asked[1] === col) return;
-    asked = [row, col];
-    tip.textContent = `queries ${span(row)}, keys ${span(col)}\nlargest weight: …`;
-    model.send({ kind: "block", row, col });
-  });
-  const onMsg = (msg) => {
-    if (!msg || msg.kind !== "block" || !asked || msg.row !== asked[0] || msg.col !== asked[1]) return;
-    if (msg.layer !== get("layer") || msg.head !== get("head")) return;
-    tip.textContent = tip.textContent.replace("…", `${fmt(msg.weight)}\n  query ${token(msg.query)}\n  key   ${token(msg.key)}`);
-  };
+  v.overview.addEventListener("mousemove", (ev) => showBlockTip(v, ev));
+  v.overview.addEventListener("click", (ev) => moveWindowTo(v, ev));
+  for (const e of [v.canvas, v.overview]) e.addEventListener("mouseleave", () => { v.tip.style.display = "none"; v.asked = null; });
+}
+
+/** Redraw on the model's changes and take Python's messages; returns the cleanup.
+ * @param {HeatmapView} v @returns {() => void} */
+function connect(v) {
+  const { model } = v;
+  const onMsg = (msg) => showBlockWeight(v, msg);
+  const redraw = () => schedule(v), sync = () => syncControls(v);
   model.on("msg:custom", onMsg);
-  overview.addEventListener("click", (ev) => {
-    const c = overviewCell(ev);
-    if (!c) return;
-    const f = get("overview_factor"), ws = get("window_size"), top = Math.max(0, T - ws);
-    const at = (x) => Math.max(0, Math.min(top, Math.round(x * f + f / 2 - ws / 2)));
-    save([["window_start", at(c[0])], ["key_start", at(c[1])]]);
-  });
-  for (const e of [canvas, overview]) e.addEventListener("mouseleave", () => { tip.style.display = "none"; asked = null; });
-
   const events = ["overview", "window", "window_at", "selected_token", "window_size", "log_scale", "shows"]
     .map((k) => "change:" + k);
-  for (const e of events) model.on(e, schedule);
+  for (const e of events) model.on(e, redraw);
   const picks = ["layer", "head"].map((k) => "change:" + k);
-  for (const e of picks) model.on(e, syncControls);
-  draw();
+  for (const e of picks) model.on(e, sync);
   return () => {
-    for (const e of events) model.off(e, schedule);
-    for (const e of picks) model.off(e, syncControls);
+    for (const e of events) model.off(e, redraw);
+    for (const e of picks) model.off(e, sync);
     model.off("msg:custom", onMsg);
   };
+}
+
+/** Draw the heatmap into `el` and redraw on the model's changes; returns the cleanup.
+ * @param {{ model: Model, el: HTMLElement }} ctx @returns {() => void} */
+function render({ model, el }) {
+  const view = build(model, el);
+  listen(view);
+  const disconnect = connect(view);
+  draw(view);
+  return disconnect;
 }
 
 export default { render };
