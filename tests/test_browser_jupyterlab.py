@@ -9,16 +9,13 @@ network (news, update checks and the extension manager's PyPI list are off) and 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from voila_harness import OUTPUT, browser, free_port, offline_page, write_notebook
+from voila_harness import OUTPUT, browser, free_port, local_server, offline_page, write_notebook
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -43,8 +40,6 @@ def jupyterlab(root: Path, timeout: float = 90):
     Its settings, workspaces and runtime files live in `root`, so the user's own JupyterLab plays no part.
     """
     port = free_port()
-    OUTPUT.mkdir(exist_ok=True)
-    log_path = OUTPUT / f"jupyterlab-{port}.log"
     home = root / ".jupyter"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_CONFIG_DIR": str(home / "config"),
            "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
@@ -52,30 +47,8 @@ def jupyterlab(root: Path, timeout: float = 90):
     command = [str(Path(sys.executable).with_name("jupyter")), "lab", "--no-browser", f"--port={port}",
                "--ServerApp.port_retries=0", "--ServerApp.ip=127.0.0.1", "--IdentityProvider.token=",
                "--allow-root", f"--ServerApp.root_dir={root}", *OFFLINE]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        started = time.monotonic()
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited with {proc.returncode}: see {log_path}")
-            try:
-                with urllib.request.urlopen(url + "/api/status", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() - started > timeout:
-                raise RuntimeError(f"jupyter lab did not start within {timeout} s: see {log_path}")
-            time.sleep(0.2)
+    with local_server(f"jupyterlab-{port}", command, root, env, port, "/api/status", timeout) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def cell(page, i: int):

@@ -51,32 +51,27 @@ def require_chromium() -> None:
 
 
 @contextmanager
-def voila_server(notebook: Path, env: dict | None = None, extra_args: list[str] = (), timeout: float = 120):
-    """Start `voila notebook` on a free 127.0.0.1 port; yield its base URL; stop it afterwards."""
-    port = free_port()
+def local_server(name: str, command: list[str], cwd: Path, env: dict, port: int, ready_path: str, timeout: float):
+    """Run a web server's `command` (listening on 127.0.0.1:`port`) until GET `ready_path` answers 200; yield its
+    base URL; stop it afterwards. Its output goes to tests/output/NAME.log."""
     OUTPUT.mkdir(exist_ok=True)
-    log_path = OUTPUT / f"voila-{notebook.stem}-{port}.log"
-    voila = Path(sys.executable).with_name("voila")
-    command = [str(voila) if voila.exists() else shutil.which("voila"), str(notebook), "--no-browser",
-               f"--port={port}", "--Voila.ip=127.0.0.1", "--Voila.port_retries=0", *extra_args]
+    log_path = OUTPUT / f"{name}.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            command, cwd=notebook.parent, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         started = time.monotonic()
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"voila exited with {proc.returncode}: see {log_path}")
+                raise RuntimeError(f"{command[0]} exited with {proc.returncode}: see {log_path}")
             try:
-                with urllib.request.urlopen(url + "/voila/static/voila.js", timeout=2) as r:
+                with urllib.request.urlopen(url + ready_path, timeout=2) as r:
                     if r.status == 200:
                         break
             except OSError:
                 pass
             if time.monotonic() - started > timeout:
-                raise RuntimeError(f"voila did not start within {timeout} s: see {log_path}")
+                raise RuntimeError(f"{command[0]} did not start within {timeout} s: see {log_path}")
             time.sleep(0.2)
         yield url
     finally:
@@ -85,6 +80,18 @@ def voila_server(notebook: Path, env: dict | None = None, extra_args: list[str] 
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextmanager
+def voila_server(notebook: Path, env: dict | None = None, extra_args: list[str] = (), timeout: float = 120):
+    """Start `voila notebook` on a free 127.0.0.1 port; yield its base URL; stop it afterwards."""
+    port = free_port()
+    voila = Path(sys.executable).with_name("voila")
+    command = [str(voila) if voila.exists() else shutil.which("voila"), str(notebook), "--no-browser",
+               f"--port={port}", "--Voila.ip=127.0.0.1", "--Voila.port_retries=0", *extra_args]
+    with local_server(f"voila-{notebook.stem}-{port}", command, notebook.parent, {**os.environ, **(env or {})},
+                      port, "/voila/static/voila.js", timeout) as url:
+        yield url
 
 
 @dataclass
