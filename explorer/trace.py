@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 from safetensors.numpy import save, save_file
 
+from . import analysis
 from .facts import ModelFacts
 
 
@@ -116,6 +117,15 @@ class QueryKeyLayer:
         scores = np.where(self.visible(start, stop), scores, np.float32(-np.inf))
         return _softmax_rows(scores)
 
+    def heads_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1 of every head at once, float32 [H, stop-start, T]: one batched product, not H."""
+        group = self.n_heads // self.key.shape[0]
+        q = self.query[:, start:stop].astype(np.float32)
+        k = np.repeat(self.key.astype(np.float32), group, axis=0)
+        scores = self.capped(np.matmul(q, k.transpose(0, 2, 1)) * np.float32(self.scaling))
+        scores = np.where(self.visible(start, stop)[None], scores, np.float32(-np.inf))
+        return _softmax_rows(scores)
+
     def tensors(self) -> dict[str, np.ndarray]:
         out = {"query": self.query, "key": self.key}
         if self.value is not None:
@@ -152,6 +162,10 @@ class WeightsLayer:
             offset = i * (i + 1) // 2
             out[r, : i + 1] = self.packed[head, offset : offset + i + 1]
         return out
+
+    def heads_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1 of every head, float32 [H, stop-start, T]."""
+        return np.stack([self.rows(h, start, stop) for h in range(self.n_heads)])
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {"weights": self.packed}
@@ -246,6 +260,17 @@ class Trace:
     def attention_row(self, layer: int, head: int | None, position: int) -> np.ndarray:
         """How the token at `position` attends to positions 0..position, [position + 1]."""
         return self.attention_rows(layer, head, position, position + 1)[0, : position + 1]
+
+    def head_scores(self, progress: bool = False) -> dict[str, np.ndarray]:
+        """Scores of every head, name -> [n_layers, n_heads]: previous_token, first_token, self, duplicate_token,
+        induction, entropy (definitions in explorer/analysis.py)."""
+        return analysis.head_scores(self, progress=progress)
+
+    def attention_flow(self, kind: str = "rollout", progress: bool = False) -> np.ndarray:
+        """How attention flows from the input through the layers, float32 [T, T]: "rollout" (Abnar & Zuidema 2020)."""
+        if kind != "rollout":
+            raise ValueError(f"attention_flow knows 'rollout', not {kind!r}")
+        return analysis.rollout(self, progress=progress)
 
     def step_attention(self, step: int, layer: int, head: int | None = None) -> np.ndarray:
         """The attention that produced generated token `step`: the row of the position just before it."""

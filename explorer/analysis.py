@@ -1,0 +1,74 @@
+"""What the heads do, measured on a trace: head scores and attention rollout, from the attention a trace holds.
+
+Torch-free and model-free, so a saved trace gets them too. Each layer is computed in chunks of rows with all its
+heads at once (`heads_rows`), so a 2,048-token trace never holds more than a few tens of MB of weights.
+
+Head scores, over the rows i ≥ 1 of each head's attention α (every position of the trace):
+- previous_token: mean of α[i, i-1];  first_token: mean of α[i, 0];  self: mean of α[i, i];
+- duplicate_token: mean, over rows whose token occurred earlier, of Σ α[i, j] over j < i with token_j == token_i;
+- induction: mean, over rows with some j < i-1 where token_j == token_i, of Σ α[i, j+1] over those j;
+- entropy: mean of −Σ_j α[i, j] ln α[i, j] (nats).
+Attention rollout (Abnar & Zuidema 2020): Ā_l = ½·mean_h(A_l) + ½·I, flow = Ā_{L−1} ·…· Ā_0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm.auto import tqdm
+
+SCORES = ("previous_token", "first_token", "self", "duplicate_token", "induction", "entropy")
+CHUNK_ROWS = 256
+
+
+def _token_masks(token_ids: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """For rows start..stop-1: where an earlier key holds the same token, and the keys just after such tokens."""
+    rows = np.arange(start, stop)[:, None]
+    keys = np.arange(len(token_ids))[None, :]
+    same = (token_ids[start:stop, None] == token_ids[None, :]) & (keys < rows)
+    after = np.zeros_like(same)
+    before_previous = same & (keys < rows - 1)
+    after[:, 1:] = before_previous[:, :-1]  # key j+1 for every earlier j < i-1 with the same token
+    return same, after
+
+
+def head_scores(trace, progress: bool = False) -> dict[str, np.ndarray]:
+    """name -> float32 [n_layers, n_heads]; NaN where a score has no rows (no repeated token, say)."""
+    ids = np.asarray(trace.token_ids)
+    n = len(ids)
+    sums = {name: np.zeros((trace.n_layers, trace.n_heads)) for name in SCORES}
+    counts = dict.fromkeys(SCORES, 0)
+    for layer in tqdm(range(trace.n_layers), desc="head scores", unit="layer", disable=not progress):
+        for start in range(1, n, CHUNK_ROWS):
+            stop = min(start + CHUNK_ROWS, n)
+            a = trace.layers[layer].heads_rows(start, stop)  # [H, rows, T]
+            rows = np.arange(start, stop)
+            same, after = _token_masks(ids, start, stop)
+            has_same, has_after = same.any(1), after.any(1)
+            s = sums
+            s["previous_token"][layer] += a[:, np.arange(len(rows)), rows - 1].sum(1)
+            s["first_token"][layer] += a[:, :, 0].sum(1)
+            s["self"][layer] += a[:, np.arange(len(rows)), rows].sum(1)
+            s["duplicate_token"][layer] += (a * same)[:, has_same].sum((1, 2))
+            s["induction"][layer] += (a * after)[:, has_after].sum((1, 2))
+            s["entropy"][layer] += -(a * np.log(np.where(a > 0, a, 1))).sum((1, 2))
+            if layer == 0:
+                for name in ("previous_token", "first_token", "self", "entropy"):
+                    counts[name] += len(rows)
+                counts["duplicate_token"] += int(has_same.sum())
+                counts["induction"] += int(has_after.sum())
+    return {name: (sums[name] / counts[name] if counts[name] else np.full_like(sums[name], np.nan)).astype(np.float32)
+            for name in SCORES}
+
+
+def rollout(trace, progress: bool = False) -> np.ndarray:
+    """Attention rollout, float32 [T, T]: row i says how much each input position reaches position i's output."""
+    n = trace.n_tokens
+    eye = np.eye(n, dtype=np.float32)
+    flow = eye.copy()
+    for layer in tqdm(range(trace.n_layers), desc="rollout", unit="layer", disable=not progress):
+        mean = np.empty((n, n), dtype=np.float32)
+        for start in range(0, n, CHUNK_ROWS):
+            stop = min(start + CHUNK_ROWS, n)
+            mean[start:stop] = trace.layers[layer].heads_rows(start, stop).mean(0)
+        flow = (0.5 * mean + 0.5 * eye) @ flow
+    return flow
