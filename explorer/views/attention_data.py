@@ -113,7 +113,7 @@ def _chunk_sums(rows: np.ndarray, first_row: int) -> tuple[float, float, float]:
 
 
 def thumbnails_and_stats(trace, size: int = 48) -> tuple[np.ndarray, HeadStats]:
-    """Every head max-pooled to at most size × size (float32 [L, H, n, n]) and its HeadStats, in one pass per layer."""
+    """Every head max-pooled to at most size × size (float32 [L, H, n, n]) and its HeadStats, in one pass per head."""
     t, n_layers, n_heads = trace.n_tokens, trace.n_layers, trace.n_heads
     factor = pool_factor(t, size)
     n = math.ceil(t / factor)
@@ -121,9 +121,8 @@ def thumbnails_and_stats(trace, size: int = 48) -> tuple[np.ndarray, HeadStats]:
     sums = np.zeros((3, n_layers, n_heads))
     chunk = factor * max(1, CHUNK_ROWS // factor)
     for layer in range(n_layers):
-        for s in range(0, t, chunk):  # every head of the layer in one batched product per chunk of rows
-            heads = trace.layers[layer].heads_rows(s, min(t, s + chunk))
-            for head, rows in enumerate(heads):
+        for head in range(n_heads):
+            for s, rows in row_chunks(trace, layer, head, chunk=chunk):
                 block = max_pool(rows, factor)
                 thumbs[layer, head, s // factor : s // factor + block.shape[0]] = block
                 sums[:, layer, head] += _chunk_sums(rows, s)
