@@ -38,3 +38,9 @@ def test_errors_are_one_line_not_a_traceback(tmp_path):
     assert bad.returncode == 2 and "not a readable attention-explorer trace" in bad.stderr
     bad = run("trace", "x", "--model", "no-such/model", check=False)
     assert bad.returncode == 2 and "could not load model 'no-such/model'" in bad.stderr
+
+
+def test_the_dashboard_refuses_voilas_own_address_flag():
+    """Voilà's --ip would bypass ours, and with it the token that listening beyond localhost needs."""
+    out = run("dashboard", "--Voila.ip=0.0.0.0", check=False)
+    assert out.returncode == 2 and "give the address with our --ip" in out.stderr

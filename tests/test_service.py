@@ -258,3 +258,66 @@ def test_a_model_that_cannot_load_is_said_in_a_sentence(monkeypatch):
             remote.generate("hello", 2)
     finally:
         service.stop()
+
+
+def test_requests_that_waited_for_a_model_that_then_fails_get_the_reason(monkeypatch):
+    import threading
+
+    from explorer.errors import ModelLoadError
+    from explorer.service.server import GenerationService
+
+    release = threading.Event()
+
+    def failing_late(self):
+        self._stage(40, "loading the model")
+        release.wait(30)
+        raise ModelLoadError("could not load model 'nope'")
+
+    monkeypatch.setattr(GenerationService, "_load", failing_late)
+    monkeypatch.setattr(GenerationService, "_read_first_trace", lambda self: None)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    service = GenerationService(address)
+    threading.Thread(target=service.run, daemon=True).start()
+    try:
+        errors = []
+
+        def ask():
+            try:
+                RemoteModel(address).generate("hello", 2)
+            except ServiceError as e:
+                errors.append(str(e))
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        time.sleep(1.0)  # queued while the model loads
+        release.set()
+        asking.join(20)
+        assert not asking.is_alive(), "the request hung after the model failed to load"
+        assert errors and "could not load model 'nope'" in errors[0]
+    finally:
+        release.set()
+        service.stop()
+
+
+def test_malformed_messages_are_refused_and_the_service_keeps_serving():
+    import threading
+
+    from explorer.service.server import GenerationService
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    service = GenerationService(address, key="k")
+    service._load = lambda: time.sleep(60)  # no model needed: only the I/O thread is under test
+    threading.Thread(target=service.run, daemon=True).start()
+    try:
+        raw = zmq.Context.instance().socket(zmq.DEALER)
+        raw.connect(address)
+        raw.send(b"[" * 100_000 + b"]" * 100_000)  # nested too deep for json: refused before the key is read
+        huge = {"kind": p.GENERATE, "id": "x", "key": "k", "request": {"prompt": "hi", "temperature": 10**400}}
+        raw.send(p.encode(huge))  # overflows math.isfinite
+        assert raw.poll(5000)
+        answer = p.decode(raw.recv_multipart()[0])
+        assert answer["kind"] == p.ERROR and answer["error"] == "SettingsError", answer
+        raw.close(0)
+        assert RemoteModel(address, "k").status(timeout=5).state == "loading"  # still answering
+    finally:
+        service.stop()

@@ -225,8 +225,8 @@ class Dashboard(widgets.VBox):
 
     def show_trace(self, trace: Trace, note: str, source: str = "generated here") -> None:
         """Draw `trace` in every view (replacing the previous one) and say what happened and whose it is."""
-        self.trace = trace
         self.explorer.set_trace(trace)
+        self.trace = trace  # only once it is drawn: Save and Export must never get a trace the page could not show
         self.links.value = ""
         self.facts.value = _facts_html(trace.model, source)
         gc.collect()  # the old trace's arrays go now, not at some later collection
@@ -244,10 +244,11 @@ class Dashboard(widgets.VBox):
             return
         try:
             trace = trace_from_bytes(bytes(item["content"]), "the file")
+            self.show_trace(trace, f"Loaded {item['name']}: {trace.n_tokens} tokens.", source=f"file {item['name']}")
         except ExplorerError as e:
             self._say(f"{item['name']}: {e}", error=True)
-            return
-        self.show_trace(trace, f"Loaded {item['name']}: {trace.n_tokens} tokens.", source=f"file {item['name']}")
+        except Exception as e:  # a file from anyone: whatever it breaks, the page says so and keeps its trace
+            self._say(f"{item['name']} could not be shown: {type(e).__name__}: {e}", error=True)
 
     def save(self) -> Path | None:
         """Save the current trace next to the notebook and offer it as a download; in a class, where many
@@ -320,8 +321,9 @@ class Dashboard(widgets.VBox):
             while time.monotonic() < deadline:
                 try:
                     status = lm.status(timeout=3)
-                except ExplorerError:
-                    self.progress_label.value = "waiting for the generation service …"
+                except ExplorerError as e:
+                    self.progress_label.value = f"waiting for the generation service … ({e})"
+                    time.sleep(1)  # an answer that is an error comes at once: do not ask again at once
                     continue
                 if status.state == "failed":
                     self._say(f"The model could not be loaded: {status.error}", error=True)
@@ -340,6 +342,7 @@ class Dashboard(widgets.VBox):
                     self.show_trace(trace, "Ready: type a prompt and press Generate.",
                                     source="the generation service")
                 return
+            self._say(f"The generation service was not ready after {give_up:.0f} s: press Generate to try.", error=True)
         except Exception as e:  # a background thread has no one else to tell
             self._say(f"Could not get the first trace: {type(e).__name__}: {e}", error=True)
         finally:

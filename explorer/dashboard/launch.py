@@ -117,6 +117,8 @@ def launch(args: argparse.Namespace, voila_args: list[str]) -> int:
     if args.service and (args.model or args.trace):
         raise SettingsError("--service uses the model of a running service: give no --model or --trace with it")
     class_size = args.class_size
+    if any(a.split("=")[0] in {"--ip", "--Voila.ip"} for a in voila_args):
+        raise SettingsError("give the address with our --ip, not Voilà's: ours turns the token on beyond localhost")
     ip = args.ip or ("0.0.0.0" if class_size else "127.0.0.1")
     # beyond this machine, only with Jupyter's token: nobody without the printed address can open a kernel
     token = None if is_loopback(ip) or any(a.startswith("--token") for a in voila_args) else secrets.token_urlsafe(24)

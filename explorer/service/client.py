@@ -126,6 +126,15 @@ class RemoteModel:
         request = GenerationRequest(prompt, max_new_tokens, temperature, top_k, top_p, seed, chat)  # checks
         request_id = uuid.uuid4().hex
         self._send({"kind": p.GENERATE, "id": request_id, "request": request.to_json()})
+        try:
+            return self._await_trace(request_id, on_token, on_status)
+        except BaseException:  # a callback failed or the user interrupted: the service need not go on
+            if self._socket is not None:
+                self._send({"kind": p.CANCEL, "id": request_id})
+            raise
+
+    def _await_trace(self, request_id: str, on_token, on_status) -> Trace:
+        """Answers to `request_id` until its trace comes: the queue, the loading, each token."""
         while True:
             answer = self._receive(self.silence_seconds)
             if answer is None:

@@ -114,7 +114,7 @@ class GenerationService:
         self.first_trace: bytes | None = None
         self.lm = None
         self._running: tuple[bytes, str] | None = None  # client and request id of the request being generated
-        self._cancel = threading.Event()
+        self._cancelled: str | None = None  # the request id whose client has gone; checked between two tokens
         self._stopping = threading.Event()
         self._context = zmq.Context()
 
@@ -166,14 +166,28 @@ class GenerationService:
             return True
         except (zmq.Again, zmq.ZMQError):
             self.queue.forget(client)
-            if self._running and self._running[0] == client:
-                self._cancel.set()
+            self._cancel(client)
             return False
 
+    def _cancel(self, client: bytes, request_id: str | None = None) -> None:
+        """Stop the running request if it is this client's (and, when given, this request)."""
+        running = self._running
+        if running is not None and running[0] == client and request_id in (None, running[1]):
+            self._cancelled = running[1]
+
     def _answer(self, router, client: bytes, frames: list[bytes]) -> None:
+        """Answer one message; whatever a malformed one raises is logged and answered, never lets the loop die."""
+        try:
+            self._answer_message(router, client, frames)
+        except Exception as e:  # noqa: BLE001 (one message, from anyone on the network)
+            log(f"{client.hex()}: refused a message ({type(e).__name__}: {str(e)[:200]})")
+            self._send(router, client, _error("", SettingsError(f"the service could not read that request "
+                                                                f"({type(e).__name__})")))
+
+    def _answer_message(self, router, client: bytes, frames: list[bytes]) -> None:
         try:
             message = p.decode(frames[0])
-        except (ValueError, IndexError):
+        except (ValueError, IndexError, RecursionError):
             return  # not one of ours: no answer
         kind, request_id = message.get("kind"), str(message.get("id", ""))
         if self.key and not hmac.compare_digest(str(message.get("key", "")).encode(), self.key.encode()):
@@ -192,7 +206,7 @@ class GenerationService:
                 if self.status.state == "failed":
                     raise ExplorerError(f"the model could not be loaded: {self.status.error}")
                 ahead = self.queue.put(client, request_id, request, self.limits.max_waiting)
-            except (SettingsError, TypeError) as e:
+            except (SettingsError, TypeError, OverflowError) as e:
                 self._send(router, client, _error(request_id, SettingsError(str(e))))
             except ExplorerError as e:
                 self._send(router, client, _error(request_id, e))
@@ -200,8 +214,7 @@ class GenerationService:
                 self._send(router, client, self._waiting_message(request_id, ahead))
         elif kind == p.CANCEL:
             self.queue.forget(client)
-            if self._running == (client, request_id):
-                self._cancel.set()
+            self._cancel(client, request_id)
 
     def _waiting_message(self, request_id: str, ahead: int) -> bytes:
         if self.status.state == "loading":
@@ -211,8 +224,14 @@ class GenerationService:
 
     def _heartbeat(self, router) -> None:
         """Tell everyone waiting where they stand; this is also how a gone client is noticed."""
+        failed = self.status.state == "failed"
         for client, request_id, ahead in self.queue.places():
-            self._send(router, client, self._waiting_message(request_id, ahead))
+            if failed:  # requests that came while the model was loading: nobody will take them now
+                self.queue.forget(client)
+                self._send(router, client, _error(request_id, ExplorerError(
+                    f"the model could not be loaded: {self.status.error}")))
+            else:
+                self._send(router, client, self._waiting_message(request_id, ahead))
         running = self._running
         if running:
             self._send(router, running[0], p.encode({"kind": p.QUEUED, "id": running[1], "ahead": 0}))
@@ -273,11 +292,10 @@ class GenerationService:
 
     def _generate(self, outbox, client: bytes, request_id: str, request: GenerationRequest, queued_at: float):
         self._running = (client, request_id)
-        self._cancel.clear()
         started = time.monotonic()
 
         def on_token(done: int, total: int, text: str) -> None:
-            if self._cancel.is_set():
+            if self._cancelled == request_id:
                 raise Cancelled
             outbox.send_multipart([client, p.encode({"kind": p.TOKEN, "id": request_id, "done": done,
                                                      "total": total, "text": text})])

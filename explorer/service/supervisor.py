@@ -24,13 +24,9 @@ class ServiceProcess:
         self.command = [sys.executable, "-m", "explorer.cli", "serve", *args, "--parent-pid", str(os.getpid())]
         self.env = {**os.environ, **env}
         self.process: subprocess.Popen | None = None
-        self.restarts = 0
+        self._lock = threading.Lock()  # start and stop of the child do not cross
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._keep_alive, name="generation service supervisor", daemon=True)
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
 
     def start(self) -> ServiceProcess:
         self._thread.start()
@@ -40,22 +36,30 @@ class ServiceProcess:
         quick_deaths = 0
         while not self._stopping.is_set():
             started = time.monotonic()
-            self.process = subprocess.Popen(self.command, env=self.env)
-            code = self.process.wait()
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                try:
+                    self.process = subprocess.Popen(self.command, env=self.env)
+                except OSError as e:
+                    log(f"could not start the service: {e}")
+                    self.process = None
+            code = self.process.wait() if self.process else "not started"
             if self._stopping.is_set():
                 return
             quick_deaths = quick_deaths + 1 if time.monotonic() - started < QUICK_DEATH else 0
             pause = RESTART_PAUSE * 2 ** min(quick_deaths, 5)
             log(f"the service exited (code {code}); starting it again in {pause:.0f} s")
-            self.restarts += 1
             if self._stopping.wait(pause):
                 return
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
+        with self._lock:
+            self._stopping.set()
+            process = self.process
+        if process and process.poll() is None:
+            process.terminate()
             try:
-                self.process.wait(10)
+                process.wait(10)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                process.kill()
