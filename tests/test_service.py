@@ -45,6 +45,30 @@ def running_service(*args: str, key: str = "k3y"):
         proc.wait(20)
 
 
+@contextmanager
+def service_in_this_process(load, key: str = ""):
+    """A GenerationService on a free port in a thread of this process, its model loading replaced by `load(service)`
+    (no torch needed) and no cached first trace: yields (address, service); stops it afterwards."""
+    import threading
+
+    from explorer.service.server import GenerationService
+
+    class Service(GenerationService):
+        def _load(self):
+            load(self)
+
+        def _read_first_trace(self):
+            self.first_trace = None
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    service = Service(address, key=key)
+    threading.Thread(target=service.run, daemon=True).start()
+    try:
+        yield address, service
+    finally:
+        service.stop()
+
+
 @pytest.fixture(scope="module")
 def service():
     with running_service("--class", "3") as running:
@@ -183,14 +207,13 @@ def test_the_viewer_kernel_shows_the_services_trace_and_never_imports_torch(serv
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
-def test_pages_wait_with_the_loading_percent_then_get_their_traces(monkeypatch):
+def test_pages_wait_with_the_loading_percent_then_get_their_traces():
     """A service whose model is still loading: the page says how far, a request waits with the percent, and
     both the first trace and the request's trace come once it is loaded (a tiny model, in this process)."""
     import threading
 
     from conftest import make_tiny_lm
     from explorer.dashboard import Dashboard
-    from explorer.service.server import GenerationService
 
     release = threading.Event()
 
@@ -203,52 +226,39 @@ def test_pages_wait_with_the_loading_percent_then_get_their_traces(monkeypatch):
         self._stage(100, "ready")
         self.status.state = "ready"
 
-    monkeypatch.setattr(GenerationService, "_load", slow_load)
-    monkeypatch.setattr(GenerationService, "_read_first_trace", lambda self: None)
-    address = f"tcp://127.0.0.1:{free_port()}"
-    service = GenerationService(address, key="k")
-    threading.Thread(target=service.run, daemon=True).start()
-    try:
-        board = Dashboard(lm=RemoteModel(address, "k"))
-        board.open_first_trace()  # nothing to show yet: the page says so and waits in the background
-        until = time.monotonic() + 20
-        while "loading the model … 40%" not in board.progress_label.value:
-            assert time.monotonic() < until, board.progress_label.value
-            time.sleep(0.1)
-        assert board.trace is None and board.progress.value == 40 and "loading" in board.message.value
-        statuses, results = [], []
-        asking = threading.Thread(target=lambda: results.append(
-            RemoteModel(address, "k").generate("hello", 2, on_status=statuses.append)))
-        asking.start()
-        time.sleep(1.5)
-        assert "loading the model … 40%" in statuses and not results  # it waits, and says why
-        release.set()
-        asking.join(30)
-        assert results and results[0].n_generated == 2 and results[0].model.name == "tiny-llama"
-        while "Ready" not in board.message.value:  # the first trace, shown from the background thread
-            assert time.monotonic() < until + 30
-            time.sleep(0.1)
-        assert board.trace.n_generated == 3 and board.progress_label.value == ""
-    finally:
-        release.set()
-        service.stop()
+    with service_in_this_process(slow_load, key="k") as (address, _):
+        try:
+            board = Dashboard(lm=RemoteModel(address, "k"))
+            board.open_first_trace()  # nothing to show yet: the page says so and waits in the background
+            until = time.monotonic() + 20
+            while "loading the model … 40%" not in board.progress_label.value:
+                assert time.monotonic() < until, board.progress_label.value
+                time.sleep(0.1)
+            assert board.trace is None and board.progress.value == 40 and "loading" in board.message.value
+            statuses, results = [], []
+            asking = threading.Thread(target=lambda: results.append(
+                RemoteModel(address, "k").generate("hello", 2, on_status=statuses.append)))
+            asking.start()
+            time.sleep(1.5)
+            assert "loading the model … 40%" in statuses and not results  # it waits, and says why
+            release.set()
+            asking.join(30)
+            assert results and results[0].n_generated == 2 and results[0].model.name == "tiny-llama"
+            while "Ready" not in board.message.value:  # the first trace, shown from the background thread
+                assert time.monotonic() < until + 30
+                time.sleep(0.1)
+            assert board.trace.n_generated == 3 and board.progress_label.value == ""
+        finally:
+            release.set()
 
 
-def test_a_model_that_cannot_load_is_said_in_a_sentence(monkeypatch):
-    import threading
-
+def test_a_model_that_cannot_load_is_said_in_a_sentence():
     from explorer.errors import ModelLoadError
-    from explorer.service.server import GenerationService
 
-    def failing_load(self):
+    def failing_load(service):
         raise ModelLoadError("could not load model 'nope': it is not a local folder")
 
-    monkeypatch.setattr(GenerationService, "_load", failing_load)
-    monkeypatch.setattr(GenerationService, "_read_first_trace", lambda self: None)
-    address = f"tcp://127.0.0.1:{free_port()}"
-    service = GenerationService(address)
-    threading.Thread(target=service.run, daemon=True).start()
-    try:
+    with service_in_this_process(failing_load) as (address, _):
         remote = RemoteModel(address)
         deadline = time.monotonic() + 10
         while remote.status().state != "failed":
@@ -256,29 +266,21 @@ def test_a_model_that_cannot_load_is_said_in_a_sentence(monkeypatch):
             time.sleep(0.1)
         with pytest.raises(ServiceError, match="the model could not be loaded: ModelLoadError: could not load"):
             remote.generate("hello", 2)
-    finally:
-        service.stop()
 
 
-def test_requests_that_waited_for_a_model_that_then_fails_get_the_reason(monkeypatch):
+def test_requests_that_waited_for_a_model_that_then_fails_get_the_reason():
     import threading
 
     from explorer.errors import ModelLoadError
-    from explorer.service.server import GenerationService
 
     release = threading.Event()
 
-    def failing_late(self):
-        self._stage(40, "loading the model")
+    def failing_late(service):
+        service._stage(40, "loading the model")
         release.wait(30)
         raise ModelLoadError("could not load model 'nope'")
 
-    monkeypatch.setattr(GenerationService, "_load", failing_late)
-    monkeypatch.setattr(GenerationService, "_read_first_trace", lambda self: None)
-    address = f"tcp://127.0.0.1:{free_port()}"
-    service = GenerationService(address)
-    threading.Thread(target=service.run, daemon=True).start()
-    try:
+    with service_in_this_process(failing_late) as (address, _):
         errors = []
 
         def ask():
@@ -294,21 +296,11 @@ def test_requests_that_waited_for_a_model_that_then_fails_get_the_reason(monkeyp
         asking.join(20)
         assert not asking.is_alive(), "the request hung after the model failed to load"
         assert errors and "could not load model 'nope'" in errors[0]
-    finally:
-        release.set()
-        service.stop()
 
 
 def test_malformed_messages_are_refused_and_the_service_keeps_serving():
-    import threading
-
-    from explorer.service.server import GenerationService
-
-    address = f"tcp://127.0.0.1:{free_port()}"
-    service = GenerationService(address, key="k")
-    service._load = lambda: time.sleep(60)  # no model needed: only the I/O thread is under test
-    threading.Thread(target=service.run, daemon=True).start()
-    try:
+    # no model needed: only the I/O thread is under test
+    with service_in_this_process(lambda service: time.sleep(60), key="k") as (address, _):
         raw = zmq.Context.instance().socket(zmq.DEALER)
         raw.connect(address)
         raw.send(b"[" * 100_000 + b"]" * 100_000)  # nested too deep for json: refused before the key is read
@@ -319,5 +311,3 @@ def test_malformed_messages_are_refused_and_the_service_keeps_serving():
         assert answer["kind"] == p.ERROR and answer["error"] == "SettingsError", answer
         raw.close(0)
         assert RemoteModel(address, "k").status(timeout=5).state == "loading"  # still answering
-    finally:
-        service.stop()
