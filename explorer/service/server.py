@@ -159,15 +159,13 @@ class GenerationService:
         """Stop serving (from another thread); `run` returns within half a second."""
         self._stopping.set()
 
-    def _send(self, router, client: bytes, *frames: bytes) -> bool:
+    def _send(self, router, client: bytes, *frames: bytes) -> None:
         """Send to one client; a client that has gone is forgotten (and its running request stopped)."""
         try:
             router.send_multipart([client, *frames])
-            return True
         except (zmq.Again, zmq.ZMQError):
             self.queue.forget(client)
             self._cancel(client)
-            return False
 
     def _cancel(self, client: bytes, request_id: str | None = None) -> None:
         """Stop the running request if it is this client's (and, when given, this request)."""
