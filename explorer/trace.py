@@ -177,8 +177,70 @@ class WeightsLayer:
 AttentionLayer = QueryKeyLayer | WeightsLayer
 
 
+@dataclass
+class LogitLens:
+    """What the residual stream after each block predicts (nostalgebraist 2020), at the positions it covers.
+
+    Layer l's prediction at position p is softmax(lm_head(final_norm(h_l[p]))): the next token as block l would
+    have it. The last layer is the model's own output. Only the top-k and the actual next token's probability
+    and rank are kept, never hidden states, so a saved trace shows the lens without a model.
+    """
+
+    positions: np.ndarray  # int32 [P], ascending
+    top_ids: np.ndarray  # int32 [L, P, k], most likely first
+    top_probs: np.ndarray  # float32 [L, P, k]
+    next_prob: np.ndarray  # float32 [L, P]: probability of the token at position + 1; NaN at the trace's end
+    next_rank: np.ndarray  # int32 [L, P]: its rank, 1 = top; 0 at the trace's end
+    words: dict[int, str] = field(default_factory=dict)  # the text of every id in top_ids
+
+    @property
+    def n_layers(self) -> int:
+        return self.top_ids.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.top_ids.shape[2]
+
+    def column(self, position: int) -> int:
+        """Where `position` is in `positions`; IndexError, naming what is covered, when it is not."""
+        i = int(np.searchsorted(self.positions, position))
+        if i == len(self.positions) or self.positions[i] != position:
+            covered = self.positions.tolist()
+            shown = covered if len(covered) <= 12 else [*covered[:5], "...", *covered[-5:]]
+            raise IndexError(f"the lens does not cover position {position}; it covers {shown}")
+        return i
+
+    def _layer(self, layer: int) -> int:
+        if not -self.n_layers <= layer < self.n_layers:
+            raise IndexError(f"layer {layer} is out of range: the lens has layers 0..{self.n_layers - 1}")
+        return layer % self.n_layers
+
+    def top_k(self, layer: int, position: int) -> list[Candidate]:
+        """The most likely next tokens after block `layer` at `position`, most likely first."""
+        layer, column = self._layer(layer), self.column(position)
+        return [Candidate(self.words.get(int(i), ""), int(i), float(p))
+                for i, p in zip(self.top_ids[layer, column], self.top_probs[layer, column])]
+
+    def next_token_prob(self, layer: int, position: int) -> float:
+        """The probability block `layer` gives the token actually at position + 1 (NaN at the trace's end)."""
+        return float(self.next_prob[self._layer(layer), self.column(position)])
+
+    def next_token_rank(self, layer: int, position: int) -> int:
+        """The rank block `layer` gives the token actually at position + 1 (1 = top; 0 at the trace's end)."""
+        return int(self.next_rank[self._layer(layer), self.column(position)])
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"positions": self.positions, "top_ids": self.top_ids, "top_probs": self.top_probs,
+                "next_prob": self.next_prob, "next_rank": self.next_rank}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.tensors().values())
+
+
 FORMAT = "attention-explorer/trace"
-VERSION = 1
+VERSION = 2  # 2: surprisal, logit lens, value norms (version 1 files still load)
+KINDS = ("raw", "norm")
 
 _STEP_FIELDS = ("index", "position", "token", "token_id", "prob", "rank", "entropy", "sampling_prob", "sampling_entropy")
 
@@ -204,6 +266,15 @@ class Trace:
     settings: dict = field(default_factory=dict)  # generation settings as used
     timings: dict = field(default_factory=dict)  # seconds
     pieces: list[str] | None = None  # tokens as the tokenizer's vocabulary spells them ("Ġcat")
+    surprisal: np.ndarray | None = None  # float32 [T]: -ln p(token_i | tokens before i), NaN where unknown
+    lens: LogitLens | None = None
+    value_norms: np.ndarray | None = None  # float32 [L, H, T]: ‖v_j^h W_O^h‖ of each head and key position
+
+    def __post_init__(self):
+        if self.surprisal is None:  # what the steps say; the prompt's is unknown without the model
+            self.surprisal = np.full(len(self.token_ids), np.nan, dtype=np.float32)
+            for step in self.steps:
+                self.surprisal[step.position] = -np.log(step.prob) if step.prob > 0 else np.inf
 
     @property
     def n_layers(self) -> int:
@@ -239,23 +310,45 @@ class Trace:
         if head is not None and not 0 <= head < self.n_heads:
             raise IndexError(f"head {head} is out of range: this trace has heads 0..{self.n_heads - 1}")
 
-    def attention_rows(self, layer: int, head: int | None, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows start..stop-1 of a head's attention (the mean of the layer's heads when head is None), [n, T]."""
+    def attention_rows(self, layer: int, head: int | None, start: int = 0, stop: int | None = None,
+                       kind: str = "raw") -> np.ndarray:
+        """Rows start..stop-1 of a head's attention (the mean of the layer's heads when head is None), [n, T].
+
+        kind "raw" is the attention weights α; "norm" weighs them by what each key position writes,
+        α_ij·‖v_j W_O‖ (Kobayashi et al. 2020), and needs a trace captured with value norms.
+        """
         self._check(layer, head)
+        self._check_kind(kind)
         stop = self.n_tokens if stop is None else stop
         if not 0 <= start <= stop <= self.n_tokens:
             raise IndexError(f"rows {start}..{stop} are out of range for {self.n_tokens} tokens")
         store = self.layers[layer]
         if head is not None:
-            return store.rows(head, start, stop)
+            rows = store.rows(head, start, stop)
+            return rows * self.value_norms[layer, head][None, :] if kind == "norm" else rows
+        if kind == "norm":
+            return (store.heads_rows(start, stop) * self.value_norms[layer][:, None, :]).mean(0)
         total = np.zeros((stop - start, self.n_tokens), dtype=np.float32)
         for h in range(self.n_heads):
             total += store.rows(h, start, stop)
         return total / np.float32(self.n_heads)
 
-    def attention(self, layer: int, head: int | None = None) -> np.ndarray:
-        """Attention weights [T, T] of one head (or the mean of the layer's heads): row i = token i over 0..i."""
-        return self.attention_rows(layer, head)
+    def _check_kind(self, kind: str) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        if kind == "norm" and self.value_norms is None:
+            raise ValueError("this trace has no value norms, so no value-weighted attention: capture it again with "
+                             "this version of attention-explorer (models whose attention it cannot read have none)")
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds of attention this trace can give: "raw", and "norm" when it holds value norms."""
+        return KINDS if self.value_norms is not None else ("raw",)
+
+    def attention(self, layer: int, head: int | None = None, kind: str = "raw") -> np.ndarray:
+        """Attention [T, T] of one head (or the mean of the layer's heads): row i = token i over 0..i.
+        kind "raw" gives the weights; "norm" the value-weighted attention α_ij·‖v_j W_O‖."""
+        return self.attention_rows(layer, head, kind=kind)
 
     def attention_row(self, layer: int, head: int | None, position: int) -> np.ndarray:
         """How the token at `position` attends to positions 0..position, [position + 1]."""
@@ -280,7 +373,9 @@ class Trace:
     def nbytes(self) -> int:
         """Bytes held by the arrays of this trace."""
         total = sum(a.nbytes for layer in self.layers for a in layer.tensors().values())
-        return total + sum(a.nbytes for a in self.positional.arrays.values())
+        total += sum(a.nbytes for a in self.positional.arrays.values()) + self.surprisal.nbytes
+        total += self.value_norms.nbytes if self.value_norms is not None else 0
+        return total + (self.lens.nbytes if self.lens is not None else 0)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write this trace to a safetensors file with a JSON header (no pickle); a failed save leaves no half file."""
@@ -307,6 +402,12 @@ class Trace:
                 tensors[f"layers.{i}.attn.{name}"] = np.ascontiguousarray(array)
         for name, array in self.positional.arrays.items():
             tensors[f"positional.{name}"] = np.ascontiguousarray(array)
+        tensors["surprisal"] = np.ascontiguousarray(self.surprisal, dtype=np.float32)
+        if self.value_norms is not None:
+            tensors["value_norms"] = np.ascontiguousarray(self.value_norms, dtype=np.float32)
+        if self.lens is not None:
+            for name, array in self.lens.tensors().items():
+                tensors[f"lens.{name}"] = np.ascontiguousarray(array)
         header = {
             "tokens": self.tokens,
             "token_ids": self.token_ids,
@@ -323,6 +424,7 @@ class Trace:
             "model": self.model.to_dict(),
             "settings": self.settings,
             "timings": self.timings,
+            "lens": None if self.lens is None else {"words": {str(i): w for i, w in sorted(self.lens.words.items())}},
         }
         return tensors, {"format": FORMAT, "version": str(VERSION), "header": json.dumps(header)}
 

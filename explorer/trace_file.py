@@ -19,7 +19,7 @@ from safetensors.numpy import load
 
 from .errors import TraceFileError
 from .facts import ModelFacts
-from .trace import FORMAT, VERSION, Candidate, Positional, QueryKeyLayer, Step, Trace, WeightsLayer
+from .trace import FORMAT, VERSION, Candidate, LogitLens, Positional, QueryKeyLayer, Step, Trace, WeightsLayer
 
 def _step_from_json(d: dict) -> Step:
     def candidates(items):
@@ -143,6 +143,7 @@ def _build(header: dict, tensors: dict[str, np.ndarray]) -> Trace:
         params=dict(pos["params"]),
         description=str(pos.get("description", "")),
     )
+    n_layers, n_heads = len(layers), layers[0].n_heads
     return Trace(
         tokens=tokens,
         token_ids=token_ids,
@@ -154,6 +155,47 @@ def _build(header: dict, tensors: dict[str, np.ndarray]) -> Trace:
         settings=dict(header.get("settings", {})),
         timings=dict(header.get("timings", {})),
         pieces=_pieces(header.get("pieces"), n_tokens),
+        surprisal=_array(tensors, "surprisal", (n_tokens,), np.floating),  # absent from version 1 files
+        value_norms=_array(tensors, "value_norms", (n_layers, n_heads, n_tokens), np.floating),
+        lens=_lens(header.get("lens"), tensors, n_layers, n_tokens),
+    )
+
+
+def _array(tensors: dict[str, np.ndarray], name: str, shape: tuple, kind, required: bool = False) -> np.ndarray | None:
+    """An array of the file, checked for its shape and kind of number; None when an optional one is absent."""
+    array = tensors[name] if required else tensors.get(name)
+    if array is None:
+        return None
+    if array.shape != shape or not np.issubdtype(array.dtype, kind):
+        raise ValueError(f"{name} has shape {array.shape} and type {array.dtype}; expected {shape} of {kind.__name__}")
+    return array.astype(np.float32) if kind is np.floating else array.astype(np.int32)
+
+
+def _lens(meta, tensors: dict[str, np.ndarray], n_layers: int, n_tokens: int) -> LogitLens | None:
+    """The logit lens from its arrays and the header's words, every id and position checked; None when absent."""
+    if meta is None:
+        return None
+    positions = tensors["lens.positions"]
+    if positions.ndim != 1 or not np.issubdtype(positions.dtype, np.integer):
+        raise ValueError("lens.positions is not a list of positions")
+    p = len(positions)
+    if p and (positions.min() < 0 or positions.max() >= n_tokens or np.any(np.diff(positions) <= 0)):
+        raise ValueError(f"lens.positions are not ascending positions of the {n_tokens} tokens")
+    top_ids = tensors["lens.top_ids"]
+    if top_ids.ndim != 3 or top_ids.shape[:2] != (n_layers, p) or not np.issubdtype(top_ids.dtype, np.integer):
+        raise ValueError(f"lens.top_ids has shape {top_ids.shape}, not [{n_layers}, {p}, k]")
+    k = top_ids.shape[2]
+    words = {int(i): str(w) for i, w in dict(meta["words"]).items()}
+    missing = set(np.unique(top_ids).tolist()) - set(words)
+    if missing:
+        raise ValueError(f"lens words lack the text of {len(missing)} token ids")
+    return LogitLens(
+        positions=positions.astype(np.int32),
+        top_ids=top_ids.astype(np.int32),
+        top_probs=_array(tensors, "lens.top_probs", (n_layers, p, k), np.floating, required=True),
+        next_prob=_array(tensors, "lens.next_prob", (n_layers, p), np.floating, required=True),
+        next_rank=_array(tensors, "lens.next_rank", (n_layers, p), np.integer, required=True),
+        words=words,
     )
 
 
