@@ -13,6 +13,8 @@ Attention rollout (Abnar & Zuidema 2020): Ā_l = ½·mean_h(A_l) + ½·I, flow =
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -31,8 +33,9 @@ def _token_masks(token_ids: np.ndarray, start: int, stop: int) -> tuple[np.ndarr
     return same, after
 
 
-def head_scores(trace, progress: bool = False) -> dict[str, np.ndarray]:
-    """name -> float32 [n_layers, n_heads]; NaN where a score has no rows (no repeated token, say)."""
+def head_scores(trace, progress: bool = False, on_layer: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """name -> float32 [n_layers, n_heads]; NaN where a score has no rows (no repeated token, say).
+    on_layer(layer) is called after each layer, for a progress bar (an exception it raises stops the work)."""
     ids = np.asarray(trace.token_ids)
     n = len(ids)
     sums = {name: np.zeros((trace.n_layers, trace.n_heads)) for name in SCORES}
@@ -56,12 +59,15 @@ def head_scores(trace, progress: bool = False) -> dict[str, np.ndarray]:
                     counts[name] += len(rows)
                 counts["duplicate_token"] += int(has_same.sum())
                 counts["induction"] += int(has_after.sum())
+        if on_layer is not None:
+            on_layer(layer)
     return {name: (sums[name] / counts[name] if counts[name] else np.full_like(sums[name], np.nan)).astype(np.float32)
             for name in SCORES}
 
 
-def rollout(trace, progress: bool = False) -> np.ndarray:
-    """Attention rollout, float32 [T, T]: row i says how much each input position reaches position i's output."""
+def rollout(trace, progress: bool = False, on_layer: Callable[[int], None] | None = None) -> np.ndarray:
+    """Attention rollout, float32 [T, T]: row i says how much each input position reaches position i's output.
+    on_layer(layer) is called after each layer, as in `head_scores`."""
     n = trace.n_tokens
     eye = np.eye(n, dtype=np.float32)
     flow = eye.copy()
@@ -71,4 +77,6 @@ def rollout(trace, progress: bool = False) -> np.ndarray:
             stop = min(start + CHUNK_ROWS, n)
             mean[start:stop] = trace.layers[layer].heads_rows(start, stop).mean(0)
         flow = (0.5 * mean + 0.5 * eye) @ flow
+        if on_layer is not None:
+            on_layer(layer)
     return flow
