@@ -139,10 +139,10 @@ def test_follows_and_updates_the_shared_selection(tiny_trace):
     assert view.slider.value == 7
 
 
-def test_a_trace_with_no_generated_tokens_gets_a_message(tiny_trace):
+def test_a_trace_with_no_generated_tokens_gets_a_message_and_its_read_text(tiny_trace):
     read_only = dataclasses.replace(tiny_trace, steps=[], n_prompt=tiny_trace.n_tokens)
     view = stepper(read_only)
-    assert view.children == (view.message,)
+    assert view.children == (view.message, view.read_text)  # the text coloured by surprisal (test_views_surprisal)
     assert "lm.generate" in view.message.value and "no decoding steps" in view.message.value.lower()
     fig = entropy_chart(read_only)
     assert fig.layout.annotations[0].text == "no generated tokens"

@@ -27,6 +27,7 @@ _WHERE = {
     "positional": "positional_view",
     "entropy_chart": "probabilities",
     "probability_chart": "probabilities",
+    "read_text": "read_text_view",
     "Selection": "selection",
     "StepCharts": "step_charts",
     "StepperView": "stepper_view",

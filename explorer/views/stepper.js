@@ -48,12 +48,12 @@ function render({ model, el }) {
     let top = model.get("scale");
     if (!(top > 0)) {
       top = 0;
-      for (let i = 0; i < Math.min(count, values.length); i++) top = Math.max(top, values[i]);
+      for (let i = 0; i < Math.min(count, values.length); i++) if (values[i] < Infinity) top = Math.max(top, values[i]);
     }
     spans.forEach((span, i) => {
       span.hidden = i >= count;
       const v = i < values.length ? values[i] : 0;
-      const a = top > 0 ? Math.min(1, Math.max(0, v / top)) : 0;
+      const a = top > 0 && !Number.isNaN(v) ? Math.min(1, Math.max(0, v / top)) : 0; // NaN (unknown): no colour
       span.style.background = a > 0 ? `rgba(${rgb},${a.toFixed(3)})` : "";
       span.classList.toggle("highlight", i === highlight);
       span.classList.toggle("selected", i === selected);
@@ -72,6 +72,15 @@ function render({ model, el }) {
     el.dataset.highlight = String(highlight);
   }
 
+  /** The hover line of a value: nats also in bits (value_unit "nats"); NaN is a value not known.
+   * @param {number} v @returns {string} */
+  function valueLine(v) {
+    const name = model.get("value_name");
+    if (Number.isNaN(v)) return `${name} not known`;
+    if (model.get("value_unit") === "nats") return `${name} ${v.toFixed(2)} nats (${(v / Math.LN2).toFixed(2)} bits)`;
+    return `${name} ${v.toFixed(4)}`;
+  }
+
   /** @param {MouseEvent} ev */
   function onMove(ev) {
     const span = ev.target.closest("span[data-index]");
@@ -81,7 +90,7 @@ function render({ model, el }) {
     const titles = model.get("titles");
     const lines = [`#${i} “${visible(model.get("tokens")[i])}”`];
     if (titles[i]) lines.push(titles[i]);
-    if (model.get("value_name") && i < values.length) lines.push(`${model.get("value_name")} ${values[i].toFixed(4)}`);
+    if (model.get("value_name") && i < values.length) lines.push(valueLine(values[i]));
     tip.textContent = lines.join("\n");
     const r = el.getBoundingClientRect();
     tip.style.left = ev.clientX - r.left + 12 + "px";

@@ -1,5 +1,5 @@
-"""Step through the decoding: at each generated token, the text so far, where the new token looked, and the
-candidates it was chosen from.
+"""Step through the decoding: at each generated token, the text so far, where the new token looked (or how
+surprising each token was), and the candidates it was chosen from.
 
     view = explorer.views.stepper(trace)        # a slider and a play button over the steps
 
@@ -20,9 +20,13 @@ from ..trace import Trace
 from . import frontend
 from .step_charts import StepCharts
 from .selection import FollowsSelection, Selection, clamp_head, clamp_layer
-from .tokens_html import token_span
+from .tokens_html import SURPRISAL_FULL, SURPRISAL_RGB, most_surprising, surprisal_legend, token_span
 
 MEAN = -1  # the head selector's value for the mean of the layer's heads
+COLOUR_BY = ("attention", "surprisal")  # what the stepper's text is coloured by
+ATTENTION_COLOUR = {"value_name": "attention", "rgb": "31,119,180", "scale": 0.0, "value_unit": ""}
+SURPRISAL_COLOUR = {"value_name": "surprisal", "rgb": ",".join(map(str, SURPRISAL_RGB)), "scale": SURPRISAL_FULL,
+                    "value_unit": "nats"}
 
 
 class TokenText(anywidget.AnyWidget):
@@ -43,10 +47,17 @@ class TokenText(anywidget.AnyWidget):
     rgb = traitlets.Unicode("31,119,180").tag(sync=True)
     scale = traitlets.Float(0.0).tag(sync=True)  # value of full colour; 0 = the max of the shown values
     value_name = traitlets.Unicode("").tag(sync=True)
+    value_unit = traitlets.Unicode("").tag(sync=True)  # "nats": the hover gives the value in nats and bits
     max_height = traitlets.Unicode("14em").tag(sync=True)
 
     def set_values(self, values: np.ndarray) -> None:
         self.values = np.ascontiguousarray(values, dtype="<f4").tobytes()
+
+    def colour_by(self, values: np.ndarray, value_name: str, rgb: str, scale: float, value_unit: str = "") -> None:
+        """Colour the tokens by `values` on the scale given (ATTENTION_COLOUR, SURPRISAL_COLOUR), in one message."""
+        with self.hold_sync():
+            self.set_values(values)
+            self.value_name, self.rgb, self.scale, self.value_unit = value_name, rgb, scale, value_unit
 
     @property
     def value_array(self) -> np.ndarray:
@@ -55,6 +66,14 @@ class TokenText(anywidget.AnyWidget):
     @property
     def shown_text(self) -> str:
         return "".join(self.tokens[: self.count])
+
+
+def token_titles(trace: Trace) -> list[str]:
+    """A hover line for each token of the text: a generated token's step, probability and rank; "" for the prompt."""
+    titles = [""] * trace.n_tokens
+    for s in trace.steps:
+        titles[s.position] = f"generated at step {s.index} · p {s.prob:.4f} · rank {s.rank}"
+    return titles
 
 
 class StepperView(FollowsSelection, widgets.VBox):
@@ -67,12 +86,16 @@ class StepperView(FollowsSelection, widgets.VBox):
         self.trace = trace
         self.selection = selection if selection is not None else Selection()
         if not trace.steps:
+            from .read_text_view import read_text  # not at the top: read_text builds on this module's TokenText
+
             self.message = widgets.HTML(
                 "<p><b>No decoding steps to show.</b> This trace holds "
                 f"{trace.n_tokens} tokens read in one pass (<code>lm.trace(text)</code>), none generated. "
-                "Make one with <code>lm.generate(prompt, max_new_tokens=…)</code> to step through.</p>"
+                "Make one with <code>lm.generate(prompt, max_new_tokens=…)</code> to step through. "
+                "Below, the text it read, coloured by how surprising each token was to the model.</p>"
             )
-            self.children = [self.message]
+            self.read_text = read_text(trace, self.selection)
+            self.children = [self.message, self.read_text]
             return
         n = trace.n_generated
         sel = self.selection
@@ -86,9 +109,15 @@ class StepperView(FollowsSelection, widgets.VBox):
         heads = [("mean of heads", MEAN)] + [(f"head {h}", h) for h in range(trace.n_heads)]
         self.head = widgets.Dropdown(options=heads, value=self._head_option(sel.head),
                                      description="head", layout=widgets.Layout(width="230px"))
+        self.colour = widgets.ToggleButtons(options=COLOUR_BY, value="attention", description="colour by",
+                                            style={"button_width": "90px"})
+        self.colour.add_class("stepper-colour-by")
         self.info = widgets.HTML()
+        self.about_text = widgets.HTML()
+        self.legend = widgets.HTML(surprisal_legend(), layout=widgets.Layout(display="none"))
         self.focus = widgets.HTML()
-        self.text = TokenText(tokens=list(trace.tokens), mode="text", value_name="attention", max_height="13em")
+        self.text = TokenText(tokens=list(trace.tokens), titles=token_titles(trace), mode="text",
+                              max_height="13em", **ATTENTION_COLOUR)
         generated = trace.steps
         self.strip = TokenText(
             tokens=[s.token for s in generated], mode="chips", rgb="44,160,44", scale=1.0, value_name="p",
@@ -101,9 +130,7 @@ class StepperView(FollowsSelection, widgets.VBox):
 
         controls = widgets.HBox([self.play, self.slider, self.layer, self.head])
         self.children = [
-            controls, self.info,
-            widgets.HTML("<b>Text so far</b>: the new token outlined in red; blue = how much it attended to "
-                         "each earlier token (scaled to the largest weight; hover for the value, click to select)"),
+            controls, self.info, self.colour, self.about_text, self.legend,
             self.text, self.focus,
             widgets.HTML("<b>Generated tokens</b>: green = the probability the model gave each one "
                          "(hover for probability, rank and entropy; click to go to that step)"),
@@ -112,6 +139,7 @@ class StepperView(FollowsSelection, widgets.VBox):
         self.slider.observe(lambda c: self._show(c["new"]), "value")
         self.layer.observe(self._on_head, "value")
         self.head.observe(self._on_head, "value")
+        self.colour.observe(self._on_colour, "value")
         self.strip.observe(self._on_chip, "selected")
         self.text.observe(self._on_text_token, "selected")
         self.follow(sel, self._on_selection, ["step", "layer", "head"])
@@ -150,16 +178,39 @@ class StepperView(FollowsSelection, widgets.VBox):
         values[: row.shape[0]] = row
         return values
 
+    def surprisal_values(self) -> np.ndarray:
+        """What the text view colours by surprisal: the trace's surprisal of every token, NaN where not known."""
+        return np.asarray(self.trace.surprisal, dtype=np.float32)
+
     def _show(self, step: int) -> None:
         s = self.trace.steps[step]
         self.selection.step = step
         with self.text.hold_sync():
-            self.text.set_values(self.attention_values(step))
+            self._paint_text(step)
             self.text.count = s.position + 1
             self.text.highlight = s.position
         self.strip.highlight = step
         self._describe(step)
         self.charts.step = step
+
+    def _paint_text(self, step: int) -> None:
+        """Colour the text by the chosen value: the attention that produced `step`'s token, or surprisal."""
+        if self.colour.value == "surprisal":
+            self.text.colour_by(self.surprisal_values(), **SURPRISAL_COLOUR)
+            self.about_text.value = (
+                "<b>Text so far</b>: the new token outlined in red; orange = surprisal, −ln p(token | the tokens "
+                "before it): how unexpected each token was to the model (hover for nats, bits and, for generated "
+                "tokens, the probability; click to select)")
+        else:
+            self.text.colour_by(self.attention_values(step), **ATTENTION_COLOUR)
+            self.about_text.value = (
+                "<b>Text so far</b>: the new token outlined in red; blue = how much it attended to each earlier "
+                "token (scaled to the largest weight; hover for the value, click to select)")
+        self.legend.layout.display = "" if self.colour.value == "surprisal" else "none"
+
+    def _on_colour(self, change) -> None:
+        self._paint_text(self.step)
+        self._describe(self.step)
 
     def _describe(self, step: int) -> None:
         s = self.trace.steps[step]
@@ -169,7 +220,11 @@ class StepperView(FollowsSelection, widgets.VBox):
             f" · new token {token_span(s.token, marked=True)} · p {s.prob:.4f} · rank {s.rank}"
             f" · entropy {s.entropy:.3f} nats{sampled}</div>"
         )
-        row = self.text.value_array[: s.position]
+        if self.colour.value == "surprisal":
+            self.focus.value = most_surprising(self.trace.tokens, self.surprisal_values()[: s.position + 1],
+                                               "most surprising so far")
+            return
+        row = self.attention_values(step)[: s.position]
         top = np.argsort(-row, kind="stable")[:5]
         who = "mean of heads" if self.head_index is None else f"head {self.head_index}"
         parts = [f"{token_span(self.trace.tokens[i], 0.25)} <small>#{i}</small> {row[i]:.3f}" for i in top]
@@ -182,7 +237,7 @@ class StepperView(FollowsSelection, widgets.VBox):
         with self.selection.hold_trait_notifications():  # one new (layer, head) pair for the other views
             self.selection.layer = self.layer.value
             self.selection.head = self.head_index
-        self.text.set_values(self.attention_values(self.step))
+        self._paint_text(self.step)
         self._describe(self.step)
 
     def _on_selection(self, change) -> None:
@@ -205,4 +260,4 @@ def stepper(trace: Trace, selection: Selection | None = None) -> StepperView:
     return StepperView(trace, selection)
 
 
-__all__ = ["StepperView", "TokenText", "stepper"]
+__all__ = ["StepperView", "TokenText", "stepper", "token_titles"]

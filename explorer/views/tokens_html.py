@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Sequence
 
 # whitespace a reader cannot see, shown as a visible mark
@@ -73,6 +74,40 @@ def tokens_html(tokens: Sequence[str], values: Sequence[float] | None = None, ti
         alpha = float(values[i]) / top if values is not None and top > 0 else 0.0
         spans.append(token_span(token, alpha, titles[i] if titles else "", rgb, marked == i))
     return '<span style="font-family:monospace;white-space:pre-wrap">' + "".join(spans) + "</span>"
+
+
+# Surprisal, -ln p(token | tokens before it), on a sequential scale: white at 0 nats, full colour from SURPRISAL_FULL
+SURPRISAL_RGB = (230, 85, 13)
+SURPRISAL_FULL = 10.0  # nats: p = e^-10 ≈ 4.5e-5
+
+
+def surprisal_words(nats: float) -> str:
+    """A surprisal in nats and bits ('2.30 nats (3.32 bits)'), or 'not known' for NaN."""
+    nats = float(nats)
+    if math.isnan(nats):
+        return "not known"
+    return f"{nats:.2f} nats ({nats / math.log(2):.2f} bits)"
+
+
+def surprisal_legend(rgb: tuple[int, int, int] = SURPRISAL_RGB, full: float = SURPRISAL_FULL) -> str:
+    """The surprisal colour scale as a small HTML legend: a white-to-colour bar from 0 to `full` nats."""
+    bar = (f"display:inline-block;width:160px;height:12px;vertical-align:middle;border:1px solid #ccc;"
+           f"background:linear-gradient(to right,{rgba(rgb, 0)},{rgba(rgb, 1)})")
+    none = "display:inline-block;width:12px;height:12px;vertical-align:middle;border:1px solid #ccc;background:#fff"
+    return (f'<div class="surprisal-legend" style="font:12px sans-serif;color:#333">surprisal '
+            f'0 <span style="{bar}"></span> ≥ {full:g} nats ({full / math.log(2):.1f} bits) &nbsp; '
+            f'<span style="{none}"></span> not known (the first token; the prompt of an older trace)</div>')
+
+
+def most_surprising(tokens: Sequence[str], surprisal, heading: str = "most surprising", n: int = 5) -> str:
+    """The `n` tokens of highest known surprisal, most surprising first, as one line of escaped HTML."""
+    values = [float(v) for v in surprisal]
+    known = sorted((i for i, v in enumerate(values) if not math.isnan(v)), key=lambda i: -values[i])[:n]
+    if not known:
+        return "<div style='font-family:monospace'>no surprisal known for this text</div>"
+    parts = [f"{token_span(tokens[i], 0.25, rgb=SURPRISAL_RGB)} <small>#{i}</small> {escape(surprisal_words(values[i]))}"
+             for i in known]
+    return f"<div style='font-family:monospace'>{escape(heading)}: " + " · ".join(parts) + "</div>"
 
 
 def json_for_script(data) -> str:
