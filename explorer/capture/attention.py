@@ -25,6 +25,9 @@ IMPLEMENTATION = "attention_explorer"
 # keyword arguments that change the attention weights and that QueryKeyLayer does not reproduce
 _UNSUPPORTED = ("s_aux", "attention_chunk_size", "position_bias")
 
+# names of the output projection W_O inside an attention module (Llama/Qwen, GPT-2, GPT-NeoX, GPT-Neo)
+_OUTPUT_PROJECTIONS = ("o_proj", "c_proj", "dense", "out_proj")
+
 _active: ContextVar[AttentionRecorder | None] = ContextVar("attention_explorer_recorder", default=None)
 
 
@@ -82,6 +85,8 @@ class AttentionRecorder:
         self.values = PositionStore(precision, capacity, n_layers)
         self.weights: dict[int, list[torch.Tensor]] = {}
         self.layer_meta: dict[int, dict] = {}
+        self.norms = PositionStore(torch.float32, capacity, n_layers)  # ‖v_j^h W_O^h‖, [layers, heads, T, 1]
+        self._grams: dict[int, torch.Tensor | None] = {}  # id(module) -> W_O^h W_O^hᵀ of each head, [H, d, d]
 
     def _layer(self, module: torch.nn.Module) -> int:
         return self.layer_of.setdefault(id(module), len(self.layer_of))
@@ -98,6 +103,7 @@ class AttentionRecorder:
         self.keys.append(layer, key[0, :, -new:])
         if self.keep_values:
             self.values.append(layer, value[0, :, -new:])
+        self.record_values(module, value[0, :, -new:], query.shape[1])
         if layer not in self.layer_meta:
             scaling = kwargs.get("scaling")
             self.layer_meta[layer] = {
@@ -105,6 +111,33 @@ class AttentionRecorder:
                 "sliding_window": kwargs.get("sliding_window"),
                 "softcap": kwargs.get("softcap"),
             }
+
+    def record_values(self, module, value: torch.Tensor, n_heads: int) -> None:
+        """Keep ‖v_j^h W_O^h‖ for the new positions of value [H_kv, new, d]: what each position writes through
+        each head (Kobayashi et al. 2020), from the Gram matrix of the head's slice of the output projection."""
+        gram = self._gram(module, n_heads, value.shape[-1])
+        if gram is None:
+            return
+        v = value.float().repeat_interleave(n_heads // value.shape[0], dim=0)  # [H, new, d]
+        squared = torch.einsum("hnd,hde,hne->hn", v, gram, v)
+        self.norms.append(self._layer(module), squared.clamp_(min=0).sqrt_()[..., None])
+
+    def _gram(self, module, n_heads: int, dim: int) -> torch.Tensor | None:
+        if id(module) not in self._grams:
+            w = output_projection(module)
+            if w is None or w.shape[0] != n_heads * dim:
+                self._grams[id(module)] = None
+            else:
+                heads = w.detach().float().reshape(n_heads, dim, -1)  # [H, d, hidden]
+                self._grams[id(module)] = heads @ heads.transpose(1, 2)
+        return self._grams[id(module)]
+
+    def value_norms(self, n_tokens: int) -> np.ndarray | None:
+        """float32 [layers, heads, n_tokens], or None unless every layer's were recorded."""
+        n_layers = len(self.layer_of)
+        if self.norms.array is None or any(self.norms.filled.get(layer) != n_tokens for layer in range(n_layers)):
+            return None
+        return np.ascontiguousarray(self.norms.array[:n_layers, :, :n_tokens, 0])
 
     def record_weights(self, module, weights: torch.Tensor) -> None:
         layer = self._layer(module)
@@ -140,6 +173,26 @@ def _pack_rows(chunks: list[torch.Tensor], n_tokens: int) -> np.ndarray:
     if row != n_tokens:
         raise RuntimeError(f"recorded {row} attention rows, expected {n_tokens}")
     return packed
+
+
+def output_projection(module: torch.nn.Module) -> torch.Tensor | None:
+    """W_O of an attention module as [heads·d, hidden] (what the merged heads are multiplied by), or None."""
+    for name, child in module.named_modules():
+        if name.rsplit(".", 1)[-1] not in _OUTPUT_PROJECTIONS:
+            continue
+        if isinstance(child, torch.nn.Linear):
+            return child.weight.T
+        if type(child).__name__ == "Conv1D":  # GPT-2: x @ weight
+            return child.weight
+    return None
+
+
+def value_projection(module: torch.nn.Module) -> torch.nn.Module | None:
+    """The module computing an attention module's values on its own (GPT-Neo's v_proj), for the hooks path."""
+    for name, child in module.named_modules():
+        if name.rsplit(".", 1)[-1] == "v_proj" and isinstance(child, torch.nn.Linear):
+            return child
+    return None
 
 
 def _original_attention(module: torch.nn.Module, name: str):
@@ -203,6 +256,9 @@ def recording(model, recorder: AttentionRecorder):
         else:
             for module in attention_modules(model):
                 handles.append(module.register_forward_hook(_weights_hook(recorder)))
+                values = value_projection(module)
+                if values is not None:
+                    handles.append(values.register_forward_hook(_values_hook(recorder, module)))
             if not handles:
                 raise RuntimeError(f"found no attention modules in {type(model).__name__}")
         yield recorder
@@ -213,6 +269,26 @@ def recording(model, recorder: AttentionRecorder):
         if uses_attention_interface(model) and previous != IMPLEMENTATION:
             model.set_attn_implementation(previous)
             del model.config._attention_explorer_inner
+
+
+def _values_hook(recorder: AttentionRecorder, attention: torch.nn.Module):
+    """Values [batch, new, H·d] from a v_proj, split into heads, recorded for `attention`'s layer."""
+    n_heads = model_heads(attention)
+
+    def hook(module, args, output):
+        heads = output[0].reshape(output.shape[1], n_heads, -1).transpose(0, 1)  # [H, new, d]
+        recorder.record_values(attention, heads, n_heads)
+
+    return hook
+
+
+def model_heads(attention: torch.nn.Module) -> int:
+    """How many heads an attention module (or the one inside it) has."""
+    for module in attention.modules():
+        for name in ("num_heads", "num_attention_heads", "n_head"):
+            if isinstance(getattr(module, name, None), int):
+                return getattr(module, name)
+    raise RuntimeError(f"cannot tell how many heads {type(attention).__name__} has")
 
 
 def _weights_hook(recorder: AttentionRecorder):

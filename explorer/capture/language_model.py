@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, set_seed
@@ -14,6 +15,7 @@ from ..errors import ModelLoadError, SettingsError
 from ..facts import ModelFacts
 from ..trace import Trace
 from .attention import AttentionRecorder, recording, uses_attention_interface
+from .lens import HiddenStates, build_lens, check_lens, next_token_log_probs
 from .positional import read_positional
 from .shapes import head_dim, kv_heads
 from .probabilities import build_steps
@@ -128,6 +130,7 @@ class LanguageModel:
         *,
         chat: bool = False,
         candidates: int = 10,
+        lens: str | None = "steps",
         precision: str = "auto",
         keep_values: bool = False,
         progress: bool = True,
@@ -138,7 +141,9 @@ class LanguageModel:
         """Generate from `prompt` and capture attention, positions and probabilities of every step.
 
         temperature=0 decodes greedily; otherwise tokens are sampled (reproducibly when `seed` is set).
-        `candidates` is how many top tokens each step keeps; `precision` is how queries and keys are stored:
+        `candidates` is how many top tokens each step (and each cell of the logit lens) keeps. `lens` is which
+        positions get a logit lens: "steps" (those that produced each generated token), "all", or None.
+        `precision` is how queries and keys are stored:
         "float32" reproduces eager attention to ~1e-6, "float16" halves memory (weights within ~2e-3), and
         "auto" takes float32 while the store fits 100 MB, float16 beyond. `on_token(done, total, text)` is called
         with each new token and `on_status(sentence)` says what is happening. Other keyword arguments
@@ -149,15 +154,17 @@ class LanguageModel:
         settings.check_extra(generate_kwargs)
         _check_passed_through(generate_kwargs)
         _check_candidates(candidates)
+        check_lens(lens, generating=True)
         ids = self.encode(prompt, chat=chat)
         check_length(len(ids), max_new_tokens, self.context_length, self.name)
         precision = self._choose_precision(precision, len(ids) + max_new_tokens, keep_values)
         recorder = self._recorder(precision, len(ids) + max_new_tokens, keep_values)
+        hidden = HiddenStates(self.model, lens, len(ids), prompt_states=True)
         streamer = _Progress(max_new_tokens, progress, on_token, self.decode_token)
         if on_status is not None:
             on_status(f"reading the prompt ({len(ids)} tokens)")
         started = time.perf_counter()
-        with torch.inference_mode(), recording(self.model, recorder):
+        with torch.inference_mode(), recording(self.model, recorder), hidden.hooked():
             if seed is not None:
                 set_seed(seed)  # python, numpy and torch (all devices), as transformers' own examples do
             out = self.model.generate(
@@ -170,26 +177,71 @@ class LanguageModel:
                 **({"pad_token_id": _pad_token_id(self)} | settings.generate_kwargs() | generate_kwargs),
             )
             generated_at = time.perf_counter()
+            hidden.paused = True  # the last token predicts no step
             self._read_last_token(out)
-        token_ids = out.sequences[0].tolist()
-        steps = build_steps(token_ids, len(ids), out.logits, out.scores, self.decode_token, candidates)
-        used = settings.as_dict() | {"chat": chat, "candidates": candidates, "precision": precision}
+            hidden.paused = False
+            token_ids = out.sequences[0].tolist()
+            steps = build_steps(token_ids, len(ids), out.logits, out.scores, self.decode_token, candidates)
+            if on_status is not None and lens:
+                on_status("reading the logit lens")
+            surprisal = self._surprisal(hidden.prompt, token_ids, len(ids), out.logits)
+            analysed = self._analyse(hidden, token_ids, candidates, progress)
+        used = settings.as_dict() | {"chat": chat, "candidates": candidates, "lens": lens, "precision": precision}
         used |= {k: v for k, v in generate_kwargs.items() if isinstance(v, (int, float, str, bool, list))}
-        timings = {"generate": generated_at - started, "total": time.perf_counter() - started}
-        return self._build_trace(token_ids, len(ids), recorder, steps, used, timings)
+        timings = {"generate": generated_at - started, "lens": time.perf_counter() - generated_at,
+                   "total": time.perf_counter() - started}
+        return self._build_trace(token_ids, len(ids), recorder, steps, used, timings, surprisal, analysed)
 
-    def trace(self, text: str, *, chat: bool = False, precision: str = "auto", keep_values: bool = False) -> Trace:
-        """Read `text` in one forward pass and capture its attention and positions (no generated steps)."""
+    def trace(self, text: str, *, chat: bool = False, lens: str | None = None, candidates: int = 10,
+              precision: str = "auto", keep_values: bool = False, progress: bool = True) -> Trace:
+        """Read `text` in one forward pass and capture its attention, positions and surprisal (no generated
+        steps); lens="all" adds a logit lens at every position."""
+        check_lens(lens, generating=False)
+        _check_candidates(candidates)
         ids = self.encode(text, chat=chat)
         check_length(len(ids), 0, self.context_length, self.name)
         precision = self._choose_precision(precision, len(ids), keep_values)
         recorder = self._recorder(precision, len(ids), keep_values)
+        hidden = HiddenStates(self.model, lens, len(ids), prompt_states=True)
         started = time.perf_counter()
-        with torch.inference_mode(), recording(self.model, recorder):
-            self.model(torch.tensor([ids], device=self.device), use_cache=False)
-        timings = {"forward": time.perf_counter() - started}
-        settings = {"chat": chat, "precision": precision}
-        return self._build_trace(ids, len(ids), recorder, [], settings, timings)
+        with torch.inference_mode(), recording(self.model, recorder), hidden.hooked():
+            # logits at the last position only: all of them would be T × vocabulary floats (400 MB at 2,048)
+            self.model(torch.tensor([ids], device=self.device), use_cache=False, logits_to_keep=1)
+            forward_at = time.perf_counter()
+            surprisal = self._surprisal(hidden.prompt, ids, len(ids), [])
+            analysed = self._analyse(hidden, ids, candidates, progress)
+        timings = {"forward": forward_at - started, "lens": time.perf_counter() - forward_at}
+        settings = {"chat": chat, "candidates": candidates, "lens": lens, "precision": precision}
+        return self._build_trace(ids, len(ids), recorder, [], settings, timings, surprisal, analysed)
+
+    def _surprisal(self, prompt_states, token_ids: list[int], n_prompt: int, step_logits) -> np.ndarray:
+        """-ln p(token_i | tokens before i), float32 [T], NaN at 0: the prompt's from the last block's states,
+        the generated tokens' from generate's own raw logits."""
+        out = np.full(len(token_ids), np.nan, dtype=np.float32)
+        if n_prompt > 1:
+            targets = torch.tensor(token_ids[1:n_prompt], device=prompt_states.device)
+            out[1:n_prompt] = -next_token_log_probs(self.model, prompt_states[: n_prompt - 1], targets).cpu().numpy()
+        if len(step_logits):
+            logits = torch.cat(list(step_logits)).float()
+            chosen = torch.tensor(token_ids[n_prompt : n_prompt + len(logits)], device=logits.device)
+            log_probs = torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None])[:, 0]
+            out[n_prompt : n_prompt + len(logits)] = -log_probs.cpu().numpy()
+        return out
+
+    def _analyse(self, hidden: HiddenStates, token_ids: list[int], k: int, progress: bool):
+        """The logit lens of what `hidden` kept, or None when no lens was asked for."""
+        if not hidden.positions:
+            return None
+        bar = tqdm(total=1, desc="logit lens", unit="row", disable=not progress)
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            return build_lens(self.model, hidden.states(), hidden.positions, token_ids, k, self.decode_token, advance)
+        finally:
+            bar.close()
 
     def _recorder(self, precision: str, n_positions: int, keep_values: bool) -> AttentionRecorder:
         """A recorder with room for `n_positions` positions of every layer."""
@@ -216,7 +268,7 @@ class LanguageModel:
             raise SettingsError(f"precision must be 'auto' or one of {sorted(PRECISIONS)}, not {precision!r}")
         return precision
 
-    def _build_trace(self, token_ids, n_prompt, recorder, steps, settings, timings) -> Trace:
+    def _build_trace(self, token_ids, n_prompt, recorder, steps, settings, timings, surprisal, lens) -> Trace:
         return Trace(
             tokens=[self.decode_token(i) for i in token_ids],
             token_ids=token_ids,
@@ -228,6 +280,9 @@ class LanguageModel:
             settings=settings,
             timings=timings,
             pieces=self.tokenizer.convert_ids_to_tokens(token_ids),
+            surprisal=surprisal,
+            lens=lens,
+            value_norms=recorder.value_norms(len(token_ids)),
         )
 
     def __repr__(self) -> str:

@@ -1,0 +1,167 @@
+"""The logit lens and surprisal: what the residual stream after each block predicts, read out after the run.
+
+During the run, forward hooks on the decoder blocks keep the hidden states at the positions the lens covers
+(and the last block's at every prompt position, for surprisal). After it, one batched final norm + unembedding
+over all layers × positions, in chunks, turns them into top-k lists and the next token's probability and rank.
+Doing it inside the decoding loop would cost a decode step per layer and position (the unembedding is the
+biggest matrix of a small model); batched afterwards it is a few large matrix products.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from ..errors import SettingsError
+from ..trace import LogitLens
+
+LENS_MODES = ("steps", "all", None)
+CHUNK_ROWS = 256  # rows of the unembedding at once: 256 × 49,152 float32 logits = 48 MB
+_FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_norm", "norm_f")
+
+
+def check_lens(lens, *, generating: bool) -> None:
+    if lens not in LENS_MODES:
+        raise SettingsError(f"lens must be 'steps', 'all' or None, not {lens!r}")
+    if lens == "steps" and not generating:
+        raise SettingsError("a read text has no generated steps to cover: use lens='all' (every position) or None")
+
+
+def decoder_blocks(model) -> torch.nn.ModuleList:
+    """The model's decoder blocks, in order: the module list as long as the config's number of layers."""
+    n = model.config.num_hidden_layers
+    for module in model.base_model.children():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise SettingsError(f"cannot find the decoder blocks of {type(model).__name__}, so it has no logit lens")
+
+
+def final_norm(model) -> torch.nn.Module:
+    """The norm the model applies to the last block's output before the unembedding."""
+    for name in _FINAL_NORMS:
+        module = getattr(model.base_model, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    raise SettingsError(f"cannot find the final norm of {type(model).__name__}, so it has no logit lens")
+
+
+class HiddenStates:
+    """Collects, block by block, the hidden states of the positions the lens covers.
+
+    `covers(start, stop)` says which positions of a forward pass over start..stop-1 to keep; the last block also
+    keeps the prompt's positions when `prompt_states` is set (the prompt's surprisal needs them, and `generate`
+    computes logits only at the last position).
+    """
+
+    def __init__(self, model, lens: str | None, n_prompt: int, prompt_states: bool):
+        self.model, self.lens, self.n_prompt, self.prompt_states = model, lens, n_prompt, prompt_states
+        self.n_layers = model.config.num_hidden_layers
+        self.seen = [0] * self.n_layers
+        self.kept: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers)]
+        self.positions: list[int] = []
+        self.prompt: torch.Tensor | None = None
+        self.paused = False  # set for the pass that reads the last token, which predicts no step
+
+    def covered(self, start: int, stop: int) -> range:
+        """The positions of a pass over start..stop-1 to keep. For "steps" these are n_prompt-1 onwards: the
+        positions that produced a generated token (`generate` never feeds its last token back)."""
+        if self.lens == "all":
+            return range(start, stop)
+        if self.lens == "steps" and not self.paused:
+            return range(max(start, self.n_prompt - 1), stop)
+        return range(0)
+
+    def record(self, layer: int, hidden: torch.Tensor) -> None:
+        new = hidden.shape[1]
+        start = self.seen[layer]
+        self.seen[layer] = start + new
+        keep = self.covered(start, start + new)
+        if len(keep):
+            self.kept[layer].append(hidden[0, keep.start - start : keep.stop - start].detach().float())
+            if layer == 0:
+                self.positions.extend(keep)
+        if self.prompt_states and layer == self.n_layers - 1 and start == 0:
+            self.prompt = hidden[0].detach().float()
+
+    @contextmanager
+    def hooked(self):
+        handles = []
+        try:
+            for i, block in enumerate(decoder_blocks(self.model)):
+                handles.append(block.register_forward_hook(self._hook(i)))
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _hook(self, layer: int):
+        def hook(_module, _args, output):
+            self.record(layer, output[0] if isinstance(output, tuple) else output)
+
+        return hook
+
+    def states(self) -> torch.Tensor:
+        """[layers, positions, d]"""
+        return torch.stack([torch.cat(chunks) for chunks in self.kept])
+
+
+def _logits(model, normed: torch.Tensor) -> torch.Tensor:
+    """The unembedding of already-normed states, with the model's final soft-cap where it has one, float32."""
+    logits = model.get_output_embeddings()(normed.to(model.dtype)).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return cap * torch.tanh(logits / cap) if cap else logits
+
+
+def next_token_log_probs(model, states: torch.Tensor, targets: torch.Tensor, normed: bool = False) -> torch.Tensor:
+    """ln p(targets[i]) under the model's output at states[i] ([n, d], the last block's output), float32 [n]."""
+    out = torch.empty(len(states), dtype=torch.float32, device=states.device)
+    norm = final_norm(model)
+    for start in range(0, len(states), CHUNK_ROWS):
+        rows = states[start : start + CHUNK_ROWS]
+        logits = _logits(model, rows if normed else norm(rows.to(model.dtype)))
+        chosen = targets[start : start + CHUNK_ROWS, None]
+        out[start : start + CHUNK_ROWS] = (logits.gather(1, chosen) - torch.logsumexp(logits, -1, keepdim=True))[:, 0]
+    return out
+
+
+def build_lens(model, states: torch.Tensor, positions: list[int], token_ids: list[int], k: int,
+               decode, progress=None) -> LogitLens:
+    """The lens of `states` [L, P, d] (block outputs before the final norm) at `positions`: top-k, and the
+    probability and rank of the token at position + 1, by one batched norm + unembedding in chunks."""
+    n_layers, n_pos, _ = states.shape
+    k = min(k, model.get_output_embeddings().weight.shape[0])
+    ends = torch.tensor([p + 1 >= len(token_ids) for p in positions], device=states.device)
+    nxt = torch.tensor([token_ids[p + 1] if p + 1 < len(token_ids) else 0 for p in positions], device=states.device)
+    flat = states.reshape(n_layers * n_pos, -1)
+    targets = nxt.repeat(n_layers)
+    top_ids = torch.empty((len(flat), k), dtype=torch.int64, device=states.device)
+    top_probs = torch.empty((len(flat), k), dtype=torch.float32, device=states.device)
+    next_prob = torch.empty(len(flat), dtype=torch.float32, device=states.device)
+    next_rank = torch.empty(len(flat), dtype=torch.int64, device=states.device)
+    norm = final_norm(model)
+    for start in range(0, len(flat), CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, len(flat))
+        logits = _logits(model, norm(flat[start:stop].to(model.dtype)))
+        probs = torch.softmax(logits, dim=-1)
+        top_probs[start:stop], top_ids[start:stop] = torch.topk(probs, k)
+        chosen = targets[start:stop, None]
+        next_prob[start:stop] = probs.gather(1, chosen)[:, 0]
+        next_rank[start:stop] = (logits > logits.gather(1, chosen)).sum(-1) + 1  # ranked by logits, as the steps
+        if progress is not None:
+            progress(stop, len(flat))
+    shape = (n_layers, n_pos)
+    next_prob = next_prob.reshape(shape).cpu().numpy()
+    next_rank = next_rank.reshape(shape).cpu().numpy().astype(np.int32)
+    end = ends.cpu().numpy()
+    next_prob[:, end], next_rank[:, end] = np.nan, 0
+    ids = top_ids.reshape(shape + (k,)).cpu().numpy().astype(np.int32)
+    return LogitLens(
+        positions=np.asarray(positions, dtype=np.int32),
+        top_ids=ids,
+        top_probs=top_probs.reshape(shape + (k,)).cpu().numpy(),
+        next_prob=next_prob.astype(np.float32),
+        next_rank=next_rank,
+        words={int(i): decode(int(i)) for i in np.unique(ids)},
+    )
