@@ -151,4 +151,192 @@ if (!steps.length) {
   model.on("change:head", drawStep);
   drawStep();
 }
+
+// --- the analysis (export.py's analysis_payload): the text coloured by surprisal, the logit lens, the head atlas.
+// Each section is drawn only when the trace holds its data; tokens are set with textContent, hovers with `title`.
+
+/** A number for a label: three significant digits, "–" when not known.
+ * @param {number | null} v @returns {string} */
+const num = (v) => (v === null || v === undefined ? "–" : Math.abs(v) >= 1e-3 || v === 0 ? v.toPrecision(3) : v.toExponential(2));
+
+/** A token in running text: a newline shows as ↵ and still breaks the line, an empty token as ∅.
+ * @param {string} t @returns {string} */
+const runningText = (t) => (t === "" ? "∅" : t.replaceAll("\n", "↵\n"));
+
+const ANALYSIS_CSS = `
+.ae-analysis h2 { font-size: 15px; margin: 22px 0 6px; }
+.ae-analysis .ae-note { font: 12px sans-serif; color: #555; margin: 4px 0 6px; max-width: 900px; }
+.ae-surprisal-text { font: 13px/1.8 ui-monospace, monospace; white-space: pre-wrap; word-break: break-word;
+  max-width: 900px; border: 1px solid #ddd; border-radius: 4px; padding: 4px 6px; }
+.ae-surprisal-text span { border-radius: 2px; }
+.ae-legend-bar { display: inline-block; width: 160px; height: 12px; vertical-align: middle; border: 1px solid #ccc; }
+.ae-scroll { overflow: auto; max-width: 100%; border: 1px solid #ddd; }
+.ae-lens { border-collapse: collapse; font: 11px ui-monospace, monospace; }
+.ae-lens th, .ae-lens td { border: 1px solid #eee; padding: 1px 3px; max-width: 64px; overflow: hidden;
+  text-overflow: ellipsis; white-space: pre; }
+.ae-lens th { background: #f6f6f6; font-weight: normal; }
+.ae-lens th.ae-layer { position: sticky; left: 0; z-index: 1; text-align: right; }
+.ae-lens td.ae-top1 { font-weight: bold; }
+.ae-atlas-box { max-height: 420px; width: fit-content; }
+.ae-atlas { border-collapse: collapse; font: 12px sans-serif; }
+.ae-atlas th { position: sticky; top: 0; background: #f6f6f6; cursor: pointer; padding: 3px 8px; user-select: none;
+  border-bottom: 1px solid #ccc; white-space: nowrap; }
+.ae-atlas th[data-sort="desc"]::after { content: " ▼"; }
+.ae-atlas th[data-sort="asc"]::after { content: " ▲"; }
+.ae-atlas td { padding: 1px 8px; text-align: right; font-family: ui-monospace, monospace; }
+`;
+
+/** The text coloured by surprisal on a white-to-colour scale, a legend, hover for nats, bits and probability.
+ * @param {HTMLElement} box @param {{values: (number|null)[], rgb: number[], full: number}} s */
+function drawSurprisal(box, s) {
+  const generated = new Map(data.steps.map((st) => [st.position, st]));
+  const legend = h("div", { font: "12px sans-serif", color: "#333" });
+  const bar = h("span");
+  bar.className = "ae-legend-bar";
+  bar.style.background = `linear-gradient(to right, rgba(${s.rgb},0), rgba(${s.rgb},1))`;
+  const none = h("span", { display: "inline-block", width: "12px", height: "12px", verticalAlign: "middle",
+    border: "1px solid #ccc", background: "#fff" });
+  legend.append("surprisal 0 ", bar, ` ≥ ${s.full} nats (${(s.full / Math.LN2).toFixed(1)} bits)   `, none,
+    " not known (the first token; the prompt of an older trace)");
+  const text = h("div");
+  text.className = "ae-surprisal-text";
+  text.append(...data.text.map((t, i) => {
+    const v = s.values[i];
+    const span = h("span", {}, runningText(t));
+    span.dataset.index = String(i);
+    span.dataset.surprisal = v === null ? "" : String(v);
+    if (v !== null) span.style.background = `rgba(${s.rgb},${Math.min(1, Math.max(0, v / s.full)).toFixed(3)})`;
+    const lines = [`#${i} “${visible(t)}”`,
+      v === null ? "surprisal not known" : `surprisal ${v.toFixed(2)} nats (${(v / Math.LN2).toFixed(2)} bits)`];
+    const st = generated.get(i);
+    if (st) lines.push(`generated at step ${st.index} · p ${num(st.prob)} · rank ${st.rank}`);
+    span.title = lines.join("\n");
+    return span;
+  }));
+  const note = h("div", {}, "Surprisal is −ln p(token | the tokens before it): how unexpected each token was to the "
+    + "model. Hover a token for its value in nats and bits and, for a generated token, its probability.");
+  note.className = "ae-note";
+  box.append(h("h2", {}, "The text, coloured by surprisal"), note, legend, text);
+}
+
+/** The logit lens as a table: a row a layer (the last on top), a column a covered position; each cell the token
+ * that block ranks first, coloured by the probability it gives the token that actually came next.
+ * @param {HTMLElement} box @param {any} lens */
+function drawLens(box, lens) {
+  const L = lens.top_ids.length, word = (id) => visible(lens.words[String(id)] ?? "");
+  const table = h("table");
+  table.className = "ae-lens";
+  const head = h("tr");
+  head.append(h("th", {}, "layer"));
+  lens.positions.forEach((p, c) => {
+    const th = h("th", {}, `#${p} ${visible(data.text[p] ?? "")}`);
+    th.title = `position ${p}: “${visible(data.text[p] ?? "")}”; next token “${visible(lens.next_tokens[c] ?? "")}”`;
+    head.append(th);
+  });
+  head.firstChild.className = "ae-layer";
+  table.append(head);
+  for (let l = L - 1; l >= 0; l--) {
+    const tr = h("tr");
+    tr.dataset.layer = String(l);
+    const label = h("th", {}, String(l));
+    label.className = "ae-layer";
+    tr.append(label);
+    lens.positions.forEach((p, c) => {
+      const ids = lens.top_ids[l][c], probs = lens.top_probs[l][c], next = lens.next_prob[l][c];
+      const td = h("td", {}, word(ids[0]));
+      Object.assign(td.dataset, { layer: String(l), position: String(p), topId: String(ids[0]),
+        nextProb: next === null ? "" : String(next) });
+      if (next !== null) td.style.background = `rgba(44,160,44,${Math.min(1, next).toFixed(3)})`;
+      if (lens.next_rank[l][c] === 1) td.classList.add("ae-top1");
+      const nextLine = next === null ? "the trace ends here"
+        : `next token “${visible(lens.next_tokens[c])}”: p ${num(next)}, rank ${lens.next_rank[l][c]}`;
+      td.title = [`layer ${l}, position ${p} “${visible(data.text[p] ?? "")}”`, nextLine, "top:",
+        ...ids.map((id, r) => `  ${r + 1}. “${word(id)}” ${num(probs[r])}`)].join("\n");
+      tr.append(td);
+    });
+    table.append(tr);
+  }
+  const foot = h("tr");
+  foot.append(h("th", {}, "came next"), ...lens.next_tokens.map((t) => h("th", {}, t === null ? "–" : visible(t))));
+  foot.firstChild.className = "ae-layer";
+  table.append(foot);
+  const scroll = h("div");
+  scroll.className = "ae-scroll";
+  scroll.append(table);
+  const note = h("div", {}, `What the residual stream after each block predicts (the last layer on top: the model's `
+    + `own output), at ${lens.positions.length} positions. Each cell: the token that layer ranks first; green: the `
+    + `probability it gives the token that actually came next (bold: ranked first). Hover for the top ${lens.top_ids[0][0].length}.`);
+  note.className = "ae-note";
+  box.append(h("h2", {}, "Logit lens"), note, scroll);
+}
+
+/** The head atlas: every head's scores in a table that sorts on a click on a column's header.
+ * @param {HTMLElement} box @param {{n_tokens: number, names: string[], scores: Record<string, (number|null)[][]>}} atlas */
+function drawAtlas(box, atlas) {
+  const first = atlas.scores[atlas.names[0]];
+  const rows = [];
+  first.forEach((heads, l) => heads.forEach((_, hd) => rows.push([l, hd, ...atlas.names.map((n) => atlas.scores[n][l][hd])])));
+  const columns = ["layer", "head", ...atlas.names];
+  const known = columns.map((_, c) => rows.map((r) => r[c]).filter((v) => v !== null));
+  const lows = known.map((vs) => Math.min(...vs)), highs = known.map((vs) => Math.max(...vs));
+  const table = h("table");
+  table.className = "ae-atlas";
+  const head = h("tr");
+  const body = h("tbody");
+  columns.forEach((name, c) => {
+    const th = h("th", {}, name.replaceAll("_", " "));
+    th.dataset.column = name;
+    th.addEventListener("click", () => {
+      const order = th.dataset.sort === "desc" ? "asc" : "desc";
+      for (const other of head.children) delete other.dataset.sort;
+      th.dataset.sort = order;
+      const sign = order === "desc" ? -1 : 1;
+      rows.sort((a, b) => (a[c] === null) - (b[c] === null) || sign * ((a[c] ?? 0) - (b[c] ?? 0)) || a[0] - b[0] || a[1] - b[1]);
+      fill();
+    });
+    head.append(th);
+  });
+  /** The rows in their current order; a score's cell is shaded by where it lies between the column's extremes. */
+  function fill() {
+    body.replaceChildren(...rows.map((r) => {
+      const tr = h("tr");
+      Object.assign(tr.dataset, { layer: String(r[0]), head: String(r[1]) });
+      r.forEach((v, c) => {
+        const td = h("td", {}, c < 2 ? String(v) : num(v));
+        td.dataset.value = v === null ? "" : String(v);
+        const span = highs[c] - lows[c];
+        if (c >= 2 && v !== null && span > 0) td.style.background = `rgba(31,119,180,${(0.6 * (v - lows[c]) / span).toFixed(3)})`;
+        tr.append(td);
+      });
+      return tr;
+    }));
+  }
+  const thead = h("thead");
+  thead.append(head);
+  table.append(thead, body);
+  fill();
+  const scroll = h("div");
+  scroll.className = "ae-scroll ae-atlas-box";
+  scroll.append(table);
+  const cut = data.total_tokens > atlas.n_tokens ? ` (of ${data.total_tokens}: the tokens this page holds)` : "";
+  const note = h("div", {}, `Scores of every head over the first ${atlas.n_tokens} tokens${cut}: the mean attention `
+    + "to the previous token, to the first token, to itself, to earlier copies of its token, to the token after an "
+    + "earlier copy (induction), and the entropy of its attention in nats. Click a column's header to sort by it.");
+  note.className = "ae-note";
+  box.append(h("h2", {}, `Head atlas: ${rows.length} heads`), note, scroll);
+}
+
+/** The analysis sections the trace has data for, in #analysis. @param {any} analysis */
+function drawAnalysis(analysis) {
+  const box = document.getElementById("analysis");
+  box.className = "ae-analysis";
+  const style = document.createElement("style");
+  style.textContent = ANALYSIS_CSS;
+  document.head.append(style);
+  if (analysis.surprisal) drawSurprisal(box, analysis.surprisal);
+  if (analysis.lens) drawLens(box, analysis.lens);
+  if (analysis.atlas) drawAtlas(box, analysis.atlas);
+}
+drawAnalysis(data.analysis ?? {});
+
 document.body.dataset.ready = "1";

@@ -2,12 +2,14 @@
 
 The HTML page needs no server and no network: heatmap.js (the notebook widget's own drawing code) and export.js
 are inlined, each after the views' shared prelude.js, and the data is embedded as JSON with `<`, `>` and `&`
-escaped, so no token can end the script.
+escaped, so no token can end the script. Below the heatmap and the stepper the page shows the analysis the trace
+holds (`analysis_payload`): the text coloured by surprisal, the logit lens and the head atlas.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import math
 import os
@@ -18,7 +20,8 @@ import numpy as np
 from . import frontend
 from .heads_map_view import HeadsMapView
 from .heatmap_view import HeatmapView
-from .tokens_html import json_for_script, visible
+from ..trace import QueryKeyLayer, Trace, WeightsLayer
+from .tokens_html import SURPRISAL_FULL, SURPRISAL_RGB, json_for_script, visible
 
 
 def _rounded(a: np.ndarray, digits: int = 4) -> list:
@@ -98,6 +101,81 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
+# --- the analysis the page shows under the heatmap and the stepper: surprisal, logit lens, head atlas
+
+
+def _significant(a, digits: int = 4):
+    """`a` as nested lists rounded to `digits` significant digits; NaN and ±inf become None (JSON has neither)."""
+    a = np.asarray(a, dtype=float)
+    if a.ndim == 0:
+        return float(f"{a:.{digits}g}") if math.isfinite(a) else None
+    return [_significant(x, digits) for x in a]
+
+
+def first_tokens(trace: Trace, n: int) -> Trace:
+    """The trace cut to its first `n` tokens: attention is causal, so their rows are those of the whole trace."""
+    if n >= trace.n_tokens:
+        return trace
+    layers = []
+    for layer in trace.layers:
+        if isinstance(layer, QueryKeyLayer):
+            value = None if layer.value is None else layer.value[:, :n]
+            layers.append(dataclasses.replace(layer, query=layer.query[:, :n], key=layer.key[:, :n], value=value))
+        elif isinstance(layer, WeightsLayer):
+            layers.append(WeightsLayer(layer.packed[:, : n * (n + 1) // 2]))
+        else:
+            raise TypeError(f"first_tokens does not know {type(layer).__name__}")
+    norms = None if trace.value_norms is None else trace.value_norms[:, :, :n]
+    return dataclasses.replace(
+        trace, tokens=trace.tokens[:n], token_ids=trace.token_ids[:n], n_prompt=min(trace.n_prompt, n), layers=layers,
+        steps=[s for s in trace.steps if s.position < n], surprisal=trace.surprisal[:n], lens=None, value_norms=norms,
+        pieces=None if trace.pieces is None else trace.pieces[:n])
+
+
+def _surprisal_payload(trace: Trace, n: int) -> dict | None:
+    """The surprisal of the first n tokens (None where not known) and its colour scale; None when none is known."""
+    values = np.asarray(trace.surprisal[:n], dtype=np.float32)
+    if np.isnan(values).all():
+        return None
+    return {"values": _significant(values), "rgb": list(SURPRISAL_RGB), "full": SURPRISAL_FULL}
+
+
+def _lens_payload(trace: Trace, n: int) -> dict | None:
+    """The logit lens at the covered positions among the first n tokens; None without a lens or such positions."""
+    lens = trace.lens
+    if lens is None:
+        return None
+    columns = np.flatnonzero(lens.positions < n)
+    if not len(columns):
+        return None
+    positions = lens.positions[columns]
+    top_ids = lens.top_ids[:, columns]
+    return {
+        "positions": positions.tolist(),
+        "next_tokens": [trace.tokens[p + 1] if p + 1 < trace.n_tokens else None for p in positions],
+        "top_ids": top_ids.tolist(),  # [L, P, k], most likely first
+        "top_probs": _significant(lens.top_probs[:, columns]),
+        "next_prob": _significant(lens.next_prob[:, columns]),  # None at the trace's end
+        "next_rank": lens.next_rank[:, columns].tolist(),
+        "words": {str(i): lens.words.get(i, "") for i in sorted(set(top_ids.ravel().tolist()))},
+    }
+
+
+def _atlas_payload(trace: Trace, n: int) -> dict | None:
+    """Every head's scores (trace.head_scores) over the first n tokens: the attention the page holds, at a cost
+    that grows with n² (n ≤ 256 here; the whole of a 2,048-token trace takes ~7 s)."""
+    if trace.n_layers == 0 or n < 2:
+        return None
+    scores = first_tokens(trace, n).head_scores()
+    return {"n_tokens": n, "names": list(scores), "scores": {name: _significant(a) for name, a in scores.items()}}
+
+
+def analysis_payload(trace: Trace, n: int) -> dict:
+    """What the page's analysis sections show for the first n tokens; a section is None when the trace lacks it."""
+    return {"surprisal": _surprisal_payload(trace, n), "lens": _lens_payload(trace, n),
+            "atlas": _atlas_payload(trace, n)}
+
+
 def _inline_js(name: str) -> str:
     text = frontend.module(name)  # prelude.js first, as in the notebook: the same colours and helpers
     if "</script" in text.lower() or "<!--" in text:
@@ -105,10 +183,16 @@ def _inline_js(name: str) -> str:
     return text
 
 
+def _page_data(trace, layer: int, head: int | None, n: int) -> dict:
+    """Everything the page's script reads: the attention and steps (_payload) and the analysis."""
+    return {**_payload(trace, layer, head, n), "analysis": analysis_payload(trace, n)}
+
+
 def standalone_html(trace, path: str | os.PathLike, layer: int = 0, head: int | None = None,
                     max_tokens: int = 64) -> Path:
-    """Write one self-contained HTML file: the heatmap with a layer/head picker and a step-through of the
-    generated tokens, for the first `max_tokens` tokens (every layer and head, float32: ~L·H·n²·2 bytes)."""
+    """Write one self-contained HTML file: the heatmap with a layer/head picker, a step-through of the generated
+    tokens and the analysis the trace holds (surprisal, logit lens, head atlas), for the first `max_tokens` tokens
+    (every layer and head, float32: ~L·H·n²·2 bytes)."""
     trace._check(layer, head)
     n = max(1, min(int(max_tokens), trace.n_tokens, 256))
     title = f"Attention of {trace.model.name or 'a model'}"
@@ -123,7 +207,8 @@ click a token to select it.</p>
 <div id="heatmap"></div>
 <h2>Step through the generated tokens</h2>
 <div id="stepper"></div>
-<script type="application/json" id="attention-data">{json_for_script(_payload(trace, layer, head, n))}</script>
+<div id="analysis"></div>
+<script type="application/json" id="attention-data">{json_for_script(_page_data(trace, layer, head, n))}</script>
 <script type="text/plain" id="heatmap-module">{_inline_js("heatmap.js")}</script>
 <script type="module">{_inline_js("export.js")}</script>
 </body></html>
