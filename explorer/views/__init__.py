@@ -24,6 +24,8 @@ _WHERE = {
     "heads_map": "heads_map_view",
     "HeatmapView": "heatmap_view",
     "heatmap": "heatmap_view",
+    "LensView": "lens_view",
+    "lens": "lens_view",
     "positional": "positional_view",
     "entropy_chart": "probabilities",
     "probability_chart": "probabilities",

@@ -28,6 +28,12 @@ def _heads_map(trace, selection):
     return heads_map(trace, selection)
 
 
+def _lens(trace, selection):
+    from .lens_view import lens
+
+    return lens(trace, selection)
+
+
 def _attention_math(trace, selection):
     from .attention_math import attention_math
 
@@ -52,6 +58,7 @@ def _tabs() -> list[tuple[str, Callable]]:
         ("Step through", _stepper),
         ("Heatmap", _heatmap),
         ("All heads", _heads_map),
+        ("Logit lens", _lens),
         ("Attention math", _attention_math),
         ("Positions", _positional),
         ("bertviz", _bertviz),
