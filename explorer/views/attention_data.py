@@ -7,7 +7,7 @@ never needs more than a few MB at once and no list of full T×T matrices is ever
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,29 +51,46 @@ def quantise(weights: np.ndarray, scale: float, log_decades: float | None = None
     return np.clip(q, 0, 255).astype(np.uint8)
 
 
+Rows = Callable[[int, int], np.ndarray]  # rows(start, stop): rows start..stop-1 of a T×T matrix, float32 [n, T]
+
+
+def head_rows(trace, layer: int, head: int | None, kind: str = "raw") -> Rows:
+    """The rows of one head (head None: the layer's mean): attention weights ("raw") or value-weighted ("norm")."""
+    return lambda start, stop: trace.attention_rows(layer, head, start, stop, kind=kind)
+
+
 def row_chunks(trace, layer: int, head: int | None, start: int = 0, stop: int | None = None,
-               chunk: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+               chunk: int = CHUNK_ROWS, kind: str = "raw") -> Iterator[tuple[int, np.ndarray]]:
     """(first row, rows [n, T]) of one head, `chunk` rows at a time."""
     stop = trace.n_tokens if stop is None else stop
     for s in range(start, stop, chunk):
-        yield s, trace.attention_rows(layer, head, s, min(stop, s + chunk))
+        yield s, trace.attention_rows(layer, head, s, min(stop, s + chunk), kind=kind)
 
 
-def window(trace, layer: int, head: int | None, row_start: int, key_start: int, size: int) -> np.ndarray:
+def window(trace, layer: int, head: int | None, row_start: int, key_start: int, size: int,
+           kind: str = "raw") -> np.ndarray:
     """Weights of queries row_start.. over keys key_start.., float32 [≤size, ≤size] (clipped at the end)."""
-    t = trace.n_tokens
-    rows = trace.attention_rows(layer, head, row_start, min(t, row_start + size))
-    return np.ascontiguousarray(rows[:, key_start : min(t, key_start + size)])
+    return window_of(head_rows(trace, layer, head, kind), trace.n_tokens, row_start, key_start, size)
 
 
-def pooled_head(trace, layer: int, head: int | None, factor: int) -> np.ndarray:
+def window_of(rows: Rows, t: int, row_start: int, key_start: int, size: int) -> np.ndarray:
+    """The size × size window at (row_start, key_start) of a T×T matrix given by its rows, clipped at the end."""
+    block = rows(row_start, min(t, row_start + size))
+    return np.ascontiguousarray(block[:, key_start : min(t, key_start + size)])
+
+
+def pooled_head(trace, layer: int, head: int | None, factor: int, kind: str = "raw") -> np.ndarray:
     """The whole T×T head max-pooled by `factor`, read in chunks of rows, float32 [ceil(T/f), ceil(T/f)]."""
-    t = trace.n_tokens
+    return pooled(head_rows(trace, layer, head, kind), trace.n_tokens, factor)
+
+
+def pooled(rows: Rows, t: int, factor: int) -> np.ndarray:
+    """A T×T matrix given by its rows, max-pooled by `factor` a chunk of rows at a time, [ceil(T/f), ceil(T/f)]."""
     n = math.ceil(t / factor)
     out = np.zeros((n, n), dtype=np.float32)
     chunk = factor * max(1, CHUNK_ROWS // factor)  # a multiple of the block size, so blocks never straddle chunks
-    for s, rows in row_chunks(trace, layer, head, chunk=chunk):
-        block = max_pool(rows, factor)
+    for s in range(0, t, chunk):
+        block = max_pool(rows(s, min(t, s + chunk)), factor)
         out[s // factor : s // factor + block.shape[0]] = block
     return out
 

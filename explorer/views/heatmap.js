@@ -39,9 +39,9 @@ function select(options, onChange) {
   return s;
 }
 
-/** The legend: a vertical colour bar with tick values (linear or by decades).
- * @param {HTMLElement} box @param {number} scale @param {boolean} log @param {number} decades */
-function drawLegend(box, scale, log, decades) {
+/** The legend: a vertical colour bar with tick values (linear or by decades), under `title`.
+ * @param {HTMLElement} box @param {number} scale @param {boolean} log @param {number} decades @param {string} title */
+function drawLegend(box, scale, log, decades, title) {
   box.replaceChildren();
   const H = 200;
   const bar = h("canvas", { width: "14px", height: H + "px", display: "block" });
@@ -61,15 +61,34 @@ function drawLegend(box, scale, log, decades) {
   }
   const row = h("div", { display: "flex" });
   row.append(bar, ticks);
-  box.append(h("div", { font: "11px sans-serif", marginBottom: "9px" }, log ? "weight (log)" : "weight"), row);
+  box.append(h("div", { font: "11px sans-serif", marginBottom: "9px" }, log ? `${title} (log)` : title), row);
 }
 
 /** Room for the row labels (left), the column labels (above) and the overview's side, in CSS pixels. */
 const LABEL_W = 110, LABEL_H = 84, OVERVIEW_PX = 240;
 
-/** The pickers above the heatmap.
- * @typedef {{ box: HTMLDivElement, layerSel: HTMLSelectElement, headSel: HTMLSelectElement,
- *   sizeSel: HTMLSelectElement, logBox: HTMLInputElement, slider: HTMLInputElement }} Controls */
+/** What each kind draws: the picker's label, the value's name (legend, tooltip), and a note under the pickers.
+ * "norm" is offered only by traces with value norms; the standalone page sends no `kinds` and has no picker. */
+const KINDS = {
+  raw: { label: "attention α", value: "weight", note: "" },
+  norm: { label: "value-weighted α·‖v W_O‖", value: "α·‖vW_O‖",
+    note: "Value-weighted: each weight times the size of what its key writes, ‖v_j W_O‖ (Kobayashi et al. 2020). "
+      + "Not probabilities: colours scale to this head's largest value." },
+  rollout: { label: "rollout (all layers)", value: "rollout",
+    note: "Attention rollout (Abnar & Zuidema 2020): every layer's mean attention, with the residual stream, "
+      + "multiplied through the model. One matrix for the whole model: the layer and head pickers do not apply." },
+};
+/** Why a kind is not offered. */
+const NO_NORMS = "This trace has no value norms, so no value-weighted attention: capture it again with this version "
+  + "of attention-explorer (models whose attention it cannot read have none).";
+
+/** The kind the model draws ("raw" on the standalone page, which has no kinds).
+ * @param {Model} model @returns {string} */
+const kindOf = (model) => model.get("kind") ?? "raw";
+/** The pickers above the heatmap (kindSel null on the standalone page), and the note under them.
+ * @typedef {{ box: HTMLDivElement, kindSel: HTMLSelectElement | null, layerSel: HTMLSelectElement,
+ *   headSel: HTMLSelectElement, sizeSel: HTMLSelectElement, logBox: HTMLInputElement, slider: HTMLInputElement,
+ *   note: HTMLDivElement }} Controls */
 
 /** One heatmap view: its model, its elements and the little state its drawing and events share.
  * cell is the window's cell size in CSS pixels; labelKey says which labels are built; asked is the overview
@@ -96,11 +115,30 @@ const token = (v, i) => `${i} “${v.model.get("tokens")[i]}”`;
  * @param {HeatmapView} v @returns {[number, number]} */
 const origin = (v) => v.model.get("window_at") ?? [v.model.get("window_start"), v.model.get("key_start")];
 
-/** The pickers: layer, head, window size, log scale and the slider that moves the window.
+/** The picker of what to draw: raw, value-weighted (greyed out, saying why, without value norms) or rollout;
+ * null when the model offers no kinds (the standalone page).
+ * @param {Model} model @returns {HTMLSelectElement | null} */
+function buildKindPicker(model) {
+  const kinds = model.get("kinds");
+  if (!Array.isArray(kinds)) return null;
+  const sel = select(Object.entries(KINDS).map(([k, d]) => [k, d.label]), (v) => save(model, [["kind", v]]));
+  sel.title = "what the heatmap shows";
+  for (const option of sel.options) {
+    if (kinds.includes(option.value)) continue;
+    option.disabled = true;
+    option.textContent += " (not in this trace)";
+    option.title = NO_NORMS;
+    sel.title += "\nvalue-weighted: " + NO_NORMS;
+  }
+  return sel;
+}
+
+/** The pickers: what to draw, layer, head, window size, log scale and the slider that moves the window.
  * @param {Model} model @param {number} T the number of tokens @returns {Controls} */
 function buildControls(model, T) {
   const get = (k) => model.get(k);
   const box = h("div", { marginBottom: "6px", display: "flex", alignItems: "center", flexWrap: "wrap" });
+  const kindSel = buildKindPicker(model);
   const layerSel = select([...Array(get("n_layers")).keys()].map((l) => [l, `layer ${l}`]),
     (v) => save(model, [["layer", +v]]));
   const headSel = select([[-1, "mean of heads"], ...[...Array(get("n_heads")).keys()].map((x) => [x, `head ${x}`])],
@@ -115,10 +153,13 @@ function buildControls(model, T) {
   slider.addEventListener("input", () => save(model, [["window_start", +slider.value], ["key_start", +slider.value]]));
   const logLabel = h("label", { marginRight: "10px" });
   logLabel.append(logBox, document.createTextNode(" log scale"));
+  if (kindSel) box.append(kindSel);
   box.append(layerSel, headSel, sizeSel, logLabel, h("span", { marginRight: "4px" }, "move window"), slider);
-  [layerSel, headSel, sizeSel, logBox, slider].forEach((c, i) => c.classList.add(
-    ["ae-layer", "ae-head", "ae-size", "ae-log", "ae-slider"][i]));
-  return { box, layerSel, headSel, sizeSel, logBox, slider };
+  [kindSel, layerSel, headSel, sizeSel, logBox, slider].forEach((c, i) => c?.classList.add(
+    ["ae-kind", "ae-layer", "ae-head", "ae-size", "ae-log", "ae-slider"][i]));
+  const note = h("div", { font: "11px sans-serif", color: "#555", margin: "-2px 0 6px", maxWidth: "900px" });
+  note.classList.add("ae-kind-note");
+  return { box, kindSel, layerSel, headSel, sizeSel, logBox, slider, note };
 }
 
 /** The hover tooltip, placed by `placeTip`.
@@ -158,7 +199,7 @@ function build(model, el) {
   const readout = h("div", { marginTop: "6px", minHeight: "16px" });
   readout.classList.add("ae-readout");
   const tip = buildTip();
-  el.append(controls.box, body, readout, tip);
+  el.append(controls.box, controls.note, body, readout, tip);
   return { model, el, T, controls, overview, ovCaption, grid, canvas, rowLabels, colLabels, legend, readout, tip,
     draws: 0, cell: 10, labelKey: "", pending: false, asked: null };
 }
@@ -174,7 +215,8 @@ function drawOverview(v, r0, c0, dpr) {
   ctx.strokeStyle = "#ff3b30";
   ctx.lineWidth = 2 * dpr;
   ctx.strokeRect((c0 / f) * s, (r0 / f) * s, Math.max(2, (ws / f) * s), Math.max(2, (ws / f) * s));
-  v.ovCaption.textContent = `whole head, ${v.T} tokens` + (f > 1 ? `: each pixel is the max of ${f}×${f} weights` : "")
+  const what = kindOf(v.model) === "rollout" ? "the whole rollout" : "whole head";
+  v.ovCaption.textContent = `${what}, ${v.T} tokens` + (f > 1 ? `: each pixel is the max of ${f}×${f} values` : "")
     + "; click to move the window";
 }
 
@@ -241,13 +283,28 @@ function drawReadout(v) {
     : `selected token ${token(v, sel)}${sel >= v.model.get("n_prompt") ? " (generated)" : ""}`;
 }
 
+/** The note under the pickers: what the kind drawn means, and what Python is computing, while it is.
+ * @param {HeatmapView} v */
+function drawNote(v) {
+  const busy = v.model.get("busy") ?? "", note = KINDS[kindOf(v.model)]?.note ?? "";
+  v.controls.note.textContent = busy || note;
+  v.controls.note.style.display = busy || note ? "" : "none";
+  v.controls.note.style.color = busy ? "#b35900" : "#555";
+}
+
 /** The pickers show the model's values, wherever they were changed.
  * @param {HeatmapView} v */
 function syncControls(v) {
   const get = (k) => v.model.get(k), c = v.controls;
   const ws = get("window_size");
+  const rollout = kindOf(v.model) === "rollout";
+  if (c.kindSel) c.kindSel.value = kindOf(v.model);
   c.layerSel.value = String(get("layer"));
   c.headSel.value = String(get("head") ?? -1);
+  for (const s of [c.layerSel, c.headSel]) {
+    s.disabled = rollout;
+    s.title = rollout ? "the rollout combines all layers and heads" : "";
+  }
   c.sizeSel.value = String(ws);
   c.logBox.checked = get("log_scale");
   c.slider.max = String(Math.max(0, v.T - ws));
@@ -263,12 +320,14 @@ function draw(v) {
   drawOverview(v, r0, c0, dpr);
   drawWindow(v, r0, c0, dpr);
   drawLabels(v, r0, c0);
-  drawLegend(v.legend, get("scale"), get("log_scale"), get("log_decades"));
+  drawLegend(v.legend, get("scale"), get("log_scale"), get("log_decades"), KINDS[kindOf(v.model)].value);
   syncControls(v);
+  drawNote(v);
   drawReadout(v);
   v.draws += 1;
+  const [layer, head, kind] = get("shows") === "rollout" ? ["", "", "rollout"] : get("shows").split(" ");
   Object.assign(v.el.dataset, { drawCount: v.draws, drawnAt: performance.now(), drawMs: (performance.now() - t0).toFixed(1),
-    layer: get("shows").split(" ")[0], head: get("shows").split(" ")[1], windowStart: r0, keyStart: c0 });
+    layer, head, kind: kind ?? "raw", windowStart: r0, keyStart: c0 });
 }
 
 /** Draw once for all the traits one message changes.
@@ -313,7 +372,7 @@ function showCellTip(v, ev) {
   const exact = v.model.get("window_exact"), cols = v.model.get("window_cols");
   let text = `query ${token(v, q)}\nkey   ${token(v, k)}\n`;
   if (k > q) text += "masked: a token cannot attend to later tokens";
-  else text += "weight " + fmt(new DataView(exact.buffer, exact.byteOffset, exact.byteLength)
+  else text += KINDS[kindOf(v.model)].value + " " + fmt(new DataView(exact.buffer, exact.byteOffset, exact.byteLength)
     .getFloat32((i * cols + j) * 4, true));
   v.tip.textContent = text;
   placeTip(v, ev);
@@ -330,7 +389,7 @@ function showBlockTip(v, ev) {
   if (col > row) { v.tip.textContent = `queries ${span(row)}, keys ${span(col)}: masked`; v.asked = null; return; }
   if (v.asked && v.asked[0] === row && v.asked[1] === col) return;
   v.asked = [row, col];
-  v.tip.textContent = `queries ${span(row)}, keys ${span(col)}\nlargest weight: …`;
+  v.tip.textContent = `queries ${span(row)}, keys ${span(col)}\nlargest ${KINDS[kindOf(v.model)].value}: …`;
   v.model.send({ kind: "block", row, col });
 }
 
@@ -339,7 +398,9 @@ function showBlockTip(v, ev) {
 function showBlockWeight(v, msg) {
   const { asked } = v;
   if (!msg || msg.kind !== "block" || !asked || msg.row !== asked[0] || msg.col !== asked[1]) return;
-  if (msg.layer !== v.model.get("layer") || msg.head !== v.model.get("head")) return;
+  const kind = kindOf(v.model);
+  if ((msg.of ?? "raw") !== kind) return;
+  if (kind !== "rollout" && (msg.layer !== v.model.get("layer") || msg.head !== v.model.get("head"))) return;
   v.tip.textContent = v.tip.textContent.replace("…",
     `${fmt(msg.weight)}\n  query ${token(v, msg.query)}\n  key   ${token(v, msg.key)}`);
 }
@@ -377,11 +438,14 @@ function connect(v) {
   const events = ["overview", "window", "window_at", "selected_token", "window_size", "log_scale", "shows"]
     .map((k) => "change:" + k);
   for (const e of events) model.on(e, redraw);
-  const picks = ["layer", "head"].map((k) => "change:" + k);
+  const picks = ["layer", "head", "kind"].map((k) => "change:" + k);
+  const note = () => drawNote(v);
+  model.on("change:busy", note);
   for (const e of picks) model.on(e, sync);
   return () => {
     for (const e of events) model.off(e, redraw);
     for (const e of picks) model.off(e, sync);
+    model.off("change:busy", note);
     model.off("msg:custom", onMsg);
   };
 }

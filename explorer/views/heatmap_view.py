@@ -6,6 +6,11 @@ What crosses the wire (binary buffers, not JSON):
 - on a window move: `window`, the window_size² weights of the window as uint8 colours, and `window_exact`, the same
   weights as float32 (4 bytes each) so the tooltip shows the true weight.
 So a head switch at 2,048 tokens with a 64-token window sends 64 KB + 20 KB, not T² = 4 MB.
+
+`kind` picks what is drawn: "raw" attention weights α; "norm", value-weighted attention α_ij·‖v_j W_O‖ (Kobayashi
+et al. 2020; traces captured with value norms), not probabilities, so colours scale to the head's largest value as
+for α; "rollout", attention rollout through all layers (Abnar & Zuidema 2020), one T×T matrix for the whole model,
+computed once (~7 s at 2,048 tokens) and kept; layer and head do not apply to it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import anywidget
 import numpy as np
 import traitlets
 
+from .. import analysis
 from . import attention_data as ad
 from . import frontend
 from .selection import ClampsLayerHead, FollowsSelection, Selection
@@ -23,6 +29,12 @@ from .tokens_html import visible
 
 OVERVIEW_CELLS = 256  # the overview is max-pooled down to at most this many cells a side
 WINDOW_SIZES = (16, 32, 64, 128, 256)
+KINDS = ("raw", "norm", "rollout")
+
+
+def kinds_of(trace) -> list[str]:
+    """What a heatmap of `trace` can draw: raw attention, value-weighted attention if it has value norms, rollout."""
+    return [*trace.kinds, "rollout"]
 
 
 class HeatmapView(FollowsSelection, ClampsLayerHead, anywidget.AnyWidget):
@@ -36,6 +48,9 @@ class HeatmapView(FollowsSelection, ClampsLayerHead, anywidget.AnyWidget):
     n_heads = traitlets.Int(1).tag(sync=True)
     layer = traitlets.Int(0).tag(sync=True)
     head = traitlets.Int(None, allow_none=True).tag(sync=True)  # None: the mean of the layer's heads
+    kind = traitlets.Unicode("raw").tag(sync=True)  # "raw", "norm" (value-weighted) or "rollout"
+    kinds = traitlets.List(traitlets.Unicode()).tag(sync=True)  # the kinds this trace has
+    busy = traitlets.Unicode("").tag(sync=True)  # what is being computed, while it is (the rollout)
     log_scale = traitlets.Bool(False).tag(sync=True)
     log_decades = traitlets.Float(4.0).tag(sync=True)  # the log scale spans this many decades below `scale`
     window_start = traitlets.Int(0).tag(sync=True)  # first query row of the window
@@ -53,22 +68,25 @@ class HeatmapView(FollowsSelection, ClampsLayerHead, anywidget.AnyWidget):
     # its labels and overview even when the new window's bytes equal the old one's
     window_at = traitlets.List(traitlets.Int(), [0, 0]).tag(sync=True)
     selected_token = traitlets.Int(None, allow_none=True).tag(sync=True)
-    shows = traitlets.Unicode("").tag(sync=True)  # "layer head" the bytes above are of (head "mean"), for tests
+    # what the bytes above are of, for tests: "layer head" (head "mean"), "layer head norm", or "rollout"
+    shows = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, trace, selection: Selection | None = None, window_size: int = 64, log_scale: bool = False,
-                 **kwargs):
+                 kind: str = "raw", **kwargs):
         self.trace = trace
         self.selection = selection if selection is not None else Selection()
-        self._pooled: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (layer, head) -> pooled float32, a few kept
+        self._pooled: OrderedDict[tuple, np.ndarray] = OrderedDict()  # source() -> pooled float32, a few kept
+        self._flow: np.ndarray | None = None  # the rollout, once computed
         super().__init__(
             tokens=[visible(t) for t in trace.tokens], n_prompt=trace.n_prompt, n_layers=trace.n_layers,
-            n_heads=trace.n_heads, window_size=window_size, log_scale=log_scale, **kwargs,
+            n_heads=trace.n_heads, window_size=window_size, log_scale=log_scale, kinds=kinds_of(trace), kind=kind,
+            **kwargs,
         )
         self._follow_selection()
         self.follow(self.selection, self._follow_selection, ["layer", "head", "token"])
         self.observe(self._update_selection, ["layer", "head", "selected_token"])
         self._sent: tuple | None = None  # the state the bytes were last computed for
-        self.observe(self._refresh, ["layer", "head", "log_scale", "log_decades", "window_start", "key_start",
+        self.observe(self._refresh, ["layer", "head", "kind", "log_scale", "log_decades", "window_start", "key_start",
                                      "window_size"])
         self.observe(self._follow_token, "selected_token")
         self.on_msg(self._on_msg)
@@ -98,6 +116,11 @@ class HeatmapView(FollowsSelection, ClampsLayerHead, anywidget.AnyWidget):
     def _valid_start(self, proposal):
         return int(np.clip(proposal["value"], 0, max(0, self.trace.n_tokens - self.window_size)))
 
+    @traitlets.validate("kind")
+    def _valid_kind(self, proposal):
+        """A kind the trace does not have (value-weighted without value norms) falls back to raw attention."""
+        return proposal["value"] if proposal["value"] in kinds_of(self.trace) else "raw"
+
     @traitlets.validate("selected_token")
     def _valid_token(self, proposal):
         v = proposal["value"]
@@ -108,11 +131,33 @@ class HeatmapView(FollowsSelection, ClampsLayerHead, anywidget.AnyWidget):
     def factor(self) -> int:
         return ad.pool_factor(self.trace.n_tokens, OVERVIEW_CELLS)
 
+    def source(self) -> tuple:
+        """What the view draws, as a cache key: ("rollout",), or (kind, layer, head)."""
+        return ("rollout",) if self.kind == "rollout" else (self.kind, self.layer, self.head)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1 of what the view draws, float32 [n, T]: the head's attention of `kind`, or the rollout."""
+        if self.kind == "rollout":
+            return self.flow()[start:stop]
+        return self.trace.attention_rows(self.layer, self.head, start, stop, kind=self.kind)
+
+    def flow(self) -> np.ndarray:
+        """The attention rollout [T, T], computed once (saying how far it is in `busy`) and kept."""
+        if self._flow is None:
+            n = self.trace.n_layers
+            self.busy = f"computing the rollout of {n} layers…"
+            try:
+                self._flow = analysis.rollout(self.trace, on_layer=lambda layer: setattr(
+                    self, "busy", f"computing the rollout: layer {layer + 1} of {n}…"))
+            finally:
+                self.busy = ""
+        return self._flow
+
     def pooled(self) -> np.ndarray:
-        """The current head max-pooled for the overview (float32), cached for the last few heads."""
-        key = (self.layer, self.head)
+        """What the view draws, max-pooled for the overview (float32), cached for the last few heads."""
+        key = self.source()
         if key not in self._pooled:
-            self._pooled[key] = ad.pooled_head(self.trace, self.layer, self.head, self.factor)
+            self._pooled[key] = ad.pooled(self.rows, self.trace.n_tokens, self.factor)
             while len(self._pooled) > 8:
                 self._pooled.popitem(last=False)
         self._pooled.move_to_end(key)
@@ -120,27 +165,34 @@ class HeatmapView(FollowsSelection, ClampsLayerHead, anywidget.AnyWidget):
 
     def window_weights(self) -> np.ndarray:
         """The float32 weights of the current window [rows, cols]."""
-        return ad.window(self.trace, self.layer, self.head, self.window_start, self.key_start, self.window_size)
+        return ad.window_of(self.rows, self.trace.n_tokens, self.window_start, self.key_start, self.window_size)
 
     def quantise(self, weights: np.ndarray) -> np.ndarray:
         return ad.quantise(weights, self.scale, self.log_decades if self.log_scale else None)
 
+    def describe(self) -> str:
+        """What the view draws, for `shows`: "layer head" (head "mean"), "layer head norm", or "rollout"."""
+        if self.kind == "rollout":
+            return "rollout"
+        head = "mean" if self.head is None else self.head
+        return f"{self.layer} {head}" + (" norm" if self.kind == "norm" else "")
+
     def _refresh(self, _change=None) -> None:
         """Recompute what changed and send it in one message (several traits set at once: only once)."""
-        head_state = (self.layer, self.head, self.log_scale, self.log_decades)
-        state = (*head_state, self.window_start, self.key_start, self.window_size)
+        head_state = (*self.source(), self.log_scale, self.log_decades)
+        state = (head_state, (self.window_start, self.key_start, self.window_size))
         if state == self._sent:
             return
-        whole, self._sent = self._sent is None or self._sent[:4] != head_state, state
+        whole, self._sent = self._sent is None or self._sent[0] != head_state, state
+        pooled = self.pooled() if whole else None  # computed before hold_sync: the rollout's progress goes out now
+        w = self.window_weights()
         with self.hold_sync():
             if whole:
-                pooled = self.pooled()
                 self.scale = float(pooled.max()) or 1.0
                 self.overview_factor = self.factor
                 self.overview_n = pooled.shape[0]
                 self.overview = self.quantise(pooled).tobytes()
-            w = self.window_weights()
-            self.shows = f"{self.layer} {'mean' if self.head is None else self.head}"
+            self.shows = self.describe()
             self.window_rows, self.window_cols = w.shape
             self.window_at = [self.window_start, self.key_start]
             self.window = self.quantise(w).tobytes()
@@ -164,24 +216,30 @@ class HeatmapView(FollowsSelection, ClampsLayerHead, anywidget.AnyWidget):
         row, col = int(content["row"]), int(content["col"])
         if not (0 <= row * f < t and 0 <= col * f < t):
             return
-        rows = self.trace.attention_rows(self.layer, self.head, row * f, min(t, (row + 1) * f))[:, col * f : (col + 1) * f]
+        rows = self.rows(row * f, min(t, (row + 1) * f))[:, col * f : (col + 1) * f]
         i, j = np.unravel_index(int(np.argmax(rows)), rows.shape)
-        self.send({"kind": "block", "row": row, "col": col, "layer": self.layer, "head": self.head,
+        self.send({"kind": "block", "row": row, "col": col, "layer": self.layer, "head": self.head, "of": self.kind,
                    "weight": float(rows[i, j]), "query": row * f + int(i), "key": col * f + int(j)})
 
     def __repr__(self) -> str:
-        return f"HeatmapView(layer={self.layer}, head={self.head}, window={self.window_start}+{self.window_size})"
+        return (f"HeatmapView(layer={self.layer}, head={self.head}, kind={self.kind!r}, "
+                f"window={self.window_start}+{self.window_size})")
 
 
 def heatmap(trace, layer: int | None = None, head: int | None = None, selection: Selection | None = None,
-            window_size: int = 64, log_scale: bool = False) -> HeatmapView:
+            window_size: int = 64, log_scale: bool = False, kind: str = "raw") -> HeatmapView:
     """Attention of one head (head=None: the layer's mean) as a canvas heatmap.
 
-    With a shared `selection`, the view opens at the selection's layer and head unless `layer`/`head` are given.
+    kind: "raw" weights, "norm" value-weighted (traces with value norms) or "rollout" (all layers; layer and head
+    do not apply). With a shared `selection`, the view opens at the selection's layer and head unless `layer`/`head`
+    are given.
     """
+    if kind not in kinds_of(trace):
+        why = ": this trace has no value norms, so no value-weighted attention" if kind == "norm" else ""
+        raise ValueError(f"kind must be one of {kinds_of(trace)}, not {kind!r}{why}")
     selection = selection if selection is not None else Selection()
     if layer is not None:
         selection.layer = layer
     if head is not None:
         selection.head = head
-    return HeatmapView(trace, selection=selection, window_size=window_size, log_scale=log_scale)
+    return HeatmapView(trace, selection=selection, window_size=window_size, log_scale=log_scale, kind=kind)
