@@ -20,6 +20,8 @@ _WHERE = {
     "show": "explorer_view",
     "standalone_html": "export",
     "to_json": "export",
+    "HeadAtlasView": "head_atlas",
+    "head_atlas": "head_atlas",
     "HeadsMapView": "heads_map_view",
     "heads_map": "heads_map_view",
     "HeatmapView": "heatmap_view",

@@ -28,6 +28,12 @@ def _heads_map(trace, selection):
     return heads_map(trace, selection)
 
 
+def _head_atlas(trace, selection, open_heatmap=None):
+    from .head_atlas import head_atlas
+
+    return head_atlas(trace, selection, on_open=open_heatmap)
+
+
 def _lens(trace, selection):
     from .lens_view import lens
 
@@ -58,6 +64,7 @@ def _tabs() -> list[tuple[str, Callable]]:
         ("Step through", _stepper),
         ("Heatmap", _heatmap),
         ("All heads", _heads_map),
+        ("Head atlas", _head_atlas),
         ("Logit lens", _lens),
         ("Attention math", _attention_math),
         ("Positions", _positional),
@@ -105,10 +112,18 @@ class ExplorerView(widgets.VBox):
             return
         title, build = self.builders[index]
         try:
-            box.children = [build(self.trace, self.selection)]
+            box.children = [build(self.trace, self.selection, **self._links(build))]
             self.message.value = ""
         except Exception as e:  # one view failing must not take the others down
             self.message.value = f"<div class='ae-error'>The {title} view could not be drawn: {_escape(e)}</div>"
+
+    def _links(self, build: Callable) -> dict:
+        """What a view gets besides the trace and the selection: the head atlas, a way to open the Heatmap tab."""
+        return {"open_heatmap": lambda layer, head: self.show_tab("Heatmap")} if build is _head_atlas else {}
+
+    def show_tab(self, title: str) -> None:
+        """Switch to the tab called `title` (its view is built if it is new)."""
+        self.tabs.selected_index = [t for t, _ in self.builders].index(title)
 
 
 def _close_tree(widget: widgets.Widget) -> None:
@@ -125,5 +140,6 @@ def _escape(e: Exception) -> str:
 
 
 def show(trace: Trace, selection: Selection | None = None) -> ExplorerView:
-    """The full explorer for `trace`: step-through, heatmap, all heads, attention math, positions, bertviz."""
+    """The full explorer for `trace`: step-through, heatmap, all heads, head atlas, attention math, positions,
+    bertviz."""
     return ExplorerView(trace, selection)
