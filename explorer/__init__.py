@@ -8,8 +8,8 @@
 """
 
 from .errors import ExplorerError, ModelLoadError, SettingsError, TraceFileError
-from .trace import Candidate, Positional, Step, Trace
-from .trace_file import load_trace
+from .trace import Candidate, LogitLens, Positional, Step, Trace, save_traces
+from .trace_file import load_trace, load_traces
 
 __version__ = "0.1.0"
 
@@ -32,6 +32,7 @@ def __getattr__(name):
 
 __all__ = [
     "Candidate",
+    "LogitLens",
     "ExplorerError",
     "LanguageModel",
     "ModelLoadError",
@@ -42,6 +43,8 @@ __all__ = [
     "TraceFileError",
     "load_model",
     "load_trace",
+    "load_traces",
+    "save_traces",
     "show",
     "wrap",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -269,8 +270,14 @@ class Trace:
     surprisal: np.ndarray | None = None  # float32 [T]: -ln p(token_i | tokens before i), NaN where unknown
     lens: LogitLens | None = None
     value_norms: np.ndarray | None = None  # float32 [L, H, T]: ‖v_j^h W_O^h‖ of each head and key position
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)  # names the trace in a tree of branches
+    parent: Trace | None = field(default=None, repr=False, compare=False)  # the trace a branch came from
+    branch_step: int | None = None  # the step of the parent this branch changed
+    parent_id: str | None = None  # the parent's id, kept when the parent itself is not at hand
 
     def __post_init__(self):
+        if self.parent is not None:
+            self.parent_id = self.parent.id
         if self.surprisal is None:  # what the steps say; the prompt's is unknown without the model
             self.surprisal = np.full(len(self.token_ids), np.nan, dtype=np.float32)
             for step in self.steps:
@@ -379,15 +386,7 @@ class Trace:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write this trace to a safetensors file with a JSON header (no pickle); a failed save leaves no half file."""
-        tensors, metadata = self._tensors_and_metadata()
-        path = Path(path)
-        tmp = path.with_name(path.name + ".partial")
-        try:
-            save_file(tensors, str(tmp), metadata=metadata)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        _write(*self._tensors_and_metadata(), Path(path))
 
     def to_bytes(self) -> bytes:
         """The bytes of the file `save` writes, without a file: what the generation service sends."""
@@ -424,6 +423,9 @@ class Trace:
             "model": self.model.to_dict(),
             "settings": self.settings,
             "timings": self.timings,
+            "id": self.id,
+            "branch": None if self.branch_step is None else {
+                "parent": self.parent.id if self.parent is not None else self.parent_id, "step": self.branch_step},
             "lens": None if self.lens is None else {"words": {str(i): w for i, w in sorted(self.lens.words.items())}},
         }
         return tensors, {"format": FORMAT, "version": str(VERSION), "header": json.dumps(header)}
@@ -434,3 +436,28 @@ class Trace:
             f"Trace({name!r}, {self.n_tokens} tokens = {self.n_prompt} prompt + {self.n_generated} generated, "
             f"{self.n_layers} layers x {self.n_heads} heads, positional={self.positional.kind!r})"
         )
+
+
+def save_traces(traces: list[Trace], path: str | os.PathLike) -> None:
+    """Write several traces (a tree of branches, the traces of a session) to one file; `load_traces` reads it
+    back with each branch linked to its parent."""
+    if not traces:
+        raise ValueError("there are no traces to save")
+    tensors: dict[str, np.ndarray] = {}
+    headers = []
+    for i, trace in enumerate(traces):
+        own, metadata = trace._tensors_and_metadata()
+        tensors.update({f"{i}.{name}": array for name, array in own.items()})
+        headers.append(json.loads(metadata["header"]))
+    _write(tensors, {"format": FORMAT, "version": str(VERSION), "traces": json.dumps(headers)}, Path(path))
+
+
+def _write(tensors: dict[str, np.ndarray], metadata: dict[str, str], path: Path) -> None:
+    """Write a safetensors file through a temporary one, so a failed save leaves no half file."""
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

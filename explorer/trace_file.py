@@ -42,14 +42,40 @@ def _step_from_json(d: dict) -> Step:
 
 def load_trace(path: str | os.PathLike) -> Trace:
     """Open a trace written by `Trace.save`; no model is needed."""
+    traces = load_traces(path)
+    if len(traces) != 1:
+        raise TraceFileError(f"{path} holds {len(traces)} traces (a tree of branches): open it with load_traces")
+    return traces[0]
+
+
+def load_traces(path: str | os.PathLike) -> list[Trace]:
+    """Open a file of `save_traces` (or of `Trace.save`: one trace), each branch linked to its parent."""
     path = Path(path)
     if not path.is_file():
         raise TraceFileError(f"{path} is not a file")
     with _readable(path):
         with safe_open(str(path), framework="numpy") as f:
-            header = _header(f.metadata() or {}, path)
+            headers = _header(f.metadata() or {}, path)  # a dict, or a list for several
             tensors = {name: f.get_tensor(name) for name in f.keys()}
-        return _build(header, tensors)
+        return _build_all(headers, tensors)
+
+
+def _build_all(headers, tensors: dict[str, np.ndarray]) -> list[Trace]:
+    if isinstance(headers, dict):
+        return [_build(headers, tensors)]
+    if not isinstance(headers, list) or not headers:
+        raise ValueError("the file's list of traces is empty")
+    traces = []
+    for i, header in enumerate(headers):
+        prefix = f"{i}."
+        traces.append(_build(header, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}))
+    by_id = {t.id: t for t in traces}
+    if len(by_id) != len(traces):
+        raise ValueError("two traces of the file have the same id")
+    for trace in traces:
+        if trace.parent_id is not None:
+            trace.parent = by_id.get(trace.parent_id)
+    return traces
 
 
 def trace_from_bytes(data: bytes, name: str = "the data") -> Trace:
@@ -77,7 +103,7 @@ def _readable(name):
         raise TraceFileError(f"{name} is not a readable attention-explorer trace ({type(e).__name__}: {e})") from e
 
 
-def _header(metadata: dict, name) -> dict:
+def _header(metadata: dict, name) -> dict | list:
     """The JSON header of a trace file, once its format and version are known to be ours."""
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise TraceFileError(f"{name} is a safetensors file but not an attention-explorer trace")
@@ -89,6 +115,8 @@ def _header(metadata: dict, name) -> dict:
         )
     if version < 1:
         raise TraceFileError(f"{name} has no valid trace version")
+    if "traces" in metadata:
+        return json.loads(metadata["traces"])
     return json.loads(metadata["header"])
 
 
@@ -158,7 +186,22 @@ def _build(header: dict, tensors: dict[str, np.ndarray]) -> Trace:
         surprisal=_array(tensors, "surprisal", (n_tokens,), np.floating),  # absent from version 1 files
         value_norms=_array(tensors, "value_norms", (n_layers, n_heads, n_tokens), np.floating),
         lens=_lens(header.get("lens"), tensors, n_layers, n_tokens),
+        **_identity(header, len(steps)),
     )
+
+
+def _identity(header: dict, n_steps: int) -> dict:
+    """The trace's id, and for a branch its parent's id and the step it changed (version 2 on)."""
+    out = {}
+    if header.get("id") is not None:
+        out["id"] = str(header["id"])
+    branch = header.get("branch")
+    if branch is not None:
+        step = branch["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < n_steps:
+            raise ValueError(f"the branch step {step!r} is not a step of this trace")
+        out |= {"parent_id": str(branch["parent"]), "branch_step": step}
+    return out
 
 
 def _array(tensors: dict[str, np.ndarray], name: str, shape: tuple, kind, required: bool = False) -> np.ndarray | None:

@@ -62,7 +62,7 @@ class ByteTokenizer:
     eos_token_id = 0
 
     def __call__(self, text, add_special_tokens=True):
-        return {"input_ids": [1] + [b % 94 + 2 for b in text.encode()]}
+        return {"input_ids": [1] * bool(add_special_tokens) + [b % 94 + 2 for b in text.encode()]}
 
     def decode(self, ids):
         return "".join("<eos>" if i == 0 else "<bos>" if i == 1 else chr(32 + (i - 2) % 94) for i in ids)

@@ -76,8 +76,11 @@ class AttentionRecorder:
     """
 
     def __init__(self, precision: torch.dtype = torch.float16, keep_values: bool = False, capacity: int = 0,
-                 n_layers: int = 0):
+                 n_layers: int = 0, ablate: list[tuple[int, int]] = ()):
         self.precision = precision
+        self.ablate: dict[int, list[int]] = {}  # layer -> heads whose output is zeroed before W_O
+        for layer, head in ablate:
+            self.ablate.setdefault(layer, []).append(head)
         self.keep_values = keep_values
         self.layer_of: dict[int, int] = {}  # id(module) -> layer index, in the order layers first run
         self.queries = PositionStore(precision, capacity, n_layers)
@@ -111,6 +114,15 @@ class AttentionRecorder:
                 "sliding_window": kwargs.get("sliding_window"),
                 "softcap": kwargs.get("softcap"),
             }
+
+    def ablated(self, module, output: torch.Tensor) -> torch.Tensor:
+        """The attention output [batch, new, H, d] with the ablated heads of this module's layer zeroed."""
+        heads = self.ablate.get(self._layer(module))
+        if not heads:
+            return output
+        keep = torch.ones(output.shape[2], dtype=output.dtype, device=output.device)
+        keep[heads] = 0
+        return output * keep[:, None]
 
     def record_values(self, module, value: torch.Tensor, n_heads: int) -> None:
         """Keep ‖v_j^h W_O^h‖ for the new positions of value [H_kv, new, d]: what each position writes through
@@ -175,16 +187,21 @@ def _pack_rows(chunks: list[torch.Tensor], n_tokens: int) -> np.ndarray:
     return packed
 
 
+def _output_projection_module(module: torch.nn.Module) -> torch.nn.Module | None:
+    for name, child in module.named_modules():
+        if name.rsplit(".", 1)[-1] in _OUTPUT_PROJECTIONS and (
+            isinstance(child, torch.nn.Linear) or type(child).__name__ == "Conv1D"
+        ):
+            return child
+    return None
+
+
 def output_projection(module: torch.nn.Module) -> torch.Tensor | None:
     """W_O of an attention module as [heads·d, hidden] (what the merged heads are multiplied by), or None."""
-    for name, child in module.named_modules():
-        if name.rsplit(".", 1)[-1] not in _OUTPUT_PROJECTIONS:
-            continue
-        if isinstance(child, torch.nn.Linear):
-            return child.weight.T
-        if type(child).__name__ == "Conv1D":  # GPT-2: x @ weight
-            return child.weight
-    return None
+    child = _output_projection_module(module)
+    if child is None:
+        return None
+    return child.weight if type(child).__name__ == "Conv1D" else child.weight.T  # GPT-2's Conv1D: x @ weight
 
 
 def value_projection(module: torch.nn.Module) -> torch.nn.Module | None:
@@ -211,6 +228,8 @@ def _capturing_attention(module, query, key, value, attention_mask, **kwargs):
     output = _original_attention(module, inner)(module, query, key, value, attention_mask, **kwargs)
     if recorder is not None:
         recorder.record_query_key(module, query, key, value, kwargs)
+        if recorder.ablate:
+            output = (recorder.ablated(module, output[0]), *output[1:])
     return output
 
 
@@ -259,6 +278,9 @@ def recording(model, recorder: AttentionRecorder):
                 values = value_projection(module)
                 if values is not None:
                     handles.append(values.register_forward_hook(_values_hook(recorder, module)))
+                if recorder.ablate:
+                    handles.append(_output_projection_module(module).register_forward_pre_hook(
+                        _ablation_hook(recorder, module)))
             if not handles:
                 raise RuntimeError(f"found no attention modules in {type(model).__name__}")
         yield recorder
@@ -278,6 +300,18 @@ def _values_hook(recorder: AttentionRecorder, attention: torch.nn.Module):
     def hook(module, args, output):
         heads = output[0].reshape(output.shape[1], n_heads, -1).transpose(0, 1)  # [H, new, d]
         recorder.record_values(attention, heads, n_heads)
+
+    return hook
+
+
+def _ablation_hook(recorder: AttentionRecorder, attention: torch.nn.Module):
+    """Zero the ablated heads' slices of the output projection's input (the merged heads [batch, new, H·d])."""
+    n_heads = model_heads(attention)
+
+    def hook(module, args):
+        merged = args[0]
+        heads = merged.reshape(*merged.shape[:-1], n_heads, -1)
+        return (recorder.ablated(attention, heads).reshape(merged.shape), *args[1:])
 
     return hook
 

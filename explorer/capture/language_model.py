@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -13,14 +14,17 @@ from transformers.generation.streamers import BaseStreamer
 
 from ..errors import ModelLoadError, SettingsError
 from ..facts import ModelFacts
-from ..trace import Trace
+from ..trace import Step, Trace
 from .attention import AttentionRecorder, recording, uses_attention_interface
-from .lens import HiddenStates, build_lens, check_lens, next_token_log_probs
+from .lens import HiddenStates, build_lens, check_lens, final_logits, next_token_log_probs
 from .positional import read_positional
 from .shapes import head_dim, kv_heads
 from .probabilities import build_steps
 from .settings import GenerationSettings, check_length
 
+# settings of a trace that are ours; the others were passed through to transformers' generate
+_OWN_SETTINGS = {"max_new_tokens", "temperature", "top_k", "top_p", "seed", "chat", "candidates", "lens", "precision",
+                 "ablate"}
 PRECISIONS = {"float16": torch.float16, "float32": torch.float32}
 # precision="auto" keeps queries and keys in float32 (eager-exact) while they fit this budget, else float16
 AUTO_FLOAT32_BUDGET = 100_000_000
@@ -131,6 +135,7 @@ class LanguageModel:
         chat: bool = False,
         candidates: int = 10,
         lens: str | None = "steps",
+        ablate: list[tuple[int, int]] | None = None,
         precision: str = "auto",
         keep_values: bool = False,
         progress: bool = True,
@@ -143,6 +148,7 @@ class LanguageModel:
         temperature=0 decodes greedily; otherwise tokens are sampled (reproducibly when `seed` is set).
         `candidates` is how many top tokens each step (and each cell of the logit lens) keeps. `lens` is which
         positions get a logit lens: "steps" (those that produced each generated token), "all", or None.
+        `ablate` lists (layer, head) pairs whose output is zeroed before the output projection in every pass.
         `precision` is how queries and keys are stored:
         "float32" reproduces eager attention to ~1e-6, "float16" halves memory (weights within ~2e-3), and
         "auto" takes float32 while the store fits 100 MB, float16 beyond. `on_token(done, total, text)` is called
@@ -155,42 +161,144 @@ class LanguageModel:
         _check_passed_through(generate_kwargs)
         _check_candidates(candidates)
         check_lens(lens, generating=True)
+        ablate = self._check_ablate(ablate)
         ids = self.encode(prompt, chat=chat)
         check_length(len(ids), max_new_tokens, self.context_length, self.name)
-        precision = self._choose_precision(precision, len(ids) + max_new_tokens, keep_values)
-        recorder = self._recorder(precision, len(ids) + max_new_tokens, keep_values)
-        hidden = HiddenStates(self.model, lens, len(ids), prompt_states=True)
-        streamer = _Progress(max_new_tokens, progress, on_token, self.decode_token)
+        return self._generate_ids(ids, len(ids), settings, generate_kwargs, chat=chat, candidates=candidates,
+                                  lens=lens, precision=precision, keep_values=keep_values, ablate=ablate,
+                                  progress=progress, on_token=on_token, on_status=on_status)
+
+    def _generate_ids(self, ids: list[int], n_prompt: int, settings: GenerationSettings, generate_kwargs: dict, *,
+                      chat: bool, candidates: int, lens: str | None, precision: str, keep_values: bool,
+                      ablate: list[tuple[int, int]], progress: bool, on_token=None, on_status=None,
+                      forced: int | None = None, prefix_steps: list[Step] = ()) -> Trace:
+        """Generate after `ids` with capture. The first n_prompt of them are the prompt; the others are steps
+        already taken (a branch's prefix, whose Steps are `prefix_steps`), and `forced`, when given, is the
+        token the branch puts after them."""
+        n_new = settings.max_new_tokens
+        fed = ids + ([forced] if forced is not None else [])  # what the model reads before generating
+        remaining = n_new - (len(fed) - n_prompt)
+        precision = self._choose_precision(precision, n_prompt + n_new, keep_values)
+        recorder = self._recorder(precision, n_prompt + n_new, keep_values, ablate)
+        hidden = HiddenStates(self.model, lens, n_prompt, prompt_states=True)
+        streamer = _Progress(remaining, progress, on_token, self.decode_token)
         if on_status is not None:
-            on_status(f"reading the prompt ({len(ids)} tokens)")
+            on_status(f"reading the prompt ({len(fed)} tokens)")
         started = time.perf_counter()
         with torch.inference_mode(), recording(self.model, recorder), hidden.hooked():
-            if seed is not None:
-                set_seed(seed)  # python, numpy and torch (all devices), as transformers' own examples do
-            out = self.model.generate(
-                torch.tensor([ids], device=self.device),
-                attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=self.device),
-                return_dict_in_generate=True,
-                output_logits=True,
-                output_scores=True,
-                streamer=streamer,
-                **({"pad_token_id": _pad_token_id(self)} | settings.generate_kwargs() | generate_kwargs),
-            )
-            generated_at = time.perf_counter()
-            hidden.paused = True  # the last token predicts no step
-            self._read_last_token(out)
-            hidden.paused = False
-            token_ids = out.sequences[0].tolist()
-            steps = build_steps(token_ids, len(ids), out.logits, out.scores, self.decode_token, candidates)
+            if settings.seed is not None:
+                set_seed(settings.seed)  # python, numpy and torch (all devices), as transformers' own examples do
+            if remaining > 0:
+                out = self.model.generate(
+                    torch.tensor([fed], device=self.device),
+                    attention_mask=torch.ones((1, len(fed)), dtype=torch.long, device=self.device),
+                    return_dict_in_generate=True,
+                    output_logits=True,
+                    output_scores=True,
+                    streamer=streamer,
+                    **({"pad_token_id": _pad_token_id(self)} | settings.generate_kwargs()
+                       | {"max_new_tokens": remaining} | generate_kwargs),
+                )
+                generated_at = time.perf_counter()
+                hidden.paused = True  # the last token predicts no step
+                self._read_last_token(out)
+                hidden.paused = False
+                token_ids, logits, scores = out.sequences[0].tolist(), list(out.logits), list(out.scores)
+            else:  # a branch at the last step: nothing follows the forced token
+                self.model(torch.tensor([fed], device=self.device), use_cache=False, logits_to_keep=1)
+                generated_at = time.perf_counter()
+                token_ids, logits, scores = fed, [], []
+                streamer.end()
+            if forced is not None:  # the forced token's distribution is the model's at the position before it
+                row = final_logits(self.model, hidden.prompt[len(ids) - 1 : len(ids)])
+                logits = [row] + logits
+                scores = [torch.where(torch.arange(row.shape[-1], device=row.device) == forced, 0.0, -torch.inf)[None]
+                          ] + scores
+            new_steps = build_steps(token_ids, len(ids), logits, scores, self.decode_token, candidates)
+            if forced is not None:  # sampled from a distribution that was all on the forced token
+                new_steps[0].sampling_top_k = new_steps[0].sampling_top_k[:1]
+            steps = [*prefix_steps, *(replace(s, index=s.index + len(prefix_steps)) for s in new_steps)]
             if on_status is not None and lens:
                 on_status("reading the logit lens")
-            surprisal = self._surprisal(hidden.prompt, token_ids, len(ids), out.logits)
+            surprisal = self._surprisal(hidden.prompt, token_ids, len(fed), logits[1:] if forced is not None else logits)
             analysed = self._analyse(hidden, token_ids, candidates, progress)
-        used = settings.as_dict() | {"chat": chat, "candidates": candidates, "lens": lens, "precision": precision}
+        used = settings.as_dict() | {"chat": chat, "candidates": candidates, "lens": lens, "precision": precision,
+                                     "ablate": [list(pair) for pair in ablate]}
         used |= {k: v for k, v in generate_kwargs.items() if isinstance(v, (int, float, str, bool, list))}
         timings = {"generate": generated_at - started, "lens": time.perf_counter() - generated_at,
                    "total": time.perf_counter() - started}
-        return self._build_trace(token_ids, len(ids), recorder, steps, used, timings, surprisal, analysed)
+        return self._build_trace(token_ids, n_prompt, recorder, steps, used, timings, surprisal, analysed)
+
+    def branch(self, trace: Trace, step: int, token, *, progress: bool = True, on_token=None,
+               on_status=None) -> Trace:
+        """What if generated token `step` of `trace` had been `token` (a string of one token, a token id, or a
+        Candidate)? The prefix before the step is kept, the forced token replaces the step's, and generation
+        goes on with the trace's own settings to the same max_new_tokens in total.
+
+        Seed rule: with a seed, the continuation is sampled after set_seed(seed), so a branch equals
+        `generate` on its prefix plus the forced token with the same settings and seed.
+        """
+        if not trace.steps:
+            raise SettingsError("this trace has no generated steps to branch from (it is a read text)")
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < trace.n_generated:
+            raise SettingsError(f"step must be a generated step 0..{trace.n_generated - 1}, not {step!r}")
+        forced = self._token_id(token)
+        if trace.model.name and trace.model.name != self.name:
+            raise SettingsError(f"this trace was written by {trace.model.name}, not {self.name}: branch it there")
+        used = dict(trace.settings)
+        settings = GenerationSettings(*(used.get(k, d) for k, d in (
+            ("max_new_tokens", trace.n_generated), ("temperature", 0.0), ("top_k", None), ("top_p", None),
+            ("seed", None))))
+        extra = {k: v for k, v in used.items() if k not in _OWN_SETTINGS}
+        if "min_new_tokens" in extra:  # counted from the branch's own first new token
+            extra["min_new_tokens"] = max(0, int(extra["min_new_tokens"]) - step - 1)
+        _check_passed_through(extra)
+        position = trace.steps[step].position
+        branch = self._generate_ids(
+            list(trace.token_ids[:position]), trace.n_prompt, settings, extra, chat=bool(used.get("chat")),
+            candidates=int(used.get("candidates", 10)), lens=used.get("lens", "steps"),
+            precision=used.get("precision", "auto"), keep_values=any(getattr(l, "value", None) is not None
+                                                                      for l in trace.layers),
+            ablate=self._check_ablate([tuple(p) for p in used.get("ablate", [])]), progress=progress,
+            on_token=on_token, on_status=on_status, forced=forced, prefix_steps=trace.steps[:step])
+        branch.parent, branch.parent_id, branch.branch_step = trace, trace.id, step
+        return branch
+
+    def _token_id(self, token) -> int:
+        """A token id from an id, a Candidate, or a string that is exactly one token."""
+        from ..trace import Candidate
+
+        if isinstance(token, Candidate):
+            token = token.token_id
+        if isinstance(token, str):
+            ids = self.tokenizer(token, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                pieces = [self.decode_token(i) for i in ids]
+                raise SettingsError(f"{token!r} is {len(ids)} tokens {pieces}, not one: pick one of them")
+            token = ids[0]
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocab:
+            raise SettingsError(f"token must be one token's text, a token id 0..{vocab - 1} or a Candidate, "
+                                f"not {token!r}")
+        return token
+
+    def _check_ablate(self, ablate) -> list[tuple[int, int]]:
+        """(layer, head) pairs, checked against the model and sorted; SettingsError names the first bad one."""
+        if ablate is None:
+            return []
+        config = self.model.config
+        n_layers, n_heads = config.num_hidden_layers, config.num_attention_heads
+        pairs = []
+        for pair in ablate:
+            if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+                    or any(isinstance(x, bool) or not isinstance(x, int) for x in pair)):
+                raise SettingsError(f"ablate takes (layer, head) pairs of whole numbers, not {pair!r}")
+            layer, head = pair
+            if not (0 <= layer < n_layers and 0 <= head < n_heads):
+                raise SettingsError(f"ablate: ({layer}, {head}) is not a head of {self.name}: layers 0..{n_layers - 1},"
+                                    f" heads 0..{n_heads - 1}")
+            pairs.append((layer, head))
+        return sorted(set(pairs))
 
     def trace(self, text: str, *, chat: bool = False, lens: str | None = None, candidates: int = 10,
               precision: str = "auto", keep_values: bool = False, progress: bool = True) -> Trace:
@@ -243,10 +351,10 @@ class LanguageModel:
         finally:
             bar.close()
 
-    def _recorder(self, precision: str, n_positions: int, keep_values: bool) -> AttentionRecorder:
+    def _recorder(self, precision: str, n_positions: int, keep_values: bool, ablate=()) -> AttentionRecorder:
         """A recorder with room for `n_positions` positions of every layer."""
         return AttentionRecorder(PRECISIONS[precision], keep_values, capacity=n_positions,
-                                 n_layers=self.model.config.num_hidden_layers)
+                                 n_layers=self.model.config.num_hidden_layers, ablate=ablate)
 
     def _read_last_token(self, out) -> None:
         """The last generated token was never read by the model: one more step gives its attention row."""

@@ -18,7 +18,7 @@ from ..errors import SettingsError
 from ..trace import LogitLens
 
 LENS_MODES = ("steps", "all", None)
-CHUNK_ROWS = 256  # rows of the unembedding at once: 256 × 49,152 float32 logits = 48 MB
+CHUNK_ROWS = 64  # rows of the unembedding at once: 64 × 49,152 float32 logits = 12 MB (the peak of a capture)
 _FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_norm", "norm_f")
 
 
@@ -112,6 +112,11 @@ def _logits(model, normed: torch.Tensor) -> torch.Tensor:
     logits = model.get_output_embeddings()(normed.to(model.dtype)).float()
     cap = getattr(model.config, "final_logit_softcapping", None)
     return cap * torch.tanh(logits / cap) if cap else logits
+
+
+def final_logits(model, states: torch.Tensor) -> torch.Tensor:
+    """The model's output logits [n, vocabulary] at states [n, d] of the last block (before the final norm)."""
+    return _logits(model, final_norm(model)(states.to(model.dtype)))
 
 
 def next_token_log_probs(model, states: torch.Tensor, targets: torch.Tensor, normed: bool = False) -> torch.Tensor:
