@@ -258,7 +258,7 @@ function drawOverview(v) {
   ctx.fillStyle = "#fff";
   ctx.fillRect(0, 0, w, hgt);
   v.overviewImage ??= overviewImage(v);
-  ctx.imageSmoothingEnabled = true;
+  ctx.imageSmoothingEnabled = v.P > w - LEFT; // averaged when shrunk, crisp cells when stretched
   ctx.drawImage(v.overviewImage, LEFT, 0, w - LEFT, hgt);
   ctx.fillStyle = "#555";
   ctx.font = "10px sans-serif";
