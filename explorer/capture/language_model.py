@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -14,7 +13,8 @@ from transformers.generation.streamers import BaseStreamer
 
 from ..errors import ModelLoadError, SettingsError
 from ..facts import ModelFacts
-from ..trace import Step, Trace
+from .. import whatif
+from ..trace import Trace
 from .attention import AttentionRecorder, recording, uses_attention_interface
 from .lens import HiddenStates, build_lens, check_lens, final_logits, next_token_log_probs
 from .positional import read_positional
@@ -22,9 +22,6 @@ from .shapes import head_dim, kv_heads
 from .probabilities import build_steps
 from .settings import GenerationSettings, check_length
 
-# settings of a trace that are ours; the others were passed through to transformers' generate
-_OWN_SETTINGS = {"max_new_tokens", "temperature", "top_k", "top_p", "seed", "chat", "candidates", "lens", "precision",
-                 "ablate"}
 PRECISIONS = {"float16": torch.float16, "float32": torch.float32}
 # precision="auto" keeps queries and keys in float32 (eager-exact) while they fit this budget, else float16
 AUTO_FLOAT32_BUDGET = 100_000_000
@@ -164,18 +161,41 @@ class LanguageModel:
         ablate = self._check_ablate(ablate)
         ids = self.encode(prompt, chat=chat)
         check_length(len(ids), max_new_tokens, self.context_length, self.name)
-        return self._generate_ids(ids, len(ids), settings, generate_kwargs, chat=chat, candidates=candidates,
+        return self._generate_ids(ids, settings, generate_kwargs, chat=chat, candidates=candidates,
                                   lens=lens, precision=precision, keep_values=keep_values, ablate=ablate,
                                   progress=progress, on_token=on_token, on_status=on_status)
 
-    def _generate_ids(self, ids: list[int], n_prompt: int, settings: GenerationSettings, generate_kwargs: dict, *,
+    def generate_from_ids(self, token_ids: list[int], max_new_tokens: int = 20, temperature: float = 0.0,
+                          top_k: int | None = None, top_p: float | None = None, seed: int | None = None, *,
+                          forced=None, chat: bool = False, candidates: int = 10, lens: str | None = "steps",
+                          ablate: list[tuple[int, int]] | None = None, precision: str = "auto",
+                          keep_values: bool = False, progress: bool = True, on_token=None, on_status=None,
+                          **generate_kwargs) -> Trace:
+        """`generate` after token ids instead of a text: all of `token_ids` is the prompt. `forced` (a token's
+        text, id or Candidate) is put after them as the first new token, with the model's own probability for
+        it, before generation goes on; `max_new_tokens` counts it. What a branch is made of."""
+        settings = GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed)
+        settings.check_extra(generate_kwargs)
+        _check_passed_through(generate_kwargs)
+        _check_candidates(candidates)
+        check_lens(lens, generating=True)
+        ablate = self._check_ablate(ablate)
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        if not isinstance(token_ids, (list, tuple)) or not token_ids or any(
+                isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab for i in token_ids):
+            raise SettingsError(f"token_ids must be a non-empty list of token ids 0..{vocab - 1}")
+        forced = None if forced is None else self._token_id(forced)
+        check_length(len(token_ids), max_new_tokens, self.context_length, self.name)
+        return self._generate_ids(list(token_ids), settings, generate_kwargs, chat=chat, candidates=candidates,
+                                  lens=lens, precision=precision, keep_values=keep_values, ablate=ablate,
+                                  progress=progress, on_token=on_token, on_status=on_status, forced=forced)
+
+    def _generate_ids(self, ids: list[int], settings: GenerationSettings, generate_kwargs: dict, *,
                       chat: bool, candidates: int, lens: str | None, precision: str, keep_values: bool,
                       ablate: list[tuple[int, int]], progress: bool, on_token=None, on_status=None,
-                      forced: int | None = None, prefix_steps: list[Step] = ()) -> Trace:
-        """Generate after `ids` with capture. The first n_prompt of them are the prompt; the others are steps
-        already taken (a branch's prefix, whose Steps are `prefix_steps`), and `forced`, when given, is the
-        token the branch puts after them."""
-        n_new = settings.max_new_tokens
+                      forced: int | None = None) -> Trace:
+        """Generate after the prompt `ids` with capture; `forced`, when given, is the first new token."""
+        n_prompt, n_new = len(ids), settings.max_new_tokens
         fed = ids + ([forced] if forced is not None else [])  # what the model reads before generating
         remaining = n_new - (len(fed) - n_prompt)
         precision = self._choose_precision(precision, n_prompt + n_new, keep_values)
@@ -204,23 +224,22 @@ class LanguageModel:
                 self._read_last_token(out)
                 hidden.paused = False
                 token_ids, logits, scores = out.sequences[0].tolist(), list(out.logits), list(out.scores)
-            else:  # a branch at the last step: nothing follows the forced token
+            else:  # only the forced token: nothing is generated after it
                 self.model(torch.tensor([fed], device=self.device), use_cache=False, logits_to_keep=1)
                 generated_at = time.perf_counter()
                 token_ids, logits, scores = fed, [], []
                 streamer.end()
+            surprisal = self._surprisal(hidden.prompt, token_ids, len(fed), logits)  # the forced one's from the states
             if forced is not None:  # the forced token's distribution is the model's at the position before it
-                row = final_logits(self.model, hidden.prompt[len(ids) - 1 : len(ids)])
-                logits = [row] + logits
-                scores = [torch.where(torch.arange(row.shape[-1], device=row.device) == forced, 0.0, -torch.inf)[None]
-                          ] + scores
-            new_steps = build_steps(token_ids, len(ids), logits, scores, self.decode_token, candidates)
+                row = final_logits(self.model, hidden.prompt[n_prompt - 1 : n_prompt])
+                only = torch.full_like(row, -torch.inf)
+                only[0, forced] = 0.0
+                logits, scores = [row, *logits], [only, *scores]
+            steps = build_steps(token_ids, n_prompt, logits, scores, self.decode_token, candidates)
             if forced is not None:  # sampled from a distribution that was all on the forced token
-                new_steps[0].sampling_top_k = new_steps[0].sampling_top_k[:1]
-            steps = [*prefix_steps, *(replace(s, index=s.index + len(prefix_steps)) for s in new_steps)]
+                steps[0].sampling_top_k = steps[0].sampling_top_k[:1]
             if on_status is not None and lens:
                 on_status("reading the logit lens")
-            surprisal = self._surprisal(hidden.prompt, token_ids, len(fed), logits[1:] if forced is not None else logits)
             analysed = self._analyse(hidden, token_ids, candidates, progress)
         used = settings.as_dict() | {"chat": chat, "candidates": candidates, "lens": lens, "precision": precision,
                                      "ablate": [list(pair) for pair in ablate]}
@@ -238,31 +257,12 @@ class LanguageModel:
         Seed rule: with a seed, the continuation is sampled after set_seed(seed), so a branch equals
         `generate` on its prefix plus the forced token with the same settings and seed.
         """
-        if not trace.steps:
-            raise SettingsError("this trace has no generated steps to branch from (it is a read text)")
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < trace.n_generated:
-            raise SettingsError(f"step must be a generated step 0..{trace.n_generated - 1}, not {step!r}")
-        forced = self._token_id(token)
+        prefix, settings = whatif.branch_request(trace, step)
         if trace.model.name and trace.model.name != self.name:
             raise SettingsError(f"this trace was written by {trace.model.name}, not {self.name}: branch it there")
-        used = dict(trace.settings)
-        settings = GenerationSettings(*(used.get(k, d) for k, d in (
-            ("max_new_tokens", trace.n_generated), ("temperature", 0.0), ("top_k", None), ("top_p", None),
-            ("seed", None))))
-        extra = {k: v for k, v in used.items() if k not in _OWN_SETTINGS}
-        if "min_new_tokens" in extra:  # counted from the branch's own first new token
-            extra["min_new_tokens"] = max(0, int(extra["min_new_tokens"]) - step - 1)
-        _check_passed_through(extra)
-        position = trace.steps[step].position
-        branch = self._generate_ids(
-            list(trace.token_ids[:position]), trace.n_prompt, settings, extra, chat=bool(used.get("chat")),
-            candidates=int(used.get("candidates", 10)), lens=used.get("lens", "steps"),
-            precision=used.get("precision", "auto"), keep_values=any(getattr(l, "value", None) is not None
-                                                                      for l in trace.layers),
-            ablate=self._check_ablate([tuple(p) for p in used.get("ablate", [])]), progress=progress,
-            on_token=on_token, on_status=on_status, forced=forced, prefix_steps=trace.steps[:step])
-        branch.parent, branch.parent_id, branch.branch_step = trace, trace.id, step
-        return branch
+        continuation = self.generate_from_ids(prefix, forced=token, progress=progress, on_token=on_token,
+                                              on_status=on_status, **settings)
+        return whatif.graft(trace, step, continuation)
 
     def _token_id(self, token) -> int:
         """A token id from an id, a Candidate, or a string that is exactly one token."""
