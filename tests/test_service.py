@@ -94,6 +94,29 @@ def test_a_trace_from_the_service_equals_the_same_model_run_here(service, defaul
 
 
 @pytest.mark.slow
+def test_branches_and_ablations_through_the_service_equal_the_same_model_run_here(service, default_lm):
+    address, key, _ = service
+    remote = RemoteModel(address, key)
+    parent = remote.generate("The capital of France is", max_new_tokens=8, ablate=[(3, 1), (10, 4)])
+    here = default_lm.generate("The capital of France is", max_new_tokens=8, ablate=[(3, 1), (10, 4)],
+                               progress=False)
+    assert parent.token_ids == here.token_ids and parent.settings["ablate"] == [[3, 1], [10, 4]]
+    runner_up = parent.steps[2].top_k[1]
+    branch = remote.branch(parent, 2, runner_up)
+    expected = default_lm.branch(here, 2, runner_up.token_id, progress=False)
+    assert branch.token_ids == expected.token_ids and branch.parent is parent and branch.branch_step == 2
+    assert branch.steps[:2] == parent.steps[:2] and branch.steps[2].token_id == runner_up.token_id
+    assert branch.settings["ablate"] == [[3, 1], [10, 4]] and branch.n_prompt == parent.n_prompt
+    np.testing.assert_allclose(branch.lens.next_prob, expected.lens.next_prob, atol=1e-4)
+    for bad, message in [({"token_ids": [1, "x"]}, "token_ids must be"), ({"prompt": "a", "forced": 3}, "forced"),
+                         ({"prompt": "a", "ablate": [[1]]}, "ablate must be")]:
+        with pytest.raises(SettingsError, match=message):
+            p.GenerationRequest(**bad)
+    with pytest.raises(SettingsError, match="not a head"):  # checked by the service against its model
+        remote.generate("a", max_new_tokens=2, ablate=[(99, 0)])
+
+
+@pytest.mark.slow
 def test_the_service_refuses_what_a_class_may_not_ask_and_keeps_serving(service):
     address, key, _ = service
     remote = RemoteModel(address, key)

@@ -15,6 +15,7 @@ import zmq
 
 from ..errors import ServiceError, SettingsError
 from ..facts import ModelFacts
+from .. import whatif
 from ..trace import Trace
 from ..trace_file import trace_from_bytes
 from . import protocol as p
@@ -111,6 +112,7 @@ class RemoteModel:
         seed: int | None = None,
         *,
         chat: bool = False,
+        ablate: list[tuple[int, int]] | None = None,
         on_token: Callable[[int, int, str], None] | None = None,
         on_status: Callable[[str], None] | None = None,
         **unused,
@@ -120,10 +122,31 @@ class RemoteModel:
         The service always keeps values (the attention-math view shows them) and shows no progress bar of its
         own, so `keep_values` and `progress` are accepted and ignored; any other keyword is refused.
         """
-        other = set(unused) - {"keep_values", "progress"}
-        if other:
-            raise SettingsError(f"the generation service takes no {', '.join(sorted(other))}")
-        request = GenerationRequest(prompt, max_new_tokens, temperature, top_k, top_p, seed, chat)  # checks
+        _refuse_unknown(unused)
+        request = GenerationRequest(prompt, max_new_tokens, temperature, top_k, top_p, seed, chat,
+                                    ablate=_pairs(ablate))  # checks
+        return self._request(request, on_token, on_status)
+
+    def generate_from_ids(self, token_ids: list[int], max_new_tokens: int = 20, temperature: float = 0.0,
+                          top_k: int | None = None, top_p: float | None = None, seed: int | None = None, *,
+                          forced=None, chat: bool = False, ablate=None, on_token=None, on_status=None,
+                          **unused) -> Trace:
+        """`generate` after token ids, with an optional forced first token, as LanguageModel.generate_from_ids.
+        The service uses its own candidates, lens and precision; those keywords are accepted and ignored."""
+        _refuse_unknown(unused, also=("candidates", "lens", "precision", "min_new_tokens"))
+        forced = getattr(forced, "token_id", forced)  # a Candidate
+        request = GenerationRequest("", max_new_tokens, temperature, top_k, top_p, seed, chat,
+                                    token_ids=list(token_ids), forced=forced, ablate=_pairs(ablate))
+        return self._request(request, on_token, on_status)
+
+    def branch(self, trace: Trace, step: int, token, *, on_token=None, on_status=None, **unused) -> Trace:
+        """As LanguageModel.branch: `trace` with generated token `step` replaced by `token` and what follows."""
+        prefix, settings = whatif.branch_request(trace, step)
+        continuation = self.generate_from_ids(prefix, forced=token, on_token=on_token, on_status=on_status,
+                                              **settings)
+        return whatif.graft(trace, step, continuation)
+
+    def _request(self, request: GenerationRequest, on_token, on_status) -> Trace:
         request_id = uuid.uuid4().hex
         self._send({"kind": p.GENERATE, "id": request_id, "request": request.to_json()})
         try:
@@ -161,6 +184,21 @@ class RemoteModel:
 
     def __repr__(self) -> str:
         return f"RemoteModel({self.address!r}, {self.name!r})"
+
+
+def _refuse_unknown(unused: dict, also: tuple[str, ...] = ()) -> None:
+    other = set(unused) - {"keep_values", "progress", *also}
+    if other:
+        raise SettingsError(f"the generation service takes no {', '.join(sorted(other))}")
+
+
+def _pairs(ablate) -> list[list[int]]:
+    """(layer, head) pairs as JSON lists; the request checks them."""
+    if ablate is None:
+        return []
+    if not isinstance(ablate, (list, tuple)):
+        raise SettingsError("ablate must be a list of (layer, head) pairs")
+    return [list(pair) if isinstance(pair, (list, tuple)) else pair for pair in ablate]
 
 
 def _raise_if_error(message: dict) -> None:

@@ -98,27 +98,53 @@ class Limits:
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
+MAX_TOKEN_IDS = 100_000  # a branch's prefix, as token ids
+MAX_ABLATED = 10_000  # heads switched off in one request
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """A prompt and the settings to generate it with: all a viewer may ask of the service (no model name,
-    no file path, no other keyword of `generate`)."""
+    no file path, no other keyword of `generate`).
 
-    prompt: str
+    A what-if request gives `token_ids` instead of a prompt (a branch's prefix), with the `forced` token (an id
+    or one token's text) to put after them, and `ablate`: the (layer, head) pairs to switch off.
+    """
+
+    prompt: str = ""
     max_new_tokens: int = 20
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None
     chat: bool = False
+    token_ids: list | None = None
+    forced: int | str | None = None
+    ablate: list = field(default_factory=list)
 
     def __post_init__(self):
-        if not isinstance(self.prompt, str):
-            raise SettingsError(f"the prompt must be text, not {type(self.prompt).__name__}")
-        if not self.prompt:
-            raise SettingsError("the prompt is empty: type some text")
-        if len(self.prompt) > MAX_PROMPT_CHARACTERS:
-            raise SettingsError(f"the prompt has {len(self.prompt):,} characters; at most "
-                                f"{MAX_PROMPT_CHARACTERS:,} are accepted")
+        if self.token_ids is None:
+            if not isinstance(self.prompt, str):
+                raise SettingsError(f"the prompt must be text, not {type(self.prompt).__name__}")
+            if not self.prompt:
+                raise SettingsError("the prompt is empty: type some text")
+            if len(self.prompt) > MAX_PROMPT_CHARACTERS:
+                raise SettingsError(f"the prompt has {len(self.prompt):,} characters; at most "
+                                    f"{MAX_PROMPT_CHARACTERS:,} are accepted")
+        else:
+            ids = self.token_ids
+            if (not isinstance(ids, list) or not 0 < len(ids) <= MAX_TOKEN_IDS or self.prompt
+                    or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids)):
+                raise SettingsError("token_ids must be a non-empty list of token ids, given instead of a prompt")
+        if self.forced is not None and (isinstance(self.forced, bool) or not isinstance(self.forced, (int, str))
+                                        or (isinstance(self.forced, str) and not 0 < len(self.forced) <= 200)):
+            raise SettingsError(f"forced must be a token id or one token's text, not {self.forced!r}")
+        if self.forced is not None and self.token_ids is None:
+            raise SettingsError("a forced token continues token_ids: give them")
+        if not isinstance(self.ablate, list) or len(self.ablate) > MAX_ABLATED or any(
+                not isinstance(pair, list) or len(pair) != 2
+                or any(isinstance(x, bool) or not isinstance(x, int) for x in pair) for pair in self.ablate):
+            raise SettingsError("ablate must be a list of [layer, head] pairs of whole numbers")
         if not isinstance(self.chat, bool):
             raise SettingsError(f"chat must be true or false, not {self.chat!r}")
         self.settings  # checks the numbers, with GenerationSettings' own sentences
@@ -137,7 +163,7 @@ class GenerationRequest:
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise SettingsError(f"unknown request field(s): {', '.join(sorted(map(str, unknown)))}")
-        if "prompt" not in values:
+        if "prompt" not in values and "token_ids" not in values:
             raise SettingsError("the request has no prompt")
         return cls(**values)
 

@@ -282,11 +282,17 @@ class GenerationService:
             f"in {time.monotonic() - started:.1f} s")
 
     def _run(self, request: GenerationRequest, on_token):
+        s = request.settings
+        common = dict(chat=request.chat, ablate=[tuple(pair) for pair in request.ablate], keep_values=True,
+                      progress=False, on_token=on_token)
+        if request.token_ids is not None:  # a what-if: a branch's prefix, which may hold the new tokens it had
+            if self.limits.max_prompt_tokens is not None:
+                self.limits.check_prompt(len(request.token_ids) - (self.limits.max_new_tokens or 0))
+            return self.lm.generate_from_ids(request.token_ids, s.max_new_tokens, s.temperature, s.top_k, s.top_p,
+                                             s.seed, forced=request.forced, **common)
         if self.limits.max_prompt_tokens is not None:
             self.limits.check_prompt(len(self.lm.encode(request.prompt, chat=request.chat)))
-        s = request.settings
-        return self.lm.generate(request.prompt, s.max_new_tokens, s.temperature, s.top_k, s.top_p, s.seed,
-                                chat=request.chat, keep_values=True, progress=False, on_token=on_token)
+        return self.lm.generate(request.prompt, s.max_new_tokens, s.temperature, s.top_k, s.top_p, s.seed, **common)
 
     def _generate(self, outbox, client: bytes, request_id: str, request: GenerationRequest, queued_at: float):
         self._running = (client, request_id)
