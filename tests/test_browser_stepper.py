@@ -1,4 +1,5 @@
-"""The stepper and the positional view in Voilà, in headless Chromium, offline.
+"""The stepper (coloured by attention or by surprisal), the read-text view of a trace with no steps, and the
+positional view in Voilà, in headless Chromium, offline.
 
 One Voilà page for the module: the stepper and positional view of the real default trace (rotary), with
 HTML put into some of its tokens, and the positional view of a tiny GPT-2 trace (learned positions).
@@ -9,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
+import numpy as np
 import pytest
 
 from explorer.trace import Candidate
-from explorer.views.tokens_html import visible
+from explorer.views.tokens_html import SURPRISAL_FULL, visible
+from synthetic import synthetic_trace, with_analysis
 from voila_harness import OUTPUT, browser, offline_page, voila_server, write_notebook
 
 pytestmark = pytest.mark.browser
@@ -36,6 +40,7 @@ rotary = explorer.load_trace(ROTARY)
 learned = explorer.load_trace(LEARNED)
 display(case("rotary", stepper(rotary), positional(rotary)))
 display(case("learned", positional(learned)))
+display(case("read", stepper(explorer.load_trace(READ))))
 """
 
 # the text a TokenText shows: tokens of the visible spans, a newline drawn as "↵" before the line break
@@ -57,7 +62,17 @@ def hostile(trace):
 
 
 @pytest.fixture(scope="module")
-def traces(tmp_path_factory, default_trace):
+def read_trace():
+    """A trace read in one pass (no steps) with a known surprisal but at position 0 and 6, and HTML in token 4."""
+    trace = with_analysis(synthetic_trace(40, seed=1), lens=None, seed=1)
+    trace.tokens[4] = XSS
+    trace.surprisal[6] = np.nan  # as a prompt token of an older trace
+    trace.surprisal[8] = 15.0  # past the top of the scale: full colour
+    return trace
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory, default_trace, read_trace):
     from conftest import make_tiny_lm
 
     learned = make_tiny_lm("gpt2").trace("Hello, world")
@@ -65,13 +80,15 @@ def traces(tmp_path_factory, default_trace):
     folder = tmp_path_factory.mktemp("stepper")
     rotary.save(folder / "rotary.trace")
     learned.save(folder / "learned.trace")
+    read_trace.save(folder / "read.trace")
     return folder, rotary, learned
 
 
 @pytest.fixture(scope="module")
 def page(traces):
     folder, _, _ = traces
-    paths = f"ROTARY = {str(folder / 'rotary.trace')!r}\nLEARNED = {str(folder / 'learned.trace')!r}"
+    paths = (f"ROTARY = {str(folder / 'rotary.trace')!r}\nLEARNED = {str(folder / 'learned.trace')!r}\n"
+             f"READ = {str(folder / 'read.trace')!r}")
     notebook = write_notebook(folder / "stepper.ipynb", [paths, CELL])
     with voila_server(notebook) as url, browser() as b:
         page, log = offline_page(b, viewport=(1300, 1600))
@@ -82,7 +99,7 @@ def page(traces):
         errors = page.locator(".jp-OutputArea-output pre").all_inner_texts()
         assert not errors, errors[0][-2000:]
         page.wait_for_selector(".case-learned .positional-view .main-svg", timeout=60_000)
-        page.wait_for_function("document.querySelectorAll('.token-text[data-draw-count]').length >= 2")
+        page.wait_for_function("document.querySelectorAll('.token-text[data-draw-count]').length >= 3")
         page.wait_for_function("document.querySelectorAll('.stepper-view .step-charts .bar-label').length >= 2")
         assert page.locator(".stepper-view .step-charts svg").count() == 1  # one SVG for both charts
         assert page.locator(".stepper-view .js-plotly-plot").count() == 0  # no plotly.js sent for the stepper
@@ -181,6 +198,70 @@ def test_html_in_tokens_shows_as_text(page, traces):
     assert XSS.replace(" ", "␣") in tip.text_content() and "attention" in tip.text_content()
     page.locator(".case-rotary .stepper-view").screenshot(path=str(OUTPUT / "stepper-hostile.png"))
     assert log.dialogs == []
+
+
+# the background alpha of each token shown: 0 where it has no colour
+ALPHAS = """(root) => [...root.querySelectorAll('.token-text-box span')].filter(s => !s.hidden).map(s => {
+    const c = s.style.backgroundColor, m = c.match(/rgba\\([^)]*,\\s*([\\d.]+)\\)/);
+    return m ? +m[1] : c.startsWith('rgb(') ? 1 : 0; })"""  # an opaque colour reads rgb(...)
+
+
+def surprisal_alphas(surprisal: np.ndarray) -> np.ndarray:
+    """The alpha each token should have: white at 0 nats, full colour from SURPRISAL_FULL, none where not known."""
+    return np.where(np.isnan(surprisal), 0, np.minimum(1, np.nan_to_num(surprisal) / SURPRISAL_FULL))
+
+
+def hover_tip(view, index: int) -> str:
+    view.locator(f".token-text span[data-index='{index}']").first.hover()
+    return view.locator(".token-text-tip").first.text_content()
+
+
+def nats_and_bits(nats: float) -> str:
+    return f"surprisal {nats:.2f} nats ({nats / math.log(2):.2f} bits)"
+
+
+def test_stepper_colours_the_text_by_surprisal(page, traces):
+    page, log = page
+    _, trace, _ = traces
+    view = page.locator(".case-rotary .stepper-view").first
+    text = view.locator(".token-text").first
+    assert not view.locator(".surprisal-legend").is_visible()
+    view.locator(".stepper-colour-by button", has_text="surprisal").click()
+    page.wait_for_function("document.querySelector('.case-rotary .stepper-view .token-text').dataset.valueName"
+                           " === 'surprisal'")
+    assert view.locator(".surprisal-legend").is_visible()
+    step = trace.steps[slider_value(page)]
+    shown = trace.surprisal[: step.position + 1]
+    # the browser keeps alpha in 8 bits
+    np.testing.assert_allclose(text.evaluate(ALPHAS), surprisal_alphas(shown), atol=1 / 255)
+    tip = hover_tip(view, step.position)  # the new token: its surprisal is -ln of its probability
+    assert nats_and_bits(-math.log(step.prob)) in tip and f"p {step.prob:.4f} · rank {step.rank}" in tip
+    prompt = trace.surprisal[1]
+    assert (nats_and_bits(prompt) if not np.isnan(prompt) else "surprisal not known") in hover_tip(view, 1)
+    assert "surprisal not known" in hover_tip(view, 0)  # nothing before the first token
+    assert "most surprising so far" in view.inner_text()
+    view.screenshot(path=str(OUTPUT / "stepper-surprisal.png"))
+    view.locator(".stepper-colour-by button", has_text="attention").click()  # back, as the other tests expect
+    page.wait_for_function("document.querySelector('.case-rotary .stepper-view .token-text').dataset.valueName"
+                           " === 'attention'")
+    row = trace.step_attention(step.index, 0, None)
+    alphas = text.evaluate(ALPHAS)
+    assert int(np.argmax(alphas)) == int(np.argmax(row)) and not view.locator(".surprisal-legend").is_visible()
+    assert log.dialogs == []
+
+
+def test_a_trace_with_no_steps_shows_its_text_coloured_by_surprisal(page, read_trace):
+    page, log = page
+    view = page.locator(".case-read .stepper-view").first
+    assert "No decoding steps" in view.inner_text() and view.locator(".surprisal-legend").is_visible()
+    text = view.locator(".read-text-view .token-text").first
+    assert text.evaluate(SHOWN_TEXT) == "".join(read_trace.tokens)  # every token shown, HTML as text
+    np.testing.assert_allclose(text.evaluate(ALPHAS), surprisal_alphas(read_trace.surprisal), atol=1 / 255)
+    tip = hover_tip(view, 4)
+    assert visible(XSS) in tip and nats_and_bits(read_trace.surprisal[4]) in tip
+    assert "surprisal not known" in hover_tip(view, 6)
+    assert view.locator("img").count() == 0 and log.dialogs == []
+    view.screenshot(path=str(OUTPUT / "read-text.png"))
 
 
 def test_nothing_of_ours_went_out_and_no_errors(page):

@@ -70,6 +70,7 @@ function render({ model, el }) {
     el.dataset.drawCount = String(draws);
     el.dataset.count = String(count);
     el.dataset.highlight = String(highlight);
+    el.dataset.valueName = model.get("value_name");
   }
 
   /** The hover line of a value: nats also in bits (value_unit "nats"); NaN is a value not known.
@@ -92,10 +93,13 @@ function render({ model, el }) {
     if (titles[i]) lines.push(titles[i]);
     if (model.get("value_name") && i < values.length) lines.push(valueLine(values[i]));
     tip.textContent = lines.join("\n");
-    const r = el.getBoundingClientRect();
-    tip.style.left = ev.clientX - r.left + 12 + "px";
-    tip.style.top = ev.clientY - r.top + 14 + "px";
     tip.style.display = "block";
+    // beside the pointer, turned to the other side where it would run past the widget's right or bottom edge
+    const r = el.getBoundingClientRect(), x = ev.clientX - r.left, y = ev.clientY - r.top;
+    const left = x + 12 + tip.offsetWidth > el.clientWidth ? Math.max(0, x - 12 - tip.offsetWidth) : x + 12;
+    const top = y + 14 + tip.offsetHeight > el.clientHeight ? y - 8 - tip.offsetHeight : y + 14;
+    tip.style.left = left + "px";
+    tip.style.top = top + "px";
   }
   function onLeave() { tip.style.display = "none"; }
   /** @param {MouseEvent} ev */
@@ -110,15 +114,16 @@ function render({ model, el }) {
   box.addEventListener("click", onClick);
 
   const rebuild = () => { build(); paint(); };
+  const PAINTED = ["values", "count", "highlight", "selected", "rgb", "scale", "value_name"];
   model.on("change:tokens", rebuild);
   model.on("change:mode", rebuild);
-  for (const name of ["values", "count", "highlight", "selected", "rgb", "scale"]) model.on(`change:${name}`, paint);
+  for (const name of PAINTED) model.on(`change:${name}`, paint);
   rebuild();
 
   return () => {
     model.off("change:tokens", rebuild);
     model.off("change:mode", rebuild);
-    for (const name of ["values", "count", "highlight", "selected", "rgb", "scale"]) model.off(`change:${name}`, paint);
+    for (const name of PAINTED) model.off(`change:${name}`, paint);
     box.removeEventListener("mousemove", onMove);
     box.removeEventListener("mouseleave", onLeave);
     box.removeEventListener("click", onClick);

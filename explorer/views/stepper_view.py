@@ -109,8 +109,7 @@ class StepperView(FollowsSelection, widgets.VBox):
         heads = [("mean of heads", MEAN)] + [(f"head {h}", h) for h in range(trace.n_heads)]
         self.head = widgets.Dropdown(options=heads, value=self._head_option(sel.head),
                                      description="head", layout=widgets.Layout(width="230px"))
-        self.colour = widgets.ToggleButtons(options=COLOUR_BY, value="attention", description="colour by",
-                                            style={"button_width": "90px"})
+        self.colour = widgets.ToggleButtons(options=COLOUR_BY, value="attention", style={"button_width": "90px"})
         self.colour.add_class("stepper-colour-by")
         self.info = widgets.HTML()
         self.about_text = widgets.HTML()
@@ -130,7 +129,8 @@ class StepperView(FollowsSelection, widgets.VBox):
 
         controls = widgets.HBox([self.play, self.slider, self.layer, self.head])
         self.children = [
-            controls, self.info, self.colour, self.about_text, self.legend,
+            controls, self.info, widgets.HBox([widgets.Label("colour the text by"), self.colour]),
+            self.about_text, self.legend,
             self.text, self.focus,
             widgets.HTML("<b>Generated tokens</b>: green = the probability the model gave each one "
                          "(hover for probability, rank and entropy; click to go to that step)"),
