@@ -18,7 +18,9 @@ pytestmark = pytest.mark.browser
 XSS = "<img src=x onerror=alert(1)>"
 SCRIPT = "</script><script>alert(2)</script>"
 N, GENERATED, VOCAB = 64, 24, 20
-ALPHA = "s => +((s.style.background.match(/rgba\\([^)]*,\\s*([\\d.]+)\\)/) || [0, 0])[1])"
+# a span's background alpha: 0 with no colour; an opaque colour reads rgb(...)
+ALPHA = ("s => { const c = s.style.backgroundColor, m = c.match(/rgba\\([^)]*,\\s*([\\d.]+)\\)/);"
+         " return m ? +m[1] : c.startsWith('rgb(') ? 1 : 0; }")
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +35,7 @@ def trace():
     t = with_analysis(t, n_generated=GENERATED, lens="steps")
     t.lens.words[int(t.lens.top_ids[-1, 0, 0])] = XSS
     t.surprisal[5] = np.nan  # as a prompt token of an older trace
+    t.surprisal[7] = 12.5  # past the top of the scale: full colour
     return t
 
 

@@ -170,14 +170,14 @@ const ANALYSIS_CSS = `
   max-width: 900px; border: 1px solid #ddd; border-radius: 4px; padding: 4px 6px; }
 .ae-surprisal-text span { border-radius: 2px; }
 .ae-legend-bar { display: inline-block; width: 160px; height: 12px; vertical-align: middle; border: 1px solid #ccc; }
-.ae-scroll { overflow: auto; max-width: 100%; border: 1px solid #ddd; }
+.ae-scroll { overflow: auto; width: fit-content; max-width: 100%; border: 1px solid #ddd; }
 .ae-lens { border-collapse: collapse; font: 11px ui-monospace, monospace; }
 .ae-lens th, .ae-lens td { border: 1px solid #eee; padding: 1px 3px; max-width: 64px; overflow: hidden;
   text-overflow: ellipsis; white-space: pre; }
 .ae-lens th { background: #f6f6f6; font-weight: normal; }
 .ae-lens th.ae-layer { position: sticky; left: 0; z-index: 1; text-align: right; }
 .ae-lens td.ae-top1 { font-weight: bold; }
-.ae-atlas-box { max-height: 420px; width: fit-content; }
+.ae-atlas-box { max-height: 420px; }
 .ae-atlas { border-collapse: collapse; font: 12px sans-serif; }
 .ae-atlas th { position: sticky; top: 0; background: #f6f6f6; cursor: pointer; padding: 3px 8px; user-select: none;
   border-bottom: 1px solid #ccc; white-space: nowrap; }
