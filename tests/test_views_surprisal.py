@@ -95,6 +95,11 @@ def test_a_read_trace_shows_the_read_text_view_in_the_stepper():
     assert f"{len(known)} of {read.n_tokens} tokens" in view.read_text.summary.value
     assert html.escape(surprisal_words(known.mean())) in view.read_text.summary.value
     assert f"perplexity {math.exp(known.mean()):.4g}" in view.read_text.summary.value
+    view.selection.token = 4
+    assert text.selected == 4
+    view.close()  # closes the read-text view with it: it lets go of the shared selection
+    view.selection.token = 6
+    assert text.selected == 4
 
 
 def test_read_text_follows_and_sets_the_selected_token():

@@ -157,6 +157,8 @@ class StepperView(FollowsSelection, widgets.VBox):
         """Close the view; the play-slider link is a widget of its own that would keep the view alive."""
         if hasattr(self, "_link"):
             self._link.close()
+        if hasattr(self, "read_text"):  # a trace with no steps: the read-text view follows the selection too
+            self.read_text.close()
         super().close()
 
     @property
