@@ -53,10 +53,28 @@ def _plain_generate(lm, text: str, new_tokens: int) -> float:
     return time.perf_counter() - started
 
 
-def _captured_generate(lm, text: str, new_tokens: int) -> float:
+def _captured_generate(lm, text: str, new_tokens: int, lens: str | None = None) -> float:
     started = time.perf_counter()
-    lm.generate(text, max_new_tokens=new_tokens, min_new_tokens=new_tokens, progress=False)
+    lm.generate(text, max_new_tokens=new_tokens, min_new_tokens=new_tokens, lens=lens, progress=False)
     return time.perf_counter() - started
+
+
+def lens_cost(lm, prompt_tokens: int, new_tokens: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds of plain generate, and of lm.generate with lens=None and lens="steps", interleaved runs."""
+    text = _prompt_text(lm, prompt_tokens)
+    _captured_generate(lm, text, 4, "steps")  # warm-up
+    out: dict[str, list[float]] = {"plain": [], "no lens": [], "lens steps": []}
+    for _ in range(repeats):
+        out["plain"].append(_plain_generate(lm, text, new_tokens))
+        out["no lens"].append(_captured_generate(lm, text, new_tokens, None))
+        out["lens steps"].append(_captured_generate(lm, text, new_tokens, "steps"))
+    return out
+
+
+def analysed_trace_size(lm, n_tokens: int, new_tokens: int = 64):
+    """A trace of n_tokens (prompt + new_tokens generated) with the steps' lens and value norms."""
+    text = _prompt_text(lm, n_tokens - new_tokens)
+    return lm.generate(text, max_new_tokens=new_tokens, min_new_tokens=new_tokens, lens="steps", progress=False)
 
 
 def overhead(lm, prompt_tokens: int, new_tokens: int, repeats: int) -> tuple[float, float, float]:
@@ -186,8 +204,8 @@ def run_benchmark(repeats: int = 3) -> None:
     load_seconds = time.perf_counter() - started
     print(f"attention-explorer bench on {lm.name}, {lm.device}, {lm.model.dtype}, {torch.get_num_threads()} threads\n")
 
-    print("(a) capture overhead: lm.generate with capture vs plain sdpa model.generate, greedy, median of "
-          f"{repeats}")
+    print("(a) capture overhead: lm.generate with capture (lens=None) vs plain sdpa model.generate, greedy, median "
+          f"of {repeats}")
     print(f"    {'prompt + new':<16}{'plain s':>10}{'captured s':>12}{'ratio':>8}   target <= 1.10")
     for prompt_tokens in (40, 1024):
         p, c, ratio = overhead(lm, prompt_tokens, 64, repeats)
@@ -200,6 +218,11 @@ def run_benchmark(repeats: int = 3) -> None:
         held, full, error, precision, n_tokens = memory(lm, n)
         err = "-" if error != error else f"{error:.1e}"
         print(f"    {n_tokens:<8}{held / 1e6:>10.1f}{full / 1e6:>10.0f}{full / held:>8.0f}x  {precision:<9}  {err}")
+
+    trace = analysed_trace_size(lm, 2048)
+    lens_mb = trace.lens.nbytes / 1e6
+    print(f"    {trace.n_tokens:<8}{trace.nbytes / 1e6:>10.1f} MB with lens='steps' ({lens_mb:.1f} MB) and value norms "
+          f"({trace.value_norms.nbytes / 1e6:.1f} MB), {trace.settings['precision']}   target <= 110 MB")
 
     print("\n(c) peak memory above the loaded model, 1,024-token prompt + 32 new (VmHWM, reset before each)")
     peaks = peak_memory()
@@ -229,6 +252,16 @@ def run_benchmark(repeats: int = 3) -> None:
     load_model(progress=False)
     print(f"    first load in this process (converts the GGUF first if there is no cache): {load_seconds:.2f} s")
     print(f"    load from cache: {time.perf_counter() - again:.2f} s   target <= 3 s")
+
+    print(f"\n(f) logit lens and surprisal: lm.generate lens='steps' vs lens=None vs plain generate, 64 new tokens, "
+          f"{repeats} interleaved runs (min-max)")
+    print(f"    {'prompt':<8}{'plain s':>14}{'lens=None s':>14}{'lens=steps s':>14}{'lens adds':>12}   target <= +50 %")
+    for prompt_tokens in (40, 512):
+        t = lens_cost(lm, prompt_tokens, 64, repeats)
+        span = {k: f"{min(v):.2f}-{max(v):.2f}" for k, v in t.items()}
+        added = statistics.median(t["lens steps"]) / statistics.median(t["no lens"]) - 1
+        print(f"    {prompt_tokens:<8}{span['plain']:>14}{span['no lens']:>14}{span['lens steps']:>14}{added:>+11.0%}")
+
     print(f"\nbench took {time.perf_counter() - started:.0f} s")
 
 

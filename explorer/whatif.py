@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from .errors import SettingsError
-from .trace import LogitLens, Trace
+from .trace import LogitLens, Step, Trace
 
 # settings of a trace that `generate` takes by name; the others were passed through to transformers' generate
 _OWN = ("temperature", "top_k", "top_p", "seed", "chat", "candidates", "lens", "precision")
@@ -75,3 +75,14 @@ def _joined_lens(before: LogitLens | None, after: LogitLens | None) -> LogitLens
         next_rank=np.concatenate([before.next_rank[:, keep], after.next_rank], axis=1),
         words=before.words | after.words,
     )
+
+
+def rescore(lm, trace: Trace, step: int, ablate) -> Step:
+    """Step `step` of `trace` again with the heads `ablate` (list of (layer, head)) switched off: the same token,
+    with the probability, rank and top-k the changed model gives it. One forward pass over the step's prefix, so
+    switching heads off shows its effect at once. `lm` is a LanguageModel or a RemoteModel."""
+    prefix, settings = branch_request(trace, step)
+    settings.update(max_new_tokens=1, lens=None, ablate=[tuple(pair) for pair in ablate])
+    settings.pop("min_new_tokens", None)
+    again = lm.generate_from_ids(prefix, forced=trace.steps[step].token_id, progress=False, **settings)
+    return replace(again.steps[0], index=step)

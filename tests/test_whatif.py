@@ -156,3 +156,25 @@ def test_a_branch_keeps_the_parents_ablation_and_a_tree_saves_in_one_file(tmp_pa
     branch.save(tmp_path / "branch.trace")  # alone: it names its parent but cannot hold it
     alone = explorer.load_trace(tmp_path / "branch.trace")
     assert alone.parent is None and alone.parent_id == trace.id and alone.branch_step == 1
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neo"])
+def test_rescore_gives_a_steps_probabilities_with_heads_switched_off(arch):
+    from explorer.whatif import rescore
+
+    lm = make_tiny_lm(arch)
+    trace = lm.generate("Heads off", max_new_tokens=5, progress=False)
+    same = rescore(lm, trace, 3, [])
+    assert same.token_id == trace.steps[3].token_id and same.prob == pytest.approx(trace.steps[3].prob, rel=1e-4)
+    assert [c.token_id for c in same.top_k] == [c.token_id for c in trace.steps[3].top_k]
+    off = rescore(lm, trace, 3, [(1, 0), (1, 1)])
+    handles = ablated_reference(lm, [(1, 0), (1, 1)])
+    try:
+        with torch.no_grad():
+            logits = lm.model(torch.tensor([trace.token_ids[: trace.steps[3].position]])).logits[0, -1].float()
+    finally:
+        for handle in handles:
+            handle.remove()
+    probs = torch.softmax(logits, -1)
+    assert off.index == 3 and off.prob == pytest.approx(float(probs[off.token_id]), rel=1e-4)
+    assert [c.token_id for c in off.top_k] == torch.topk(probs, len(off.top_k)).indices.tolist()
