@@ -57,8 +57,9 @@ function build(model, el) {
   const table = h("table");
   table.className = "ae-atlas-table";
   scroller.append(table);
-  const help = h("div", {}, "Click a column header to sort (again: the other way); click a row to open that head "
-    + "in the Heatmap tab. Scores are means over the rows of the trace; – : the trace has no row for it.");
+  const help = h("div", {}, "Filter: compare columns with numbers (< <= > >= = !=), joined by and, or, not and "
+    + "( ), e.g. previous_token > 0.5 or self > 0.4. Click a column header to sort (again: the other way); click a "
+    + "row to open that head in the Heatmap tab. Scores are means over the rows of the trace; – : no row for it.");
   help.className = "ae-atlas-help";
   el.append(bar, message, progress, scroller, help);
   return { model, el, input, count, message, progress, bar: progressBar, progressText, scroller, table,
@@ -66,9 +67,10 @@ function build(model, el) {
 }
 
 /** The header row: a click sorts by a column, a second click the other way (scores start largest first).
+ * The arrow shows the order the rows are in (`shown_for`), not one asked for that Python has yet to answer.
  * @param {AtlasView} v @returns {HTMLTableRowElement} */
 function header(v) {
-  const { model } = v, by = model.get("sort_by"), desc = model.get("descending"), labels = model.get("labels");
+  const { model } = v, [, by, desc] = model.get("shown_for"), labels = model.get("labels");
   const tr = h("tr");
   for (const k of model.get("columns")) {
     const th = h("th", {}, k + (k === by ? (desc ? " ▼" : " ▲") : ""));
@@ -76,7 +78,8 @@ function header(v) {
     th.title = (labels[k] || k) + "\nclick to sort";
     if (k === by) th.classList.add("sorted");
     th.addEventListener("click", () => {
-      model.set("descending", k === by ? !desc : WEIGHTS.has(k));
+      const same = k === model.get("sort_by");
+      model.set("descending", same ? !model.get("descending") : WEIGHTS.has(k));
       model.set("sort_by", k);
       model.save_changes();
     });
@@ -126,6 +129,7 @@ function drawTable(v) {
 function drawProgress(v) {
   const get = (k) => v.model.get(k), ready = get("ready"), failure = get("failure");
   v.progress.style.display = ready || failure ? "none" : "";
+  v.scroller.style.display = ready ? "" : "none";
   v.bar.max = get("n_layers");
   v.bar.value = get("progress");
   v.progressText.textContent = ` computing the head scores of ${get("n_tokens")} tokens: `
@@ -150,8 +154,10 @@ function draw(v) {
   drawMessage(v);
   if (v.model.get("ready")) drawTable(v);
   v.draws += 1;
+  const [query, sortBy, descending] = v.model.get("shown_for");
   Object.assign(v.el.dataset, { drawCount: v.draws, ready: v.model.get("ready") ? "1" : "0",
-    shown: v.model.get("shown").length, error: v.model.get("error") ? "1" : "0" });
+    shown: v.model.get("shown").length, error: v.model.get("error") ? "1" : "0",
+    query: query ?? "", sortBy: sortBy ?? "", descending: descending ? "1" : "0" });
 }
 
 /** Draw once for all the traits one message changes.
@@ -176,7 +182,7 @@ function listen(v) {
  * @param {AtlasView} v @returns {() => void} */
 function connect(v) {
   const redraw = () => schedule(v);
-  const events = ["table", "shown", "error", "failure", "ready", "progress", "layer", "head", "sort_by", "descending"]
+  const events = ["table", "shown", "shown_for", "error", "failure", "ready", "progress", "layer", "head"]
     .map((k) => "change:" + k);
   for (const e of events) v.model.on(e, redraw);
   return () => { clearTimeout(v.timer); for (const e of events) v.model.off(e, redraw); };

@@ -210,6 +210,7 @@ class HeadAtlasView(FollowsSelection, anywidget.AnyWidget):
     sort_by = traitlets.Unicode("layer").tag(sync=True)
     descending = traitlets.Bool(False).tag(sync=True)
     shown = traitlets.List(traitlets.Int()).tag(sync=True)  # rows of `table` the query keeps, in sorted order
+    shown_for = traitlets.List([]).tag(sync=True)  # [query, sort_by, descending] that `shown` answers, set with it
     error = traitlets.Unicode("").tag(sync=True)  # why the query was refused ("" when it was read)
     layer = traitlets.Int(0).tag(sync=True)  # the selected head, highlighted
     head = traitlets.Int(None, allow_none=True).tag(sync=True)
@@ -278,7 +279,9 @@ class HeadAtlasView(FollowsSelection, anywidget.AnyWidget):
                 return
             self.error = ""
             if order is not None:
-                self.shown = order.tolist()
+                with self.hold_sync():
+                    self.shown = order.tolist()
+                    self.shown_for = [self.query, self.sort_by, self.descending]
 
     # --- the selection, and opening a head
     def _follow_selection(self, _change=None) -> None:

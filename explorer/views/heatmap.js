@@ -70,8 +70,8 @@ const LABEL_W = 110, LABEL_H = 84, OVERVIEW_PX = 240;
 /** What each kind draws: the picker's label, the value's name (legend, tooltip), and a note under the pickers.
  * "norm" is offered only by traces with value norms; the standalone page sends no `kinds` and has no picker. */
 const KINDS = {
-  raw: { label: "attention α", value: "weight", note: "" },
-  norm: { label: "value-weighted α·‖v W_O‖", value: "α·‖vW_O‖",
+  raw: { label: "attention", value: "weight", note: "" },
+  norm: { label: "value-weighted", value: "α·‖vW_O‖",
     note: "Value-weighted: each weight times the size of what its key writes, ‖v_j W_O‖ (Kobayashi et al. 2020). "
       + "Not probabilities: colours scale to this head's largest value." },
   rollout: { label: "rollout (all layers)", value: "rollout",
@@ -126,7 +126,7 @@ function buildKindPicker(model) {
   for (const option of sel.options) {
     if (kinds.includes(option.value)) continue;
     option.disabled = true;
-    option.textContent += " (not in this trace)";
+    option.textContent += " (no norms)";
     option.title = NO_NORMS;
     sel.title += "\nvalue-weighted: " + NO_NORMS;
   }
