@@ -43,9 +43,9 @@ def head_scores(trace, progress: bool = False, on_layer: Callable[[int], None] |
     for layer in tqdm(range(trace.n_layers), desc="head scores", unit="layer", disable=not progress):
         for start in range(1, n, CHUNK_ROWS):
             stop = min(start + CHUNK_ROWS, n)
-            a = trace.layers[layer].heads_rows(start, stop)  # [H, rows, T]
+            a = trace.layers[layer].heads_rows(start, stop)[:, :, :stop]  # [H, rows, keys ≤ last row]: causal
             rows = np.arange(start, stop)
-            same, after = _token_masks(ids, start, stop)
+            same, after = (m[:, :stop] for m in _token_masks(ids, start, stop))
             has_same, has_after = same.any(1), after.any(1)
             s = sums
             s["previous_token"][layer] += a[:, np.arange(len(rows)), rows - 1].sum(1)
@@ -75,7 +75,8 @@ def rollout(trace, progress: bool = False, on_layer: Callable[[int], None] | Non
         mean = np.empty((n, n), dtype=np.float32)
         for start in range(0, n, CHUNK_ROWS):
             stop = min(start + CHUNK_ROWS, n)
-            mean[start:stop] = trace.layers[layer].heads_rows(start, stop).mean(0)
+            mean[start:stop, :stop] = trace.layers[layer].heads_rows(start, stop)[:, :, :stop].mean(0)
+            mean[start:stop, stop:] = 0
         flow = (0.5 * mean + 0.5 * eye) @ flow
         if on_layer is not None:
             on_layer(layer)

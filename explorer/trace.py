@@ -113,19 +113,28 @@ class QueryKeyLayer:
         """Attention of query positions start..stop-1 over all keys, float32 [stop-start, T]."""
         group = self.n_heads // self.key.shape[0]
         q = self.query[head, start:stop].astype(np.float32)
-        k = self.key[head // group].astype(np.float32)
+        k = self.key[head // group, :stop].astype(np.float32)  # causal: no query here sees a key past stop-1
         scores = self.capped((q @ k.T) * np.float32(self.scaling))
-        scores = np.where(self.visible(start, stop), scores, np.float32(-np.inf))
-        return _softmax_rows(scores)
+        scores = np.where(self.visible(start, stop)[:, :stop], scores, np.float32(-np.inf))
+        return self._widened(_softmax_rows(scores))
 
     def heads_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows start..stop-1 of every head at once, float32 [H, stop-start, T]: one batched product, not H."""
         group = self.n_heads // self.key.shape[0]
         q = self.query[:, start:stop].astype(np.float32)
-        k = np.repeat(self.key.astype(np.float32), group, axis=0)
+        k = np.repeat(self.key[:, :stop].astype(np.float32), group, axis=0)
         scores = self.capped(np.matmul(q, k.transpose(0, 2, 1)) * np.float32(self.scaling))
-        scores = np.where(self.visible(start, stop)[None], scores, np.float32(-np.inf))
-        return _softmax_rows(scores)
+        scores = np.where(self.visible(start, stop)[None, :, :stop], scores, np.float32(-np.inf))
+        return self._widened(_softmax_rows(scores))
+
+    def _widened(self, rows: np.ndarray) -> np.ndarray:
+        """Rows over keys 0..stop-1 padded with zeros to all T keys (the weights there are 0 anyway)."""
+        t, have = self.key.shape[1], rows.shape[-1]
+        if have == t:
+            return rows
+        out = np.zeros((*rows.shape[:-1], t), dtype=np.float32)
+        out[..., :have] = rows
+        return out
 
     def tensors(self) -> dict[str, np.ndarray]:
         out = {"query": self.query, "key": self.key}
