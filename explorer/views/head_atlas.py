@@ -270,10 +270,11 @@ class HeadAtlasView(FollowsSelection, anywidget.AnyWidget):
         """Read the query; on success show the heads it keeps in order, else say why and keep the last table."""
         with self._lock:
             try:
-                order = None if self._columns is None else select_heads(
-                    self._columns, self.query, self.sort_by, self.descending)
-                if self._columns is None:
-                    parse_query(self.query)  # say at once whether it reads, before the scores are there
+                if self._columns is None:  # no scores yet: still say at once whether the query reads
+                    parse_query(self.query)
+                    order = None
+                else:
+                    order = select_heads(self._columns, self.query, self.sort_by, self.descending)
             except QueryError as e:
                 self.error = str(e)
                 return
