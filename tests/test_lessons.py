@@ -39,6 +39,13 @@ CLAIMS = {
         r"computed here: (\d\.\d+), in the trace: \1\n",
         r"same seed, same text: True\n",
     ],
+    "05-what-it-means": [
+        r"the last layer's lens is the model's own probability: True\n",
+        r"heads with induction > 0\.3: [1-9]\d*\n",
+        r"heads with previous_token > 0\.5: [1-9]\d*\n",
+        r"makes the copy harder to predict: True\n",
+        r"the branch keeps the prefix: True\n",
+    ],
 }
 
 
@@ -48,9 +55,9 @@ def printed(nb) -> str:
                    if o.output_type == "stream" and o.name == "stdout")
 
 
-def test_all_four_lessons_are_there():
+def test_all_five_lessons_are_there():
     assert [p.stem for p in LESSONS] == [
-        "01-self-attention", "02-positional-encoding", "03-multi-head", "04-generation",
+        "01-self-attention", "02-positional-encoding", "03-multi-head", "04-generation", "05-what-it-means",
     ]
 
 

@@ -301,15 +301,17 @@ class LanguageModel:
         return sorted(set(pairs))
 
     def trace(self, text: str, *, chat: bool = False, lens: str | None = None, candidates: int = 10,
-              precision: str = "auto", keep_values: bool = False, progress: bool = True) -> Trace:
+              ablate: list[tuple[int, int]] | None = None, precision: str = "auto", keep_values: bool = False,
+              progress: bool = True) -> Trace:
         """Read `text` in one forward pass and capture its attention, positions and surprisal (no generated
-        steps); lens="all" adds a logit lens at every position."""
+        steps); lens="all" adds a logit lens at every position, `ablate` switches (layer, head) pairs off."""
         check_lens(lens, generating=False)
         _check_candidates(candidates)
+        ablate = self._check_ablate(ablate)
         ids = self.encode(text, chat=chat)
         check_length(len(ids), 0, self.context_length, self.name)
         precision = self._choose_precision(precision, len(ids), keep_values)
-        recorder = self._recorder(precision, len(ids), keep_values)
+        recorder = self._recorder(precision, len(ids), keep_values, ablate)
         hidden = HiddenStates(self.model, lens, len(ids), prompt_states=True)
         started = time.perf_counter()
         with torch.inference_mode(), recording(self.model, recorder), hidden.hooked():
@@ -319,7 +321,8 @@ class LanguageModel:
             surprisal = self._surprisal(hidden.prompt, ids, len(ids), [])
             analysed = self._analyse(hidden, ids, candidates, progress)
         timings = {"forward": forward_at - started, "lens": time.perf_counter() - forward_at}
-        settings = {"chat": chat, "candidates": candidates, "lens": lens, "precision": precision}
+        settings = {"chat": chat, "candidates": candidates, "lens": lens, "precision": precision,
+                    "ablate": [list(pair) for pair in ablate]}
         return self._build_trace(ids, len(ids), recorder, [], settings, timings, surprisal, analysed)
 
     def _surprisal(self, prompt_states, token_ids: list[int], n_prompt: int, step_logits) -> np.ndarray:
