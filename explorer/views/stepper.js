@@ -20,6 +20,7 @@ function render({ model, el }) {
     const tokens = model.get("tokens");
     const chips = model.get("mode") === "chips";
     box.className = chips ? "token-text-box chips" : "token-text-box";
+    box.classList.toggle("not-clickable", !model.get("clickable"));
     box.style.maxHeight = model.get("max_height");
     box.replaceChildren();
     spans = tokens.map((token, i) => {
@@ -105,7 +106,7 @@ function render({ model, el }) {
   /** @param {MouseEvent} ev */
   function onClick(ev) {
     const span = ev.target.closest("span[data-index]");
-    if (!span) return;
+    if (!span || !model.get("clickable")) return;
     model.set("selected", Number(span.dataset.index));
     model.save_changes();
   }
@@ -117,12 +118,14 @@ function render({ model, el }) {
   const PAINTED = ["values", "count", "highlight", "selected", "rgb", "scale", "value_name"];
   model.on("change:tokens", rebuild);
   model.on("change:mode", rebuild);
+  model.on("change:clickable", rebuild);
   for (const name of PAINTED) model.on(`change:${name}`, paint);
   rebuild();
 
   return () => {
     model.off("change:tokens", rebuild);
     model.off("change:mode", rebuild);
+    model.off("change:clickable", rebuild);
     for (const name of PAINTED) model.off(`change:${name}`, paint);
     box.removeEventListener("mousemove", onMove);
     box.removeEventListener("mouseleave", onLeave);

@@ -3,6 +3,9 @@ surprising each token was), and the candidates it was chosen from.
 
     view = explorer.views.stepper(trace)        # a slider and a play button over the steps
 
+Given `on_branch(step, token)` (the explorer passes one when it has a model), a click on a candidate of the
+current step, or a token typed in the box, asks for a branch: what if the model had picked that token here?
+
 Per step only small things cross to the browser: one attention row as float32 bytes and the step's number.
 The tokens and every step's candidates go over once; the charts are SVG drawn by a small anywidget.
 """
@@ -10,6 +13,7 @@ The tokens and every step's candidates go over once; the charts are SVG drawn by
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 
 import anywidget
 import ipywidgets as widgets
@@ -20,7 +24,7 @@ from ..trace import Trace
 from . import frontend
 from .step_charts import StepCharts
 from .selection import FollowsSelection, Selection, clamp_head, clamp_layer
-from .tokens_html import SURPRISAL_FULL, SURPRISAL_RGB, most_surprising, surprisal_legend, token_span
+from .tokens_html import SURPRISAL_FULL, SURPRISAL_RGB, most_surprising, surprisal_legend, token_span, visible
 
 MEAN = -1  # the head selector's value for the mean of the layer's heads
 COLOUR_BY = ("attention", "surprisal")  # what the stepper's text is coloured by
@@ -49,6 +53,7 @@ class TokenText(anywidget.AnyWidget):
     value_name = traitlets.Unicode("").tag(sync=True)
     value_unit = traitlets.Unicode("").tag(sync=True)  # "nats": the hover gives the value in nats and bits
     max_height = traitlets.Unicode("14em").tag(sync=True)
+    clickable = traitlets.Bool(True).tag(sync=True)  # False: a click selects nothing (and the pointer says so)
 
     def set_values(self, values: np.ndarray) -> None:
         self.values = np.ascontiguousarray(values, dtype="<f4").tobytes()
@@ -76,15 +81,22 @@ def token_titles(trace: Trace) -> list[str]:
     return titles
 
 
+BRANCH_HINT = ("<i>Branching (what if the model had picked another token here?) needs a model: "
+               "<code>explorer.views.show(trace, lm=lm)</code>.</i>")
+
+
 class StepperView(FollowsSelection, widgets.VBox):
     """A slider and play button over the decoding steps of a trace, with the text, attention and probabilities
-    of the current step. Follows and updates `selection` (layer, head, step; a click on a token sets token)."""
+    of the current step. Follows and updates `selection` (layer, head, step; a click on a token sets token).
+    With `on_branch`, a click on a candidate of the current step (or a typed token) calls on_branch(step, token)."""
 
-    def __init__(self, trace: Trace, selection: Selection | None = None, play_interval: int = 800):
+    def __init__(self, trace: Trace, selection: Selection | None = None, play_interval: int = 800,
+                 on_branch: Callable[[int, object], None] | None = None):
         super().__init__()
         self.add_class("stepper-view")
         self.trace = trace
         self.selection = selection if selection is not None else Selection()
+        self.on_branch = on_branch
         if not trace.steps:
             from .read_text_view import read_text  # not at the top: read_text builds on this module's TokenText
 
@@ -125,11 +137,12 @@ class StepperView(FollowsSelection, widgets.VBox):
         )
         self.strip.set_values(np.array([s.prob for s in generated], dtype=np.float32))
         self.charts = StepCharts(trace, step)
+        self._build_branching()
         self._show(step)
 
         controls = widgets.HBox([self.play, self.slider, self.layer, self.head])
         self.children = [
-            controls, self.info, widgets.HBox([widgets.Label("colour the text by"), self.colour]),
+            controls, self.info, self.branching, widgets.HBox([widgets.Label("colour the text by"), self.colour]),
             self.about_text, self.legend,
             self.text, self.focus,
             widgets.HTML("<b>Generated tokens</b>: green = the probability the model gave each one "
@@ -142,7 +155,84 @@ class StepperView(FollowsSelection, widgets.VBox):
         self.colour.observe(self._on_colour, "value")
         self.strip.observe(self._on_chip, "selected")
         self.text.observe(self._on_text_token, "selected")
+        self.candidates.observe(self._on_candidate, "selected")
         self.follow(sel, self._on_selection, ["step", "layer", "head"])
+
+    def _build_branching(self) -> None:
+        """The current step's candidates as chips; with on_branch, clickable, and a box to type a token.
+        Every widget made here is in the view's tree, so closing the view closes it (an open widget outside the
+        tree would keep the view and its trace alive through its callbacks)."""
+        can = self.on_branch is not None
+        self.candidates = TokenText(mode="chips", rgb="44,160,44", scale=1.0, value_name="p", max_height="4.5em",
+                                    clickable=can)
+        self.candidates.add_class("stepper-candidates")
+        self.branch_note = widgets.HTML()  # why a branch was refused here, before asking the model
+        self.branch_note.add_class("stepper-branch-note")
+        self.branch_token = self.branch_button = None
+        if not can:
+            about = "<b>Candidates at this step</b> (green = the model's probability). " + BRANCH_HINT
+            self.branching = widgets.VBox([widgets.HTML(about), self.candidates, self.branch_note])
+        else:
+            self.branch_token = widgets.Text(placeholder="or type a token", layout=widgets.Layout(width="150px"))
+            self.branch_token.add_class("stepper-branch-token")
+            self.branch_button = widgets.Button(description="Branch",
+                                                tooltip="generate again from this step with the token typed",
+                                                layout=widgets.Layout(width="90px"))
+            self.branch_button.add_class("stepper-branch-button")
+            self.branch_button.on_click(lambda _: self._on_typed())
+            about = ("<b>Candidates at this step</b> (green = the model's probability): click one to branch, "
+                     "i.e. generate again from here with it instead")
+            typed = widgets.HBox([self.branch_token, self.branch_button, self.branch_note])
+            self.branching = widgets.VBox([widgets.HTML(about), self.candidates, typed])
+        self.branching.add_class("stepper-branching")
+
+    def _show_candidates(self, step: int) -> None:
+        s = self.trace.steps[step]
+        top = s.top_k
+        with self.candidates.hold_sync():
+            self.candidates.tokens = [c.token for c in top]
+            click = " · click to branch with it" if self.on_branch is not None else ""
+            self.candidates.titles = [f"candidate {i + 1} at step {step}"
+                                      + (" · the token generated" if c.token_id == s.token_id else click)
+                                      for i, c in enumerate(top)]
+            self.candidates.set_values(np.array([c.prob for c in top], dtype=np.float32))
+            self.candidates.count = len(top)
+            self.candidates.highlight = next((i for i, c in enumerate(top) if c.token_id == s.token_id), -1)
+        self.branch_note.value = ""
+
+    def _on_candidate(self, change) -> None:
+        index = change["new"]
+        if index < 0:
+            return
+        self.candidates.selected = -1  # so that a second click on the same chip is a change again
+        step = self.step
+        top = self.trace.steps[step].top_k
+        if self.on_branch is not None and index < len(top):
+            self.branch(step, top[index])
+
+    def _on_typed(self) -> None:
+        if self.branch_token is None:
+            return
+        text = self.branch_token.value
+        if not text:
+            self._refuse("type a token first (a leading space counts: “ Rome” is not “Rome”)")
+            return
+        self.branch(self.step, text)
+
+    def branch(self, step: int, token) -> None:
+        """Ask for a branch at `step` with `token` (a Candidate or a token's text); refused here when it is the
+        token the trace already has."""
+        if self.on_branch is None:
+            return
+        s = self.trace.steps[step]
+        if getattr(token, "token_id", None) == s.token_id:
+            self._refuse(f"“{visible(s.token)}” is the token of step {step} already: pick another candidate")
+            return
+        self.branch_note.value = ""
+        self.on_branch(step, token)
+
+    def _refuse(self, sentence: str) -> None:
+        self.branch_note.value = f"<span class='ae-error'>{html.escape(sentence)}</span>"
 
     def _on_chip(self, change) -> None:
         if change["new"] >= 0:
@@ -193,6 +283,7 @@ class StepperView(FollowsSelection, widgets.VBox):
             self.text.highlight = s.position
         self.strip.highlight = step
         self._describe(step)
+        self._show_candidates(step)
         self.charts.step = step
 
     def _paint_text(self, step: int) -> None:
@@ -257,9 +348,11 @@ class StepperView(FollowsSelection, widgets.VBox):
         return MEAN if head is None else head
 
 
-def stepper(trace: Trace, selection: Selection | None = None) -> StepperView:
-    """Step through the decoding of a generated trace (a message for a trace with no generated tokens)."""
-    return StepperView(trace, selection)
+def stepper(trace: Trace, selection: Selection | None = None,
+            on_branch: Callable[[int, object], None] | None = None) -> StepperView:
+    """Step through the decoding of a generated trace (a message for a trace with no generated tokens).
+    `on_branch(step, token)` makes the candidates clickable (views.show(trace, lm=lm) passes one)."""
+    return StepperView(trace, selection, on_branch=on_branch)
 
 
 __all__ = ["StepperView", "TokenText", "stepper", "token_titles"]
