@@ -450,6 +450,15 @@ class Trace:
 def save_traces(traces: list[Trace], path: str | os.PathLike) -> None:
     """Write several traces (a tree of branches, the traces of a session) to one file; `load_traces` reads it
     back with each branch linked to its parent."""
+    _write(*_several(traces), Path(path))
+
+
+def traces_to_bytes(traces: list[Trace]) -> bytes:
+    """The bytes of the file `save_traces` writes (a download of a session's traces)."""
+    return save(*_several(traces))
+
+
+def _several(traces: list[Trace]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     if not traces:
         raise ValueError("there are no traces to save")
     tensors: dict[str, np.ndarray] = {}
@@ -458,7 +467,7 @@ def save_traces(traces: list[Trace], path: str | os.PathLike) -> None:
         own, metadata = trace._tensors_and_metadata()
         tensors.update({f"{i}.{name}": array for name, array in own.items()})
         headers.append(json.loads(metadata["header"]))
-    _write(tensors, {"format": FORMAT, "version": str(VERSION), "traces": json.dumps(headers)}, Path(path))
+    return tensors, {"format": FORMAT, "version": str(VERSION), "traces": json.dumps(headers)}
 
 
 def _write(tensors: dict[str, np.ndarray], metadata: dict[str, str], path: Path) -> None:

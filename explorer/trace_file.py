@@ -80,6 +80,14 @@ def _build_all(headers, tensors: dict[str, np.ndarray]) -> list[Trace]:
 
 def trace_from_bytes(data: bytes, name: str = "the data") -> Trace:
     """A trace from the bytes of a trace file (`Trace.to_bytes`, an upload); `name` is what errors call it."""
+    traces = traces_from_bytes(data, name)
+    if len(traces) != 1:
+        raise TraceFileError(f"{name} holds {len(traces)} traces (a tree of branches), not one")
+    return traces[0]
+
+
+def traces_from_bytes(data: bytes, name: str = "the data") -> list[Trace]:
+    """The traces in the bytes of a file of `save_traces` or `Trace.save` (an upload), parents relinked."""
     with _readable(name):
         if len(data) < 8:
             raise ValueError("too short to be a safetensors file")
@@ -87,8 +95,7 @@ def trace_from_bytes(data: bytes, name: str = "the data") -> Trace:
         if not 2 <= size <= len(data) - 8:
             raise ValueError("the header length does not fit the data")
         metadata = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
-        header = _header(metadata, name)
-        return _build(header, load(data))
+        return _build_all(_header(metadata, name), load(data))
 
 
 @contextmanager

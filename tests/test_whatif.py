@@ -178,3 +178,20 @@ def test_rescore_gives_a_steps_probabilities_with_heads_switched_off(arch):
     probs = torch.softmax(logits, -1)
     assert off.index == 3 and off.prob == pytest.approx(float(probs[off.token_id]), rel=1e-4)
     assert [c.token_id for c in off.top_k] == torch.topk(probs, len(off.top_k)).indices.tolist()
+
+
+def test_a_tree_travels_as_bytes_and_a_broken_one_is_refused():
+    from explorer.trace import traces_to_bytes
+    from explorer.trace_file import trace_from_bytes, traces_from_bytes
+
+    lm = make_tiny_lm("llama")
+    trace = lm.generate("Bytes", max_new_tokens=4, progress=False)
+    branch = lm.branch(trace, 1, 30, progress=False)
+    data = traces_to_bytes([trace, branch])
+    back = traces_from_bytes(data, "an upload")
+    assert back[1].parent is back[0] and back[1].token_ids == branch.token_ids
+    with pytest.raises(explorer.TraceFileError, match="holds 2 traces"):
+        trace_from_bytes(data, "an upload")
+    assert trace_from_bytes(trace.to_bytes()).token_ids == trace.token_ids
+    with pytest.raises(explorer.TraceFileError, match="an upload"):
+        traces_from_bytes(data[: len(data) // 2], "an upload")

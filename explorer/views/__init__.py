@@ -12,6 +12,7 @@ bertviz's helpers (tens of MB a kernel, thirty kernels in a class).
 _WHERE = {
     "AttentionMathView": "attention_math",
     "attention_math": "attention_math",
+    "BranchTree": "branch_tree",
     "head_view": "bertviz_offline",
     "head_view_html": "bertviz_offline",
     "model_view": "bertviz_offline",
@@ -36,6 +37,7 @@ _WHERE = {
     "StepCharts": "step_charts",
     "StepperView": "stepper_view",
     "stepper": "stepper_view",
+    "WhatIfPanel": "whatif_panel",
 }
 
 
