@@ -1,19 +1,26 @@
-"""The full explorer: every view of one trace in tabs, sharing one selection, each built when first opened."""
+"""The full explorer: every view of one trace in tabs, sharing one selection, each built when first opened.
+
+With a model (`ExplorerView(trace, lm=lm)`, a LanguageModel or a dashboard's RemoteModel) it also asks what if:
+a click on a candidate in the stepper branches there, heads can be switched off, and the family of traces it made
+(the first, its branches, runs with heads off) shows as a tree above the tabs, a click on a node showing it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 
 import ipywidgets as widgets
 
-from ..trace import Trace
+from ..trace import Trace, save_traces
+from .branch_tree import BranchTree
 from .selection import Selection
 
 
-def _stepper(trace, selection):
+def _stepper(trace, selection, on_branch=None):
     from .stepper_view import stepper
 
-    return stepper(trace, selection)
+    return stepper(trace, selection, on_branch=on_branch)
 
 
 def _heatmap(trace, selection):
@@ -74,25 +81,46 @@ def _tabs() -> list[tuple[str, Callable]]:
 
 class ExplorerView(widgets.VBox):
     """Tabs of views over one trace. Views are built when their tab is first shown (big views at start-up
-    hang Voilà) and closed when the trace changes, so a long session does not keep old traces alive."""
+    hang Voilà) and closed when the trace changes, so a long session does not keep old traces alive.
 
-    def __init__(self, trace: Trace | None = None, selection: Selection | None = None):
+    With `lm`, the explorer branches and switches heads off (explorer_view.whatif), and keeps the `family` of
+    traces it has shown: the first, its branches and runs with heads off, drawn as a tree above the tabs.
+    A trace not related to the family (a new generation, a file) starts a new family. `on_trace_added` is a list
+    of callables, each called with every trace that joins the family (the first included)."""
+
+    def __init__(self, trace: Trace | None = None, selection: Selection | None = None, lm=None):
         super().__init__()
         self.add_class("explorer-view")
         self.selection = selection if selection is not None else Selection()
+        self.lm = lm
+        self.trace: Trace | None = None
+        self.family: list[Trace] = []
+        self.on_trace_added: list[Callable[[Trace], None]] = []
         self.builders = _tabs()
         self.tabs = widgets.Tab(children=[widgets.VBox() for _ in self.builders])
         for i, (title, _) in enumerate(self.builders):
             self.tabs.set_title(i, title)
         self.message = widgets.HTML()
         self.tabs.observe(lambda _: self._build_current(), "selected_index")
-        self.children = [self.message, self.tabs]
-        self.trace: Trace | None = None
+        self.tree = BranchTree(on_select=self._on_tree_select, layout=widgets.Layout(display="none"))
+        self.whatif = None
+        if lm is not None:
+            from .whatif_panel import WhatIfPanel
+
+            self.whatif = WhatIfPanel(lm, self.selection, current=lambda: self.trace, add_trace=self.add_trace)
+        self.children = [self.message, self.tree, *([self.whatif] if self.whatif else []), self.tabs]
         if trace is not None:
             self.set_trace(trace)
 
-    def set_trace(self, trace: Trace) -> None:
-        """Show another trace: close the old views and build the open tab anew."""
+    def set_trace(self, trace: Trace, step: int | None = None) -> None:
+        """Show another trace: close the old views and build the open tab anew, at `step` (default 0). A trace
+        of the family stays in it, a branch of one joins it, any other starts a new family."""
+        new_family = False
+        if not any(t is trace for t in self.family):
+            ids = {t.id for t in self.family}
+            if trace.parent_id is None or trace.parent_id not in ids:
+                self.family, new_family = [], True  # the old family's traces are let go
+            self._join(trace)
         for box in self.tabs.children:
             children, box.children = box.children, ()
             for child in children:
@@ -102,8 +130,56 @@ class ExplorerView(widgets.VBox):
             self.selection.layer = min(self.selection.layer, trace.n_layers - 1)
             if self.selection.head is not None:
                 self.selection.head = min(self.selection.head, trace.n_heads - 1)
-            self.selection.token, self.selection.step = None, 0
+            self.selection.token = None
+            self.selection.step = min(max(step or 0, 0), max(trace.n_generated - 1, 0))
         self._build_current()
+        self._show_tree()
+        if self.whatif is not None:
+            self.whatif.trace_changed(new_family)
+
+    def add_trace(self, trace: Trace, show: bool = True) -> None:
+        """Add `trace` to the family (a branch under its parent, a run with heads off beside the first) and, with
+        `show`, show it: a branch at the step where it diverges."""
+        if not any(t is trace for t in self.family):
+            self._join(trace)
+        if show:
+            self.set_trace(trace, step=trace.branch_step)
+        else:
+            self._show_tree()
+
+    def set_family(self, traces: Sequence[Trace], show: Trace | None = None) -> None:
+        """Show a family at once (as `explorer.load_traces` gives it back): `show`, or the first trace."""
+        if not traces:
+            raise ValueError("there are no traces to show")
+        self.family = []
+        for trace in traces:
+            self._join(trace)
+        self.set_trace(show if show is not None else traces[0])
+
+    def _join(self, trace: Trace) -> None:
+        self.family.append(trace)
+        for callback in list(self.on_trace_added):
+            callback(trace)
+
+    def save_family(self, path: str | os.PathLike) -> None:
+        """Write the family (the first trace, its branches, runs with heads off) to one file; load it back with
+        `explorer.load_traces(path)` and `ExplorerView.set_family`."""
+        save_traces(self.family, path)
+
+    def _show_tree(self) -> None:
+        self.tree.show(self.family, self.trace)
+        self.tree.layout.display = "" if len(self.family) > 1 else "none"
+
+    def _on_tree_select(self, trace: Trace) -> None:
+        """A click on a node of the tree: show that trace at the step shown now, so the two can be compared."""
+        self.set_trace(trace, step=self.selection.step)
+
+    def branch(self, step: int, token) -> None:
+        """Branch the trace shown at `step` with `token` (a token's text, id or Candidate), in the background
+        (explorer.whatif.wait() waits for it); the branch joins the family and is shown."""
+        if self.whatif is None:
+            raise ValueError("branching needs a model: ExplorerView(trace, lm=lm)")
+        self.whatif.branch(step, token)
 
     def _build_current(self) -> None:
         index = self.tabs.selected_index or 0
@@ -118,8 +194,13 @@ class ExplorerView(widgets.VBox):
             self.message.value = f"<div class='ae-error'>The {title} view could not be drawn: {_escape(e)}</div>"
 
     def _links(self, build: Callable) -> dict:
-        """What a view gets besides the trace and the selection: the head atlas, a way to open the Heatmap tab."""
-        return {"open_heatmap": lambda layer, head: self.show_tab("Heatmap")} if build is _head_atlas else {}
+        """What a view gets besides the trace and the selection: the head atlas, a way to open the Heatmap tab;
+        the stepper, a way to branch when there is a model."""
+        if build is _head_atlas:
+            return {"open_heatmap": lambda layer, head: self.show_tab("Heatmap")}
+        if build is _stepper:
+            return {"on_branch": self.branch if self.whatif is not None else None}
+        return {}
 
     def show_tab(self, title: str) -> None:
         """Switch to the tab called `title` (its view is built if it is new)."""
@@ -139,7 +220,7 @@ def _escape(e: Exception) -> str:
     return html.escape(f"{type(e).__name__}: {e}")
 
 
-def show(trace: Trace, selection: Selection | None = None) -> ExplorerView:
+def show(trace: Trace, selection: Selection | None = None, lm=None) -> ExplorerView:
     """The full explorer for `trace`: step-through, heatmap, all heads, head atlas, attention math, positions,
-    bertviz."""
-    return ExplorerView(trace, selection)
+    bertviz; with `lm`, branching and heads off too."""
+    return ExplorerView(trace, selection, lm=lm)
