@@ -5,7 +5,8 @@ Torch-free (numpy and difflib), so a viewer kernel compares saved traces with no
 - **position**: the same tokenizer and the same prompt (two generations, a branch, two models that share a
   tokenizer): position i of A is position i of B, over the positions both have;
 - **token runs**: the same tokenizer, different prompts (a changed word): the longest common runs of token ids
-  (difflib's SequenceMatcher, no junk heuristic), the tokens outside them unmatched;
+  (difflib's SequenceMatcher, no junk heuristic; a lone token only where it keeps the alignment of the run before
+  it), the tokens outside them unmatched;
 - **text**: different tokenizers, whose ids mean different things: each token's characters in the joined text,
   the two texts matched by SequenceMatcher, and a token of A paired with the token of B that shares most of its
   matched characters when that token of B shares most of its own with it (mutual best, in order).
@@ -111,13 +112,28 @@ def align(a: Trace, b: Trace) -> Alignment:
         sentence = (f"Same tokenizer ({tokenizers.why}) and the same prompt: position by position, "
                     f"{n} positions{longer}.")
         return Alignment([(i, i) for i in range(n)], "position", sentence, tokenizers, a.n_tokens, b.n_tokens)
-    matcher = SequenceMatcher(None, a.token_ids, b.token_ids, autojunk=False)
-    blocks = [m for m in matcher.get_matching_blocks() if m.size]
-    pairs = [(m.a + k, m.b + k) for m in blocks for k in range(m.size)]
+    blocks = token_runs(a.token_ids, b.token_ids)
+    pairs = [(i + k, j + k) for i, j, size in blocks for k in range(size)]
     sentence = (f"Same tokenizer ({tokenizers.why}), different prompts: by the longest common runs of token ids, "
                 f"{len(pairs)} of {a.n_tokens} (A) and {b.n_tokens} (B) tokens matched in {len(blocks)} runs; "
                 f"{a.n_tokens - len(pairs)} of A and {b.n_tokens - len(pairs)} of B unmatched.")
     return Alignment(pairs, "token runs", sentence, tokenizers, a.n_tokens, b.n_tokens)
+
+
+def token_runs(ids_a: list[int], ids_b: list[int]) -> list[tuple[int, int, int]]:
+    """The longest common runs of two id sequences as (start in A, start in B, length), in order.
+
+    SequenceMatcher's blocks, less the lone tokens that merely recur: a run of one token is kept only where as
+    many tokens of A as of B lie between it and the run before (a word swapped for a word, or the first token),
+    so a common token such as " the" met at different places in two continuations is not paired.
+    """
+    matcher = SequenceMatcher(None, ids_a, ids_b, autojunk=False)
+    runs, end_a, end_b = [], 0, 0
+    for m in matcher.get_matching_blocks():
+        if m.size > 1 or (m.size == 1 and m.a - end_a == m.b - end_b):
+            runs.append((m.a, m.b, m.size))
+            end_a, end_b = m.a + m.size, m.b + m.size
+    return runs
 
 
 def _owners(tokens: list[str]) -> np.ndarray:
@@ -155,9 +171,9 @@ def text_pairs(tokens_a: list[str], tokens_b: list[str]) -> list[tuple[int, int]
 
 def _by_text(a: Trace, b: Trace, tokenizers: Tokenizers) -> Alignment:
     pairs = text_pairs(a.tokens, b.tokens)
-    sentence = (f"Compared {BY_TEXT} ({tokenizers.why}): tokens paired where their characters match in the two "
-                f"texts, {len(pairs)} pairs from {a.n_tokens} (A) and {b.n_tokens} (B) tokens; paired tokens may "
-                "differ in length.")
+    sentence = (f"{BY_TEXT[0].upper()}{BY_TEXT[1:]} ({tokenizers.why}): tokens paired where their characters "
+                f"match in the two texts, {len(pairs)} pairs from {a.n_tokens} (A) and {b.n_tokens} (B) tokens; "
+                "paired tokens may differ in length.")
     return Alignment(pairs, "text", sentence, tokenizers, a.n_tokens, b.n_tokens)
 
 
