@@ -21,6 +21,13 @@ def show(trace: Trace):
     return _show(trace)
 
 
+def compare(a: Trace, b: Trace, layer: int = 0, head: int | None = None, **kwargs):
+    """Two traces side by side: their attention over aligned positions, A − B, and where their choices differ."""
+    from .views.compare_view import compare as _compare
+
+    return _compare(a, b, layer=layer, head=head, **kwargs)
+
+
 def __getattr__(name):
     # the model side imports torch and transformers: only when it is asked for, so views load fast
     if name in {"load_model", "wrap", "LanguageModel"}:
@@ -41,6 +48,7 @@ __all__ = [
     "Step",
     "Trace",
     "TraceFileError",
+    "compare",
     "load_model",
     "load_trace",
     "load_traces",

@@ -17,6 +17,8 @@ _WHERE = {
     "head_view_html": "bertviz_offline",
     "model_view": "bertviz_offline",
     "model_view_html": "bertviz_offline",
+    "CompareView": "compare_view",
+    "compare": "compare_view",
     "ExplorerView": "explorer_view",
     "show": "explorer_view",
     "standalone_html": "export",
