@@ -118,6 +118,14 @@ def test_same_prompt_aligns_position_by_position(lm):
     assert any(p.differs for p in pairs) and [p.a for p in pairs] == a.steps and [p.b for p in pairs] == b.steps
 
 
+def test_the_view_says_when_one_trace_is_a_branch_of_the_other(lm):
+    a = lm.generate(CAT, max_new_tokens=6, progress=False)
+    b = lm.branch(a, step=2, token=a.steps[2].top_k[1], progress=False)
+    view = explorer.compare(a, b)
+    assert view.method == "position" and view.sentence.endswith("B is a branch of A at step 2.")
+    assert [s["differs"] for s in view.steps][:3] == [False, False, True]
+
+
 def test_same_prompt_of_another_length_pairs_the_common_positions(lm):
     a = lm.generate(CAT, max_new_tokens=4, progress=False)
     b = lm.generate(CAT, max_new_tokens=7, progress=False)
