@@ -160,6 +160,8 @@ TABS = {
     "Step through": ".stepper-view .step-charts svg .bar-label",
     "Heatmap": ".ae-heatmap canvas.ae-window",
     "All heads": ".ae-heads-map canvas.ae-thumbs",
+    "Head atlas": ".ae-atlas table.ae-atlas-table tr td",
+    "Logit lens": ".ae-lens-cell",
     "Attention math": ".attention-math-view table",
     "Positions": ".positional-view .js-plotly-plot .main-svg",
     "bertviz": "iframe[sandbox='allow-scripts']",
@@ -170,13 +172,18 @@ def test_explorer_tab_draws_inside_the_output_area(lab, title):
     out = cell(page, SHOW)
     out.scroll_into_view_if_needed()
     out.locator(".explorer-view .lm-TabBar-tab", has_text=title).first.click()
-    out.locator(f".explorer-view {TABS[title]}").first.wait_for(timeout=30_000)
+    shot = OUTPUT / f"jupyterlab-explorer-{title.lower().replace(' ', '-')}.png"
+    try:
+        out.locator(f".explorer-view {TABS[title]}").first.wait_for(timeout=30_000)
+    except Exception:
+        out.screenshot(path=str(shot))  # what showed instead, to look at
+        raise
     if title == "bertviz":  # head view and model view, each drawn inside its iframe
         assert out.locator(f".explorer-view {TABS[title]}").count() == 2
         for i in range(2):
             out.frame_locator(f".explorer-view {TABS[title]} >> nth={i}").locator("svg text").first.wait_for(
                 timeout=30_000)
-    out.screenshot(path=str(OUTPUT / f"jupyterlab-explorer-{title.lower().replace(' ', '-')}.png"))
+    out.screenshot(path=str(shot))
     assert past_the_right_edge(out) == []
 
 
