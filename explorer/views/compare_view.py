@@ -1,6 +1,6 @@
 """Two traces side by side: A's and B's attention over their matched positions, A − B, and both traces' choices.
 
-The alignment (explorer/compare.py) pairs positions; the heatmaps show only matched positions, rows and columns.
+The alignment (explorer/alignment.py) pairs positions; the heatmaps show only matched positions, rows and columns.
 What crosses the wire: `window`, float32 [3, rows, cols] (A, B, A − B) of a window of matched positions (the whole
 matrix while it fits, `window_size` a side), sent again on a layer, head or window change; the colour scales
 (`scale` for A and B together, `dscale` for the difference, both over all matched positions, so moving the
@@ -13,7 +13,7 @@ import anywidget
 import numpy as np
 import traitlets
 
-from ..compare import Difference, HeadsCompared, align, counterpart, difference, step_pairs
+from ..alignment import Difference, HeadsCompared, align, counterpart, difference, step_pairs
 from . import frontend
 from .selection import clamp_head, clamp_layer
 from .tokens_html import visible

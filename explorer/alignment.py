@@ -11,14 +11,11 @@ Torch-free (numpy and difflib), so a viewer kernel compares saved traces with no
   the two texts matched by SequenceMatcher, and a token of A paired with the token of B that shares most of its
   matched characters when that token of B shares most of its own with it (mutual best, in order).
 
-`explorer.compare(a, b)` opens the view; importing this module would replace that function on the package (Python
-sets a package's attribute to its submodule), so the module itself is callable and does the same.
+`explorer.compare(a, b)` opens the view of two traces (explorer/views/compare_view.py) aligned by this module.
 """
 
 from __future__ import annotations
 
-import sys
-import types
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import NamedTuple
@@ -253,15 +250,3 @@ def step_pairs(a: Trace, b: Trace, alignment: Alignment) -> list[StepPair]:
             sa.token_id != sb.token_id if by_id else sa.token != sb.token)
         out.append(StepPair(k, sa, sb, differs))
     return out
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as `explorer.compare(a, b, ...)` (see the module docstring)."""
-
-    def __call__(self, a: Trace, b: Trace, layer: int = 0, head: int | None = None, **kwargs):
-        from .views.compare_view import compare as open_view
-
-        return open_view(a, b, layer=layer, head=head, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
