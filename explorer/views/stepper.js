@@ -18,8 +18,9 @@ function render({ model, el }) {
   /** One span a token, rebuilt when the tokens or the mode change. */
   function build() {
     const tokens = model.get("tokens");
-    const chips = model.get("mode") === "chips";
-    box.className = chips ? "token-text-box chips" : "token-text-box";
+    const mode = model.get("mode");
+    const chips = mode !== "text"; // "chips", or "candidates": chips too, told apart by their class
+    box.className = chips ? `token-text-box ${mode}` : "token-text-box";
     box.classList.toggle("not-clickable", !model.get("clickable"));
     box.style.maxHeight = model.get("max_height");
     box.replaceChildren();

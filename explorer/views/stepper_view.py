@@ -47,7 +47,7 @@ class TokenText(anywidget.AnyWidget):
     count = traitlets.Int(0).tag(sync=True)  # tokens 0..count-1 are shown
     highlight = traitlets.Int(-1).tag(sync=True)
     selected = traitlets.Int(-1).tag(sync=True)  # set by a click in the browser
-    mode = traitlets.Unicode("text").tag(sync=True)  # "text" or "chips"
+    mode = traitlets.Unicode("text").tag(sync=True)  # "text", "chips", or "candidates" (chips of another class)
     rgb = traitlets.Unicode("31,119,180").tag(sync=True)
     scale = traitlets.Float(0.0).tag(sync=True)  # value of full colour; 0 = the max of the shown values
     value_name = traitlets.Unicode("").tag(sync=True)
@@ -142,9 +142,9 @@ class StepperView(FollowsSelection, widgets.VBox):
 
         controls = widgets.HBox([self.play, self.slider, self.layer, self.head])
         self.children = [
-            controls, self.info, self.branching, widgets.HBox([widgets.Label("colour the text by"), self.colour]),
+            controls, self.info, widgets.HBox([widgets.Label("colour the text by"), self.colour]),
             self.about_text, self.legend,
-            self.text, self.focus,
+            self.text, self.focus, self.branching,
             widgets.HTML("<b>Generated tokens</b>: green = the probability the model gave each one "
                          "(hover for probability, rank and entropy; click to go to that step)"),
             self.strip, self.charts,
@@ -163,7 +163,7 @@ class StepperView(FollowsSelection, widgets.VBox):
         Every widget made here is in the view's tree, so closing the view closes it (an open widget outside the
         tree would keep the view and its trace alive through its callbacks)."""
         can = self.on_branch is not None
-        self.candidates = TokenText(mode="chips", rgb="44,160,44", scale=1.0, value_name="p", max_height="4.5em",
+        self.candidates = TokenText(mode="candidates", rgb="44,160,44", scale=1.0, value_name="p", max_height="4.5em",
                                     clickable=can)
         self.candidates.add_class("stepper-candidates")
         self.branch_note = widgets.HTML()  # why a branch was refused here, before asking the model
