@@ -7,9 +7,11 @@
  * @param {{ model: Model, el: HTMLElement }} ctx @returns {() => void} */
 function render({ model, el }) {
   el.classList.add("branch-tree");
+  const title = h("div", {}, "Traces of this family: a branch under the trace it came from; click one to show it");
+  title.className = "branch-tree-title";
   const list = h("div");
   list.className = "branch-tree-list";
-  el.append(list);
+  el.append(title, list);
   let draws = 0;
 
   function draw() {
@@ -21,7 +23,7 @@ function render({ model, el }) {
       row.dataset.id = node.id;
       row.dataset.depth = String(node.depth);
       if (node.step !== null) row.dataset.step = String(node.step);
-      row.title = node.id === current ? "shown now" : "click to show this trace";
+      row.title = `${node.label} → ${node.snippet}\n${node.id === current ? "shown now" : "click to show this trace"}`;
       if (node.depth > 0) row.append(h("span", {}, "└ "));
       const label = h("span", {}, node.label);
       label.className = "branch-tree-label";

@@ -145,10 +145,12 @@ class WhatIfPanel(FollowsSelection, widgets.VBox):
             button.description, button.disabled = f"Switch off head {heads_label([head])}", False
             button.tooltip = f"layer {head[0]}, head {head[1]}: zero its output and re-score the selected step"
         own = heads_off(trace) if trace is not None else []
-        listed = heads_label(self.heads_off) if self.heads_off else "none"
+        listed = f"heads off: <b>{heads_label(self.heads_off) if self.heads_off else 'none'}</b>"
         if own:
             listed += f" <small>(this trace was generated with {heads_label(own)} off)</small>"
-        self.off_list.value = f"<span>heads off: <b>{listed}</b></span>"
+        elif head is None and not self.heads_off:
+            listed += " <small>(pick one head, not the mean of heads, to switch it off)</small>"
+        self.off_list.value = f"<span>{listed}</span>"
         self.restore_button.disabled = not self.heads_off
         self.generate_button.disabled = not self.heads_off or bool(self._busy) or trace is None or not trace.steps
 
@@ -211,9 +213,9 @@ class WhatIfPanel(FollowsSelection, widgets.VBox):
         if step is None:
             return
         wanted = (trace.id, step, tuple(self.heads_off))
-        try:
-            after = trace.steps[step] if not self.heads_off else whatif.rescore(
-                self.lm, trace, step, self.effective_heads(trace))
+        heads = self.effective_heads(trace)
+        try:  # no heads off besides the trace's own: its own step, without asking the model
+            after = trace.steps[step] if heads == heads_off(trace) else whatif.rescore(self.lm, trace, step, heads)
         except ExplorerError as e:
             self._say(str(e), error=True)
             return
@@ -228,8 +230,13 @@ class WhatIfPanel(FollowsSelection, widgets.VBox):
         s = trace.steps[step]
         own = heads_off(trace)
         before = "as generated" + (f" ({heads_label(own)} off)" if own else "")
-        later = (f"with {heads_label(self.heads_off)} off" + (" too" if own else "")) if self.heads_off else \
-            "all heads on again: as generated"
+        extra = sorted(set(self.heads_off) - set(own))
+        if not self.heads_off:
+            later = "all heads on again: as generated"
+        elif not extra:
+            later = f"with {heads_label(self.heads_off)} off: as generated (this trace has them off)"
+        else:
+            later = f"with {heads_label(self.heads_off)} off" + (" too" if own else "")
         self.after = after
         self.comparison.change = {
             "step": step, "token": visible(s.token), "token_id": s.token_id, "before": _side(s, before),
