@@ -119,7 +119,6 @@ def test_a_click_on_the_parent_node_shows_the_parent(page, trace):
     wait_highlight(page, at)  # the same step as before: the two can be compared
     shown = main_text(page)
     assert shown["text"] == "".join(trace.tokens[: at + 1]) and shown["marked"] == trace.steps[STEP].token
-    # the other views follow too: the Heatmap tab opens on the parent's tokens
     assert root.locator(".stepper-view .token-text-box.chips span").count() == trace.n_generated
 
 
@@ -128,8 +127,8 @@ def after_numbers(page) -> dict:
     return {
         "prob": float(view(page).locator(".whatif-token-prob[data-side='after']").get_attribute("data-prob")),
         "text": view(page).locator(".whatif-token-prob[data-side='after']").inner_text(),
-        "rows": side.locator("tr").evaluate_all(
-            "rows => rows.map(r => [+r.dataset.tokenId, +r.dataset.prob, r.querySelector('.whatif-number').textContent])"),
+        "rows": side.locator("tr").evaluate_all("rows => rows.map(r => "
+                                                "[+r.dataset.tokenId, +r.dataset.prob, r.lastChild.textContent])"),
     }
 
 

@@ -274,3 +274,35 @@ def test_a_new_family_lets_the_old_one_go(lm):
     assert view.whatif.wait(60)
     gc.collect()
     assert all(ref() is None for ref in old)  # a long session does not keep every family alive
+
+
+def test_through_the_generation_service_as_in_a_dashboards_kernel(lm, trace):
+    """A RemoteModel (what a dashboard's kernel holds): the same branch, the same numbers with a head off, and a
+    two-token text refused in the service's sentence."""
+    from explorer.service import RemoteModel
+    from test_service import service_in_this_process
+
+    def load(service):
+        service.lm = lm
+        service.status.model = lm.info().to_dict()
+        service.status.state = "ready"
+
+    with service_in_this_process(load) as (address, _):
+        remote = RemoteModel(address)
+        try:
+            view = ExplorerView(trace, lm=remote)
+            view.selection.step = 2
+            index, candidate = runner_up(trace.steps[2])
+            stepper_of(view).candidates.selected = index
+            assert view.whatif.wait(60), view.whatif.status.value
+            same_trace(view.trace, lm.branch(trace, 2, candidate, progress=False))
+            view.whatif.switch_off(1, 1)
+            assert view.whatif.wait(60)
+            expected = whatif.rescore(lm, view.trace, 2, [(1, 1)])
+            assert view.whatif.after.prob == pytest.approx(expected.prob, rel=1e-5)
+            stepper_of(view).branch_token.value = "ab"
+            stepper_of(view).branch_button.click()
+            assert view.whatif.wait(60)
+            assert "not one" in view.whatif.status.value and len(view.family) == 2
+        finally:
+            remote.close()

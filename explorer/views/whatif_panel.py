@@ -31,17 +31,21 @@ from .tokens_html import visible
 
 class Jobs:
     """Work for the model, run one at a time in a background thread that ends when there is none left.
-    A job submitted with a `kind` replaces a waiting job of that kind (only the latest re-scoring matters)."""
+    A job submitted with a `kind` replaces a waiting job of that kind (only the latest re-scoring matters).
+    Each job holds `model_lock` while it runs: a caller that uses the same model elsewhere (a dashboard's
+    Generate) holds it too, so that two calls never reach the model at once."""
 
     def __init__(self, in_background: bool = True):
         self.in_background = in_background
+        self.model_lock = threading.RLock()
         self._queue: list[tuple[str | None, Callable[[], None]]] = []
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
     def submit(self, work: Callable[[], None], kind: str | None = None) -> None:
         if not self.in_background:
-            work()
+            with self.model_lock:
+                work()
             return
         with self._cond:
             if kind is not None:
@@ -59,11 +63,8 @@ class Jobs:
                     self._cond.notify_all()
                     return
                 _, work = self._queue.pop(0)
-            work()  # each job reports its own errors
-
-    def waiting(self, kind: str) -> bool:
-        with self._cond:
-            return any(k == kind for k, _ in self._queue)
+            with self.model_lock:
+                work()  # each job reports its own errors
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every job submitted is done; False if `timeout` came first."""
