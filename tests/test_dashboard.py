@@ -1,4 +1,5 @@
-"""The dashboard's logic without a browser: generate, errors that lose nothing, load, save, views released."""
+"""The dashboard's logic without a browser: generate, errors that lose nothing, load, save, views released; the
+session of traces (generated, branched, run with heads off, loaded), Compare and Save session."""
 
 import datetime
 import os
@@ -83,7 +84,7 @@ def test_old_views_and_traces_are_released_when_a_new_trace_comes():
     import gc
     import weakref
 
-    board = Dashboard(make_tiny_lm("llama"), prompt="abc")
+    board = Dashboard(make_tiny_lm("llama"), prompt="abc", session_traces=1)  # the session keeps only the newest
     board.max_new_tokens.value = 2
     old_trace = weakref.ref(board.generate())
     for index in range(len(board.explorer.tabs.children)):  # open every view
@@ -146,3 +147,234 @@ def test_the_dashboard_drives_the_textbook_model_too():
     assert trace is not None, board.message.value
     assert trace.tokens[trace.n_prompt:] == ["3", "1", "4", "1", "5"]  # the copy model copies
     assert board.progress.value == 5 and board.live.value == "31415"  # each token shown as it came
+
+
+# --- what-if, the session, Compare, Save session
+
+def upload(board, name: str, data: bytes) -> None:
+    board.upload.value = ({"name": name, "content": memoryview(data), "size": len(data), "type": "",
+                           "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
+
+
+def listed(board) -> list[str]:
+    """The session list's labels, newest first, as the sidebar shows them."""
+    return [label for label, _ in board.session_panel.list.options]
+
+
+def runner_up(step):
+    return next(c for c in step.top_k if c.token_id != step.token_id)
+
+
+def branch(board, step: int):
+    """Branch the shown trace at `step` with the runner-up candidate, as a click in the stepper does."""
+    board.explorer.branch(step, runner_up(board.trace.steps[step]))
+    assert board.explorer.whatif.wait(60)
+    return board.trace
+
+
+def test_generated_branched_and_heads_off_traces_join_the_session(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lm = make_tiny_lm("llama")
+    board = Dashboard(lm, prompt="The cat sat on the mat and purred")
+    board.max_new_tokens.value = 6
+    first = board.generate()
+    assert listed(board) == ["1. The cat sat on the …"]
+    assert board.session_panel.list.value == first.id and "(6 generated)" in board.session_panel.detail.value
+    made = branch(board, 2)
+    assert made is not first and made.parent is first and made.branch_step == 2
+    label = f"2. The cat sat … · branch at step 2: “{made.steps[2].token.replace(' ', '␣')}”"
+    assert listed(board) == [label, "1. The cat sat on the …"]
+    assert board.session_panel.list.value == made.id  # the list follows what is shown
+    assert "Added to the session: 2." in message(board)
+    assert (board.session_panel.a.value, board.session_panel.b.value) == (first.id, made.id)  # A its parent
+    assert board.progress_label.value.startswith("branching at step 2: done")  # its progress shows here too
+
+    board.explorer.whatif.switch_off(1, 2)  # a head off, then a run with it off
+    assert board.explorer.whatif.wait(60)
+    board.explorer.whatif.generate_with_heads_off()
+    assert board.explorer.whatif.wait(60)
+    assert listed(board)[0] == "3. The cat sat … · heads off L1.H2"
+    assert [tuple(pair) for pair in board.trace.settings["ablate"]] == [(1, 2)]
+
+    board.prompt.value = "Another prompt"
+    second = board.generate()
+    assert listed(board)[0] == "4. Another prompt" and board.explorer.family == [second]  # a new family
+    board.session_panel.list.value = made.id  # a click in the list: the branch, with its family in the tree
+    assert board.trace is made and board.explorer.selection.step == 2
+    assert {t.id for t in board.explorer.family} == {first.id, made.id, board.session.entries[2].trace.id}
+    assert "Showing 2." in message(board)
+    assert explorer.load_trace(board.save()).token_ids == made.token_ids  # Save trace: the trace shown
+
+
+def test_compare_shows_the_two_traces_chosen_and_back_shows_the_explorer():
+    from explorer.views.compare_view import CompareView
+
+    lm = make_tiny_lm("llama")
+    board = Dashboard(lm, prompt="abcdefgh")
+    board.max_new_tokens.value = 5
+    first = board.generate()
+    made = branch(board, 1)
+    board.prompt.value = "xyz"
+    third = board.generate()
+    panel = board.session_panel
+    panel.a.value, panel.b.value = first.id, made.id
+    panel.compare_button.click()
+    view = board.session_panel.compare_view
+    assert isinstance(view, CompareView) and (view.a, view.b) == (first, made)
+    assert "B is a branch of A at step 1." in view.sentence
+    assert panel.compare_box.layout.display == "" and board.explorer.layout.display == "none"
+    assert "Comparing A, 1. abcdefgh, with B, 2." in message(board)
+    assert board.trace is third  # the explorer is left as it was
+    panel.back_button.click()
+    assert panel.compare_view is None and view.comm is None  # closed: its arrays go
+    assert panel.compare_box.layout.display == "none" and board.explorer.layout.display == ""
+    panel.a.value = panel.b.value = first.id
+    panel.compare_button.click()
+    assert "A and B are the same trace" in message(board) and "ae-error" in message(board)
+    assert panel.compare_view is None
+
+
+def test_save_session_gives_one_file_that_loads_back_with_parents_linked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lm = make_tiny_lm("gpt2")
+    board = Dashboard(lm, prompt="abcdef")
+    board.max_new_tokens.value = 4
+    first = board.generate()
+    made = branch(board, 1)
+    path = board.save_session()
+    assert path.name.startswith("session-") and "(2 traces)" in message(board)
+    assert "download=" in board.links.value
+    loaded = explorer.load_traces(path)
+    assert [t.id for t in loaded] == [first.id, made.id]
+    assert loaded[1].parent is loaded[0] and loaded[1].branch_step == 1
+
+    # in a class, a download only, nothing written on the server
+    from explorer.service import Limits
+
+    klass = Dashboard(lm, prompt="abcdef", limits=Limits.for_class(3))
+    klass.max_new_tokens.value = 4
+    klass.generate()
+    branch(klass, 2)
+    before = set(tmp_path.iterdir())
+    assert klass.save_session() is None and set(tmp_path.iterdir()) == before
+    assert "Your session (2 traces) is ready to download" in message(klass)
+    assert "download='session-" in klass.links.value
+
+
+def test_a_tree_file_uploaded_adds_all_its_traces_and_shows_the_first(tmp_path):
+    from explorer.trace import traces_to_bytes
+
+    lm = make_tiny_lm("llama")
+    trace = lm.generate("abcdef", max_new_tokens=4, progress=False)
+    one = lm.branch(trace, 1, runner_up(trace.steps[1]), progress=False)
+    two = lm.branch(one, 3, runner_up(one.steps[3]), progress=False)
+    data = traces_to_bytes([trace, one, two])
+    board = Dashboard(lm, prompt="abc")
+    board.max_new_tokens.value = 2
+    board.generate()
+    upload(board, "tree.trace", data)
+    assert "Loaded tree.trace: 3 traces, shown as a tree" in message(board), message(board)
+    assert board.trace.id == trace.id and [t.id for t in board.explorer.family] == [trace.id, one.id, two.id]
+    assert board.explorer.family[2].parent is board.explorer.family[1]  # parents linked
+    assert listed(board)[:3] == [f"4. tree.trace · branch at step 3: “{two.steps[3].token}”",
+                                 f"3. tree.trace · branch at step 1: “{one.steps[1].token}”", "2. tree.trace"]
+    assert not board.explorer.tree.layout.display  # the tree shows above the tabs
+    # a file of one trace still loads as before; one the session has already is shown, not added twice
+    upload(board, "one.trace", lm.generate("xyz", max_new_tokens=2, progress=False).to_bytes())
+    assert "Loaded one.trace: " in message(board) and listed(board)[0] == "5. one.trace"
+    upload(board, "again.trace", one.to_bytes())
+    assert len(board.session) == 5 and board.trace.id == one.id and len(board.explorer.family) == 3
+
+
+def test_the_session_is_bounded_and_says_what_it_let_go():
+    lm = make_tiny_lm("llama")
+    board = Dashboard(lm, prompt="p0", session_traces=3)
+    board.max_new_tokens.value = 2
+    made = []
+    for i in range(3):
+        board.prompt.value = f"p{i}"
+        made.append(board.generate())
+    assert len(board.session) == 3 and "let go" not in message(board)
+    board.prompt.value = "p3"
+    board.generate()
+    assert len(board.session) == 3 and [e.trace for e in board.session.entries][0] is made[1]
+    assert "The session keeps at most 3 traces" in message(board) and "the oldest, “1. p0”, was let go" in message(board)
+    assert listed(board) == ["4. p3", "3. p2", "2. p1"]
+    # a branch keeps its parent's id but lets the parent's memory go with it
+    board.session_panel.list.value = made[1].id
+    child = branch(board, 1)
+    for _ in range(3):
+        board.generate()
+    assert child.parent is None and child.parent_id == made[1].id
+
+
+def test_a_service_error_in_a_what_if_action_is_one_sentence_and_the_trace_stays():
+    from explorer.errors import ServiceError
+
+    lm = make_tiny_lm("llama")
+
+    class FailingService:
+        """The tiny model for Generate, a generation service that has stopped for what-if."""
+
+        has_chat_template = False
+
+        def generate(self, *args, **kwargs):
+            return lm.generate(*args, **kwargs)
+
+        def generate_from_ids(self, *args, **kwargs):
+            raise ServiceError("the generation service stopped answering (it restarts by itself): "
+                               "your last trace is still shown; press Generate again in a few seconds")
+
+        def branch(self, trace, step, token, **kwargs):
+            return self.generate_from_ids([], forced=token)
+
+    board = Dashboard(FailingService(), prompt="abcdef")
+    board.max_new_tokens.value = 4
+    shown = board.generate()
+    board.explorer.branch(1, runner_up(shown.steps[1]))
+    assert board.explorer.whatif.wait(30)
+    assert "The generation service stopped answering" in message(board) and "ae-error" in message(board)
+    assert message(board).count(". ") == 0  # one sentence
+    assert board.trace is shown and len(board.session) == 1 and board.progress_label.value == ""
+    assert not board.generate_button.disabled and board.generate() is not None  # and Generate still works
+
+
+def test_generate_waits_for_a_what_if_request_of_the_same_model():
+    """The dashboard's Generate and the explorer's background what-if take turns: a service's socket and a
+    model's hooks take one call at a time."""
+    import threading
+
+    lm = make_tiny_lm("llama")
+    board = Dashboard(lm, prompt="abcdef")
+    board.max_new_tokens.value = 3
+    board.generate()
+    calls, inside = [], threading.Event()
+    release = threading.Event()
+    real = lm.branch
+
+    def slow_branch(*args, **kwargs):
+        calls.append("branch in")
+        inside.set()
+        release.wait(30)
+        calls.append("branch out")
+        return real(*args, **kwargs)
+
+    lm.branch = slow_branch
+    board.explorer.branch(1, runner_up(board.trace.steps[1]))
+    assert inside.wait(30)
+    real_generate = lm.generate
+    lm.generate = lambda *a, **k: (calls.append("generate"), real_generate(*a, **k))[1]
+    threading.Timer(0.5, release.set).start()
+    board.generate()
+    assert calls == ["branch in", "branch out", "generate"]
+    assert board.explorer.whatif.wait(30)
+
+
+def test_a_model_that_cannot_branch_gives_an_explorer_without_what_if():
+    from explorer import textbook
+
+    board = Dashboard(textbook.load(), prompt="3 1 4 |")
+    assert board.explorer.whatif is None
+    board.max_new_tokens.value = 3
+    board.generate()
+    assert listed(board) == ["1. 3 1 4 |"]

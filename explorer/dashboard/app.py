@@ -2,17 +2,19 @@
 
 It runs the same in JupyterLab and under Voilà. It drives any model with `generate(prompt, on_token=,
 on_status=, **settings)`: a LanguageModel in this kernel, or (under `attention-explorer dashboard`) the
-RemoteModel of the generation service, so that the page's kernel holds no torch and no model. Every callback
-catches our errors and shows them in the page: the kernel keeps running and what is already drawn stays.
+RemoteModel of the generation service, so that the page's kernel holds no torch and no model. A model that
+also branches (`branch`, `generate_from_ids`) gives the explorer its what-if: branching from the stepper and
+heads switched off. Every trace of the page (generated, branched, loaded) joins the session in the sidebar,
+where a click shows one and two can be compared; Save session downloads them all as one file.
+Every callback catches our errors and shows them in the page: the kernel keeps running and what is already
+drawn stays.
 """
 
 from __future__ import annotations
 
-import base64
 import gc
 import html
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -25,12 +27,17 @@ from ..errors import ExplorerError, SettingsError
 from ..facts import ModelFacts
 from ..service.protocol import FIRST_PROMPT, KEY_ENV, LIMITS_ENV, SERVICE_ENV, Limits
 from ..trace import Trace
-from ..trace_file import load_trace, trace_from_bytes
+from ..trace_file import load_trace
 from ..views.explorer_view import ExplorerView
+from .files_panel import FilesPanel
 from .page_ready import PageReady
+from .session import MAX_BYTES, MAX_TRACES, SessionTrace
+from .session_panel import SessionPanel
+from .taking_turns import TakingTurns
 
 DEFAULT_PROMPT = FIRST_PROMPT
-DOWNLOAD_LIMIT = 64_000_000  # bytes; larger files are saved on the server only
+# a class of 30 shares the server's memory: ~3 GB of sessions at most (a class's longest trace is ~33 MB)
+CLASS_SESSION_BYTES = 100_000_000
 
 _STYLE = """<style>
 .ae-error { color: #b00020; background: #fdecea; padding: 6px 10px; border-radius: 4px; }
@@ -38,6 +45,9 @@ _STYLE = """<style>
 .ae-facts { font-size: 12px; line-height: 1.5; }
 .ae-facts b { display: inline-block; min-width: 86px; }
 .ae-live { font-family: monospace; font-size: 12px; white-space: pre-wrap; max-height: 6em; overflow: auto; }
+.ae-session select { font-size: 12px; }
+.ae-session-detail { font-size: 12px; line-height: 1.4; overflow-wrap: anywhere; }
+.ae-compare-title { font-size: 13px; line-height: 1.4; overflow-wrap: anywhere; }
 </style>"""
 
 
@@ -62,16 +72,6 @@ def _import_views() -> None:
     from ..views import stepper_view  # noqa: F401
 
 
-def _size(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
-
-
-def _download_link(data: bytes, filename: str, mime: str, label: str) -> str:
-    encoded = base64.b64encode(data).decode()
-    return (f"<a download='{html.escape(filename)}' href='data:{mime};base64,{encoded}' "
-            f"class='ae-download'>{html.escape(label)}</a>")
-
-
 class DrivableModel(Protocol):
     """A model the dashboard can drive: LanguageModel (in this kernel), RemoteModel (the generation service) and
     the textbook LM all are."""
@@ -85,29 +85,49 @@ class DrivableModel(Protocol):
                  progress: bool = True) -> Trace: ...
 
 
+def can_branch(lm) -> bool:
+    """Whether `lm` does what-if (LanguageModel and RemoteModel do; the textbook LM does not)."""
+    return lm is not None and all(callable(getattr(lm, name, None)) for name in ("branch", "generate_from_ids"))
+
+
 class Dashboard(widgets.VBox):
-    """Prompt, settings and Generate on the left; the explorer of the current trace on the right."""
+    """Prompt, settings, Generate, the session's traces and files on the left; the explorer of the current trace
+    (or two traces compared) on the right."""
 
     def __init__(self, lm: DrivableModel | None = None, trace: Trace | None = None, prompt: str = DEFAULT_PROMPT,
-                 limits: Limits = Limits()):
+                 limits: Limits = Limits(), session_traces: int = MAX_TRACES):
         super().__init__()
         self.add_class("ae-dashboard")
         self.lm = lm
         self.limits = limits
-        self.explorer = ExplorerView()
+        self.turn = threading.RLock()  # Generate and the explorer's what-if use the model one at a time
+        what_if = TakingTurns(lm, self.turn, self._what_if_progress, self._what_if_status, self._what_if_done,
+                              self._what_if_error) if can_branch(lm) else None
+        self.explorer = ExplorerView(lm=what_if)
+        if what_if is not None:  # one lock: the one the explorer's what-if jobs hold while they run
+            self.turn = what_if.turn = self.explorer.whatif.jobs.model_lock
         self.message = widgets.HTML().add_class("ae-message")
         self.facts = widgets.HTML()
-        self.trace: Trace | None = None
+        self.session_panel = SessionPanel(self.explorer, self._say, self._shown, session_traces,
+                                          CLASS_SESSION_BYTES if limits.class_size else MAX_BYTES)
+        self.session = self.session_panel.session
         self.runs = 0  # generations so far, said in the message so that each press can be told apart
         self._build_controls(prompt)
         sidebar = widgets.VBox(
-            [self.generation_box, widgets.HTML("<hr>"), self.file_box, widgets.HTML("<hr>"), self.facts],
+            [self.generation_box, widgets.HTML("<hr>"), self.session_panel, widgets.HTML("<hr>"), self.files,
+             widgets.HTML("<hr>"), self.facts],
             layout=widgets.Layout(width="330px", min_width="330px", padding="0 12px 0 0"),
         )
-        main = widgets.VBox([self.message, self.explorer], layout=widgets.Layout(flex="1", overflow="auto"))
+        main = widgets.VBox([self.message, self.explorer, self.session_panel.compare_box],
+                            layout=widgets.Layout(flex="1", overflow="auto"))
         self.children = [widgets.HTML(_STYLE), widgets.HBox([sidebar, main])]
         if trace is not None:
             self.show_trace(trace, "", source="given trace")
+
+    @property
+    def trace(self) -> Trace | None:
+        """The trace shown in the explorer (a branch once one is clicked): what Save trace and Export take."""
+        return self.explorer.trace
 
     # --- controls
     def _build_controls(self, prompt: str) -> None:
@@ -144,16 +164,8 @@ class Dashboard(widgets.VBox):
             self.generation_box.children = [widgets.HTML(
                 "<i>Showing a saved trace: no model is loaded. Start the dashboard with a model to generate.</i>"
             )]
-        self.upload = widgets.FileUpload(accept=".trace", multiple=False, description="Load trace")
-        self.upload.add_class("ae-upload")
-        self.upload.observe(lambda _: self._load_uploaded(), "value")
-        self.save_button = widgets.Button(description="Save trace", icon="save").add_class("ae-save")
-        self.save_button.on_click(lambda _: self.save())
-        self.export_button = widgets.Button(description="Export HTML", icon="download")
-        self.export_button.add_class("ae-export")
-        self.export_button.on_click(lambda _: self.export())
-        self.links = widgets.HTML().add_class("ae-links")
-        self.file_box = widgets.VBox([self.upload, widgets.HBox([self.save_button, self.export_button]), self.links])
+        self.files = FilesPanel(self)
+        self.upload, self.links = self.files.upload, self.files.links
 
     def _show_sampling(self) -> None:
         self.sampling.layout.display = "" if self.mode.value == "sample" else "none"
@@ -186,6 +198,9 @@ class Dashboard(widgets.VBox):
             return None
         self.generate_button.disabled = True
         self._say("")
+        if not self.turn.acquire(blocking=False):
+            self.progress_label.value = "waiting for the what-if request to finish …"
+            self.turn.acquire()
         try:
             settings = self._settings()
             total = settings["max_new_tokens"]
@@ -210,7 +225,8 @@ class Dashboard(widgets.VBox):
                                      keep_values=True, **settings)
             seconds = time.perf_counter() - started
             self.runs += 1
-            self.show_trace(trace, f"Generated {trace.n_generated} tokens in {seconds:.1f} s (run {self.runs}).")
+            self.show_trace(trace, f"Generated {trace.n_generated} tokens in {seconds:.1f} s (run {self.runs}).",
+                            origin=self.prompt.value)
             self.progress.value = self.progress.max  # done, also when an end-of-text token stopped it early
             self.progress_label.value = f"{trace.n_generated} tokens, {seconds:.1f} s"
             return trace
@@ -220,80 +236,63 @@ class Dashboard(widgets.VBox):
         except Exception as e:  # keep the kernel and the page alive whatever happens
             self._say(f"Generation failed: {type(e).__name__}: {e}", error=True)
         finally:
+            self.turn.release()
             self.generate_button.disabled = False
         return None
 
-    def show_trace(self, trace: Trace, note: str, source: str = "generated here") -> None:
-        """Draw `trace` in every view (replacing the previous one) and say what happened and whose it is."""
-        self.explorer.set_trace(trace)
-        self.trace = trace  # only once it is drawn: Save and Export must never get a trace the page could not show
+    def show_trace(self, trace: Trace, note: str, source: str = "generated here", origin: str | None = None) -> None:
+        """Add `trace` to the session (labelled by `origin`: the prompt typed, a file's name), draw it in every
+        view (a new family in the explorer) and say what happened and whose it is."""
+        dropped = self.session_panel.add(trace, source, origin)
         self.links.value = ""
-        self.facts.value = _facts_html(trace.model, source)
         gc.collect()  # the old trace's arrays go now, not at some later collection
-        self._say(note)
+        self._say(note + dropped)
 
-    def _load_uploaded(self) -> None:
-        if not self.upload.value:
-            return
-        item = self.upload.value[0]
-        self.upload.value = ()
-        size = len(item["content"])
-        if size > self.limits.upload_bytes:
-            self._say(f"{item['name']} is {_size(size)}; this dashboard takes trace files up to "
-                      f"{_size(self.limits.upload_bytes)}", error=True)
-            return
-        try:
-            trace = trace_from_bytes(bytes(item["content"]), "the file")
-            self.show_trace(trace, f"Loaded {item['name']}: {trace.n_tokens} tokens.", source=f"file {item['name']}")
-        except ExplorerError as e:
-            self._say(f"{item['name']}: {e}", error=True)
-        except Exception as e:  # a file from anyone: whatever it breaks, the page says so and keeps its trace
-            self._say(f"{item['name']} could not be shown: {type(e).__name__}: {e}", error=True)
+    def show_traces(self, traces: list[Trace], note: str, source: str, origin: str | None = None) -> None:
+        """Add the traces of a file to the session as one family (a tree of branches) and show the first."""
+        dropped = self.session_panel.add_file(traces, source, origin)
+        self.links.value = ""
+        gc.collect()
+        self._say(note + dropped)
+
+    def _shown(self, entry: SessionTrace | None) -> None:
+        """The explorer shows another trace (any way): its model's facts and where it came from."""
+        if entry is not None:
+            self.facts.value = _facts_html(entry.trace.model, entry.source)
+
+    # --- what-if in the explorer, told here too
+    def _what_if_progress(self, doing: str, done: int, total: int) -> None:
+        self.progress.max, self.progress.value = max(1, total), done
+        self.progress_label.value = f"{doing}: {done} / {total} tokens"
+
+    def _what_if_status(self, doing: str, sentence: str) -> None:
+        self.progress_label.value = f"{doing}: {sentence}"
+
+    def _what_if_done(self, doing: str, trace: Trace, seconds: float) -> None:
+        self.progress.value = self.progress.max
+        self.progress_label.value = f"{doing}: done, {seconds:.1f} s"
+
+    def _what_if_error(self, error: Exception) -> None:
+        """One sentence in the message line; the explorer keeps its trace (and says it in its own status line)."""
+        self.progress_label.value = ""
+        if isinstance(error, ExplorerError):
+            text = str(error)
+            self._say(text[:1].upper() + text[1:], error=True)
+        else:
+            self._say(f"The what-if request failed ({type(error).__name__}: {error}); the trace shown stays.",
+                      error=True)
 
     def save(self) -> Path | None:
-        """Save the current trace next to the notebook and offer it as a download; in a class, where many
-        students share the server's disk, only offer the download."""
-        if self.trace is None:
-            self._say("There is no trace to save yet.", error=True)
-            return None
-        name = time.strftime("trace-%Y%m%d-%H%M%S.trace")
-        if self.limits.class_size:
-            data = self.trace.to_bytes()
-            self.links.value = _download_link(data, name, "application/octet-stream", f"download {name}")
-            self._say(f"Your trace is ready to download ({_size(len(data))}).")
-            return None
-        path = Path.cwd() / name
-        try:
-            self.trace.save(path)
-        except OSError as e:
-            self._say(f"Could not save the trace: {e}", error=True)
-            return None
-        link = ""
-        if path.stat().st_size <= DOWNLOAD_LIMIT:
-            link = _download_link(path.read_bytes(), path.name, "application/octet-stream", f"download {path.name}")
-        self.links.value = link
-        self._say(f"Saved {path}.")
-        return path
+        """Save the current trace (next to the notebook, or only as a download in a class)."""
+        return self.files.save()
+
+    def save_session(self) -> Path | None:
+        """Save every trace of the session as one file (next to the notebook, or only as a download in a class)."""
+        return self.files.save_session()
 
     def export(self) -> None:
-        """Offer the current trace as a standalone HTML page (heatmap + stepper) that opens offline."""
-        from ..views.export import standalone_html
-
-        if self.trace is None:
-            self._say("There is no trace to export yet.", error=True)
-            return
-        sel = self.explorer.selection
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                page = Path(tmp) / "explorer.html"
-                standalone_html(self.trace, page, layer=sel.layer, head=sel.head)
-                data = page.read_bytes()
-        except Exception as e:  # an export that fails must not take the page down
-            self._say(f"Export failed: {type(e).__name__}: {e}", error=True)
-            return
-        links = [_download_link(data, "attention-explorer.html", "text/html", "standalone HTML")]
-        self.links.value = " · ".join(links)
-        self._say("Export ready: the HTML page opens offline in any browser.")
+        """Offer the current trace as a standalone HTML page that opens offline."""
+        self.files.export()
 
     # --- the first trace from the generation service
     def open_first_trace(self, trace: Trace | None = None) -> None:
@@ -306,7 +305,8 @@ class Dashboard(widgets.VBox):
                 pass
         if trace is not None:
             self._refresh_chat()
-            self.show_trace(trace, "Ready: type a prompt and press Generate.", source="the generation service")
+            self.show_trace(trace, "Ready: type a prompt and press Generate.", source="the generation service",
+                            origin=FIRST_PROMPT)
             return
         self._say("The model is loading: you can type a prompt already.")
         self.progress_label.value = "loading the model …"
@@ -340,7 +340,7 @@ class Dashboard(widgets.VBox):
                 if self.trace is None and trace is not None and not self.generate_button.disabled:
                     self.progress_label.value = ""
                     self.show_trace(trace, "Ready: type a prompt and press Generate.",
-                                    source="the generation service")
+                                    source="the generation service", origin=FIRST_PROMPT)
                 return
             self._say(f"The generation service was not ready after {give_up:.0f} s: press Generate to try.", error=True)
         except Exception as e:  # a background thread has no one else to tell
@@ -386,7 +386,7 @@ class Dashboard(widgets.VBox):
             def show() -> None:
                 try:
                     board.show_trace(load_trace(trace_path), f"Loaded {trace_path}.",
-                                     source=f"file {Path(trace_path).name}")
+                                     source=f"file {Path(trace_path).name}", origin=Path(trace_path).name)
                 except ExplorerError as e:
                     board._say(str(e), error=True)
 
