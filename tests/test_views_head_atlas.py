@@ -160,9 +160,6 @@ def test_a_click_opens_the_head_in_the_heatmap_tab(trace):
     assert (explorer.selection.layer, explorer.selection.head) == (4, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="stepper_view.StepperView._on_selection sets its layer picker, whose observer "
-                   "_on_head writes the picker's old head back into the selection: a (layer, head) pair set together "
-                   "(head atlas, heads map) loses its head when the stepper of a generated trace is built")
 def test_a_click_opens_the_head_when_the_stepper_has_head_pickers():
     trace = with_analysis(synthetic_trace(60, n_layers=4, n_heads=4), n_generated=5)  # generated: a stepper
     explorer = ExplorerView(trace)

@@ -150,6 +150,7 @@ class StepperView(FollowsSelection, widgets.VBox):
             self.strip, self.charts,
         ]
         self.slider.observe(lambda c: self._show(c["new"]), "value")
+        self._following = False  # set while the pickers follow the selection
         self.layer.observe(self._on_head, "value")
         self.head.observe(self._on_head, "value")
         self.colour.observe(self._on_colour, "value")
@@ -327,6 +328,8 @@ class StepperView(FollowsSelection, widgets.VBox):
         )
 
     def _on_head(self, change) -> None:
+        if self._following:  # the pickers are being set from the selection: nothing to write back
+            return
         with self.selection.hold_trait_notifications():  # one new (layer, head) pair for the other views
             self.selection.layer = self.layer.value
             self.selection.head = self.head_index
@@ -337,10 +340,15 @@ class StepperView(FollowsSelection, widgets.VBox):
         sel = self.selection
         if change["name"] == "step" and 0 <= sel.step < self.trace.n_generated:
             self.slider.value = sel.step
-        elif change["name"] == "layer":
-            self.layer.value = clamp_layer(self.trace, sel.layer)
-        elif change["name"] == "head":
-            self.head.value = self._head_option(sel.head)
+        elif change["name"] in ("layer", "head"):  # both pickers from the selection, neither writing back
+            self._following = True
+            try:
+                self.layer.value = clamp_layer(self.trace, sel.layer)
+                self.head.value = self._head_option(sel.head)
+            finally:
+                self._following = False
+            self._paint_text(self.step)
+            self._describe(self.step)
 
     def _head_option(self, head: int | None) -> int:
         """The head selector's option for a selection's head, clamped to the trace's heads."""
