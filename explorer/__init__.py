@@ -15,11 +15,12 @@ from . import whatif  # noqa: E402  (branch_request, graft, rescore: torch-free)
 __version__ = "0.1.0"
 
 
-def show(trace: Trace):
-    """Open the full explorer of a trace (tabs of every view, one shared selection)."""
+def show(trace: Trace, lm=None):
+    """Open the full explorer of a trace (tabs of every view, one shared selection); with the model `lm`,
+    clicking a candidate branches and heads can be switched off."""
     from .views.explorer_view import show as _show
 
-    return _show(trace)
+    return _show(trace, lm=lm)
 
 
 def compare(a: Trace, b: Trace, layer: int = 0, head: int | None = None, **kwargs):
