@@ -10,7 +10,7 @@
 from .errors import ExplorerError, ModelLoadError, SettingsError, TraceFileError
 from .trace import Candidate, LogitLens, Positional, Step, Trace, save_traces
 from .trace_file import load_trace, load_traces
-from . import whatif  # noqa: E402  (branch_request, graft, rescore: torch-free)
+from . import whatif  # noqa: F401  (explorer.whatif: branch_request, graft, rescore; torch-free)
 
 __version__ = "0.1.0"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import explorer
-from conftest import make_tiny_lm, tiny_config
+from conftest import make_tiny_lm
 from explorer import ModelLoadError, SettingsError
 
 

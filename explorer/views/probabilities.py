@@ -6,7 +6,6 @@ own light SVG widget (`step_charts.StepCharts`), from the same candidate data.
 
 from __future__ import annotations
 
-import numpy as np
 import plotly.graph_objects as go
 
 from ..trace import Trace
