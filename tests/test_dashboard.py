@@ -378,3 +378,17 @@ def test_a_model_that_cannot_branch_gives_an_explorer_without_what_if():
     board.max_new_tokens.value = 3
     board.generate()
     assert listed(board) == ["1. 3 1 4 |"]
+
+
+def test_what_if_on_a_trace_of_another_model_is_refused_in_a_sentence():
+    board = Dashboard(make_tiny_lm("llama"), prompt="abcdef")
+    other = make_tiny_lm("gpt2").generate("abcdef", max_new_tokens=3, progress=False)
+    upload(board, "gpt2.trace", other.to_bytes())
+    shown = board.trace
+    board.explorer.branch(1, runner_up(shown.steps[1]))
+    assert board.explorer.whatif.wait(30)
+    assert "This trace was written by tiny-gpt2, not by the dashboard&#x27;s model (tiny-llama)" in message(board)
+    assert board.trace is shown and len(board.session) == 1
+    board.explorer.whatif.switch_off(0, 1)  # re-scoring asks the model too
+    assert board.explorer.whatif.wait(30) and board.explorer.whatif.after is None
+    assert "written by tiny-gpt2" in message(board)

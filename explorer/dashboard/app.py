@@ -32,7 +32,7 @@ from ..views.explorer_view import ExplorerView
 from .files_panel import FilesPanel
 from .page_ready import PageReady
 from .session import MAX_BYTES, MAX_TRACES, SessionTrace
-from .session_panel import SessionPanel
+from .session_panel import FULL_WIDTH, SessionPanel
 from .taking_turns import TakingTurns
 
 DEFAULT_PROMPT = FIRST_PROMPT
@@ -46,8 +46,9 @@ _STYLE = """<style>
 .ae-facts b { display: inline-block; min-width: 86px; }
 .ae-live { font-family: monospace; font-size: 12px; white-space: pre-wrap; max-height: 6em; overflow: auto; }
 .ae-session select { font-size: 12px; }
-.ae-session-detail { font-size: 12px; line-height: 1.4; overflow-wrap: anywhere; }
-.ae-compare-title { font-size: 13px; line-height: 1.4; overflow-wrap: anywhere; }
+.ae-session-detail { font-size: 12px; overflow-wrap: anywhere; }
+.ae-compare-title { font-size: 13px; overflow-wrap: anywhere; }
+.ae-session-detail .widget-html-content, .ae-compare-title .widget-html-content { line-height: 1.4; }
 </style>"""
 
 
@@ -102,7 +103,7 @@ class Dashboard(widgets.VBox):
         self.limits = limits
         self.turn = threading.RLock()  # Generate and the explorer's what-if use the model one at a time
         what_if = TakingTurns(lm, self.turn, self._what_if_progress, self._what_if_status, self._what_if_done,
-                              self._what_if_error) if can_branch(lm) else None
+                              self._what_if_error, shown=lambda: self.trace) if can_branch(lm) else None
         self.explorer = ExplorerView(lm=what_if)
         if what_if is not None:  # one lock: the one the explorer's what-if jobs hold while they run
             self.turn = what_if.turn = self.explorer.whatif.jobs.model_lock
@@ -133,7 +134,7 @@ class Dashboard(widgets.VBox):
     def _build_controls(self, prompt: str) -> None:
         has_chat = bool(self.lm is not None and self.lm.has_chat_template)
         self.prompt = widgets.Textarea(value=prompt, placeholder="Type a prompt", rows=4,
-                                       layout=widgets.Layout(width="100%")).add_class("ae-prompt")
+                                       layout=widgets.Layout(width=FULL_WIDTH)).add_class("ae-prompt")
         self.chat = widgets.Checkbox(value=has_chat, description="chat template", disabled=not has_chat, indent=False)
         self.max_new_tokens = widgets.IntText(value=min(20, self.limits.max_new_tokens or 20),
                                               description="new tokens").add_class("ae-max-new-tokens")
@@ -148,7 +149,7 @@ class Dashboard(widgets.VBox):
         self.generate_button = widgets.Button(description="Generate", button_style="primary",
                                               icon="play").add_class("ae-generate")
         self.generate_button.on_click(lambda _: self.generate())
-        self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="100%"))
+        self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width=FULL_WIDTH))
         self.progress.add_class("ae-progress")
         self.progress_label = widgets.Label("").add_class("ae-progress-label")
         self.live = widgets.HTML().add_class("ae-live")  # the new tokens as they come
@@ -262,10 +263,12 @@ class Dashboard(widgets.VBox):
 
     # --- what-if in the explorer, told here too
     def _what_if_progress(self, doing: str, done: int, total: int) -> None:
+        self.live.value = ""  # the text of the last Generate: not this
         self.progress.max, self.progress.value = max(1, total), done
         self.progress_label.value = f"{doing}: {done} / {total} tokens"
 
     def _what_if_status(self, doing: str, sentence: str) -> None:
+        self.live.value = ""
         self.progress_label.value = f"{doing}: {sentence}"
 
     def _what_if_done(self, doing: str, trace: Trace, seconds: float) -> None:

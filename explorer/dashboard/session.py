@@ -123,10 +123,14 @@ def _label(trace: Trace, words: str) -> str:
     return words
 
 
+def _one_line(text: str, chars: int) -> str:
+    return _cut(text.strip().replace("\n", "↵ "), chars)
+
+
 def describe(entry: SessionTrace) -> str:
-    """The trace of `entry` in a sentence (HTML): model, its text, sizes, where it came from."""
+    """The trace of `entry` in a sentence (HTML): its text, model, sizes, where it came from."""
     t = entry.trace
-    wrote = f" → “{html.escape(_cut(visible(t.generated_text), 60))}”" if t.n_generated else ""
-    return (f"<b>{html.escape(entry.label)}</b><br>“{html.escape(_cut(visible(prompt_of(t).strip()), 80))}”{wrote}"
+    wrote = f" → “{html.escape(_one_line(t.generated_text, 60))}”" if t.n_generated else ""
+    return (f"<b>{html.escape(entry.label)}</b><br>“{html.escape(_one_line(prompt_of(t), 80))}”{wrote}"
             f"<br><small>{html.escape(t.model.name or 'an unnamed model')}, {t.n_tokens} tokens "
             f"({t.n_generated} generated), {t.nbytes / 1e6:.1f} MB; {html.escape(entry.source)}</small>")

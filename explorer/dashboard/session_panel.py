@@ -18,6 +18,10 @@ from ..views.explorer_view import ExplorerView
 from .session import MAX_BYTES, MAX_TRACES, Session, SessionTrace, describe
 
 
+# a sidebar widget as wide as the sidebar: 100% would overflow it by ipywidgets' margins and lose its right edge
+FULL_WIDTH = "calc(100% - 6px)"
+
+
 def _size(n: float) -> str:
     return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
@@ -36,12 +40,12 @@ class SessionPanel(widgets.VBox):
         self.compare_view = None
         self._quiet = False  # set while the list is redrawn: a redraw is not a click
         self.title = widgets.HTML("<b>Session</b>").add_class("ae-session-title")
-        self.list = widgets.Select(options=[], rows=6, layout=widgets.Layout(width="100%"))
+        self.list = widgets.Select(options=[], rows=6, layout=widgets.Layout(width=FULL_WIDTH))
         self.list.add_class("ae-session-list")
         self.list.observe(self._clicked, "value")
         self.detail = widgets.HTML().add_class("ae-session-detail")
-        self.a = widgets.Dropdown(description="A", layout=widgets.Layout(width="100%")).add_class("ae-compare-a")
-        self.b = widgets.Dropdown(description="B", layout=widgets.Layout(width="100%")).add_class("ae-compare-b")
+        self.a = widgets.Dropdown(description="A", layout=widgets.Layout(width=FULL_WIDTH)).add_class("ae-compare-a")
+        self.b = widgets.Dropdown(description="B", layout=widgets.Layout(width=FULL_WIDTH)).add_class("ae-compare-b")
         for picker in (self.a, self.b):
             picker.style.description_width = "18px"
         self.compare_button = widgets.Button(description="Compare A and B", icon="columns", disabled=True,

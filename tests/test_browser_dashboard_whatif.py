@@ -1,0 +1,134 @@
+"""What-if in the dashboard as a user meets it: the real command (generation service + Voilà, SmolLM2), headless
+Chromium, offline. Generate, branch with a click on a candidate in the stepper, the session list in the sidebar,
+Compare two of its traces, back to the explorer, Save session as a download that loads back as a tree."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import explorer
+from dashboard_harness import fill, start_dashboard, stop, upload, wait_message, wait_stepper
+from voila_harness import OUTPUT, browser, offline_page
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+STEP = 3
+VIEWPORT = (1400, 1100)
+
+
+def plain(labels: list[str]) -> list[str]:
+    """Labels as written (ipywidgets draws a select's spaces as no-break spaces)."""
+    return [label.replace("\xa0", " ") for label in labels]
+
+
+def wait_options(page, count: int) -> list[str]:
+    """The session list's labels once it has `count`, as the page has them (select_option needs them so)."""
+    page.wait_for_function("n => document.querySelectorAll('.ae-session-list select option').length == n",
+                           arg=count, timeout=120_000)
+    return page.locator(".ae-session-list select option").all_inner_texts()
+
+
+def inside_the_window(page, selector: str) -> None:
+    """Every element matching `selector` is drawn, and drawn inside the window's width (nothing cut off)."""
+    width = page.evaluate("document.documentElement.clientWidth")
+    boxes = [e.bounding_box() for e in page.locator(selector).all()]
+    assert boxes, selector
+    for box in boxes:
+        assert box is not None and box["width"] > 20 and box["height"] > 20, (selector, box)
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width + 1, (selector, box, width)
+
+
+def test_generate_branch_compare_and_save_the_session(tmp_path):
+    proc, url, _ = start_dashboard()
+    saved: Path | None = None
+    try:
+        with browser() as b:
+            page, log = offline_page(b, viewport=VIEWPORT)
+            page.goto(url, timeout=180_000)
+            wait_message(page, r"Ready: type a prompt")
+            assert plain(wait_options(page, 1)) == ["1. What is the capital of …"]  # the service's first trace
+
+            page.locator(".ae-prompt textarea").fill("The cat sat on the")
+            page.locator(".ae-dashboard input[type=checkbox]").first.uncheck()
+            fill(page, "ae-max-new-tokens", "8")
+            page.locator(".ae-generate").click()
+            wait_message(page, r"Generated 8 tokens")
+            assert plain(wait_options(page, 2))[0] == "2. The cat sat on the"
+            assert page.locator(".explorer-view .branch-tree").is_hidden()  # one trace in the family: no tree
+
+            # branch: go to step 3 in the stepper, click the runner-up candidate
+            stepper = page.locator(".stepper-view").first
+            stepper.locator(".token-text-box.chips span[data-index='%d']" % STEP).click()
+            wait_stepper(page, rf"step {STEP} of 8")
+            candidates = stepper.locator(".token-text-box.candidates span")
+            chosen = stepper.locator(".token-text-box.chips span[data-index='%d']" % STEP).inner_text()
+            runner_up = next(c for c in candidates.all_inner_texts() if c != chosen)
+            candidates.filter(has_text=runner_up).first.click()
+            listed = wait_options(page, 3)
+            assert plain(listed)[0] == f"3. The cat sat … · branch at step {STEP}: “{runner_up}”", listed
+            wait_message(page, r"Added to the session: 3\.")
+            page.wait_for_function("document.querySelectorAll('.explorer-view .branch-tree-node').length == 2")
+            assert page.locator(".ae-progress-label").inner_text().startswith(f"branching at step {STEP}: done")
+            assert page.locator(".ae-session-list select").input_value() != ""  # the branch is selected
+            assert "branch" in page.locator(".ae-session-detail").inner_text()
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(OUTPUT / "dashboard-whatif-branch.png"), full_page=True)
+
+            # a click in the list shows a trace of the session: the first one
+            page.locator(".ae-session-list select").select_option(label=listed[2])
+            wait_message(page, r"Showing 1\. What is the capital")
+            wait_stepper(page, r"capital")
+            page.locator(".ae-session-list select").select_option(label=listed[0])
+            wait_message(page, r"Showing 3\.")
+            wait_stepper(page, rf"step {STEP} of 8")  # a branch opens at the step where it diverges
+
+            # compare the generated trace (A) and its branch (B)
+            page.locator(".ae-compare-a select").select_option(label=listed[1])
+            page.locator(".ae-compare-b select").select_option(label=listed[0])
+            page.locator(".ae-compare-button").click()
+            wait_message(page, r"Comparing A, 2\. The cat sat on the, with B, 3\.")
+            page.wait_for_selector(".ae-compare .ae-cmp-method", timeout=60_000)
+            method = page.locator(".ae-compare .ae-cmp-method").inner_text()
+            assert re.search(r"same prompt", method, re.I) or "position" in method, method
+            assert f"B is a branch of A at step {STEP}" in method, method
+            assert page.locator(".explorer-view").is_hidden()
+            inside_the_window(page, ".ae-compare .ae-cmp-a, .ae-compare .ae-cmp-b, .ae-compare .ae-cmp-diff")
+            inside_the_window(page, ".ae-compare-box, .ae-back")
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(OUTPUT / "dashboard-whatif-compare.png"), full_page=True)
+
+            page.locator(".ae-back").click()
+            page.wait_for_selector(".explorer-view", state="visible")
+            assert page.locator(".ae-compare").count() == 0  # closed
+            wait_stepper(page, rf"step {STEP} of 8")
+
+            # Save session: a download link of one file holding the three traces
+            page.locator(".ae-save-session").click()
+            text = wait_message(page, r"Saved .*session-.*\.trace \(3 traces\)")
+            saved = Path(re.search(r"Saved (\S+\.trace)", text)[1])
+            link = page.locator(".ae-links a.ae-download")
+            assert re.fullmatch(r"download session-\d{8}-\d{6}\.trace", link.inner_text())
+            with page.expect_download() as download:
+                link.click()
+            path = tmp_path / download.value.suggested_filename
+            download.value.save_as(path)
+            traces = explorer.load_traces(path)
+            assert len(traces) == 3 and traces[2].parent is traces[1] and traces[2].branch_step == STEP
+
+            # and the file loads back: all three join the session, shown as a tree
+            upload(page, path)
+            wait_message(page, r"Loaded session-.*: 3 traces, shown as a tree")
+            page.wait_for_function("document.querySelectorAll('.explorer-view .branch-tree-node').length == 3")
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(OUTPUT / "dashboard-whatif-loaded.png"), full_page=True)
+            inside_the_window(page, ".ae-session-list, .ae-compare-a, .ae-compare-b, .ae-compare-button")
+            assert log.dialogs == [] and log.page_errors == []
+            assert log.our_blocked() == [], log.our_blocked()
+            assert log.our_console_errors() == [], log.our_console_errors()
+    finally:
+        stop(proc)
+        if saved is not None:
+            saved.unlink(missing_ok=True)  # written next to the dashboard's notebook
