@@ -231,6 +231,8 @@ class LanguageModel:
                 streamer.end()
             surprisal = self._surprisal(hidden.prompt, token_ids, len(fed), logits)  # the forced one's from the states
             if forced is not None:  # the forced token's distribution is the model's at the position before it
+                if hidden.prompt is None:
+                    raise SettingsError(f"cannot branch {self.name}: its decoder blocks or final norm were not found")
                 row = final_logits(self.model, hidden.prompt[n_prompt - 1 : n_prompt])
                 only = torch.full_like(row, -torch.inf)
                 only[0, forced] = 0.0
@@ -329,7 +331,7 @@ class LanguageModel:
         """-ln p(token_i | tokens before i), float32 [T], NaN at 0: the prompt's from the last block's states,
         the generated tokens' from generate's own raw logits."""
         out = np.full(len(token_ids), np.nan, dtype=np.float32)
-        if n_prompt > 1:
+        if n_prompt > 1 and prompt_states is not None:  # None: a model whose blocks we could not hook
             targets = torch.tensor(token_ids[1:n_prompt], device=prompt_states.device)
             out[1:n_prompt] = -next_token_log_probs(self.model, prompt_states[: n_prompt - 1], targets).cpu().numpy()
         if len(step_logits):

@@ -87,9 +87,18 @@ class HiddenStates:
 
     @contextmanager
     def hooked(self):
+        """Hook the decoder blocks for the run. A model whose blocks or final norm cannot be found runs without:
+        with a lens asked for that is an error; without, only the prompt's surprisal stays unknown (NaN)."""
         handles = []
         try:
-            for i, block in enumerate(decoder_blocks(self.model)):
+            try:
+                blocks = decoder_blocks(self.model)
+                final_norm(self.model)
+            except SettingsError:
+                if self.lens is not None:
+                    raise
+                blocks = []
+            for i, block in enumerate(blocks):
                 handles.append(block.register_forward_hook(self._hook(i)))
             yield self
         finally:
