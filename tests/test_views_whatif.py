@@ -216,6 +216,9 @@ def test_an_unrelated_trace_starts_a_new_family(lm, trace):
     view.set_trace(other)
     assert view.family == [other] and added == [other] and view.whatif.heads_off == []
     assert view.tree.layout.display == "none" and view.whatif.comparison.layout.display == "none"
+    view.whatif.switch_off(0, 2)
+    view.set_family([trace])  # another family shown at once (the dashboard's session list): every head on again
+    assert view.whatif.heads_off == [] and view.trace is trace
 
 
 FAKE_LM = """

@@ -121,6 +121,10 @@ class ExplorerView(widgets.VBox):
             if trace.parent_id is None or trace.parent_id not in ids:
                 self.family, new_family = [], True  # the old family's traces are let go
             self._join(trace)
+        self._show(trace, step, new_family)
+
+    def _show(self, trace: Trace, step: int | None, new_family: bool) -> None:
+        """Draw `trace` of the family at `step`; a new family starts with every head on."""
         for box in self.tabs.children:
             children, box.children = box.children, ()
             for child in children:
@@ -154,7 +158,7 @@ class ExplorerView(widgets.VBox):
         self.family = []
         for trace in traces:
             self._join(trace)
-        self.set_trace(show if show is not None else traces[0])
+        self._show(show if show is not None else traces[0], None, new_family=True)
 
     def _join(self, trace: Trace) -> None:
         self.family.append(trace)
