@@ -135,6 +135,29 @@ def test_a_saved_trace_is_shown_with_no_model(hostile_trace):
         stop(proc)
 
 
+def test_a_saved_tree_of_branches_is_shown_with_no_model(tmp_path):
+    """`dashboard --trace tree.trace`: a saved session (a trace and its branch) opens as a session and a tree."""
+    import explorer
+    from conftest import make_tiny_lm
+
+    lm = make_tiny_lm("llama")
+    trace = lm.generate("A tree", max_new_tokens=6, progress=False)
+    explorer.save_traces([trace, lm.branch(trace, 2, 40, progress=False)], tmp_path / "tree.trace")
+    proc, url, _ = start_dashboard("--trace", str(tmp_path / "tree.trace"))
+    try:
+        with browser() as b:
+            page, log = offline_page(b)
+            page.goto(url, timeout=120_000)
+            wait_message(page, r"Loaded .*tree.trace")
+            options = [o.replace("\xa0", " ") for o in page.locator(".ae-session-list select option").all_inner_texts()]
+            assert len(options) == 2 and sum("branch at step 2" in o for o in options) == 1, options
+            assert page.locator(".explorer-view .branch-tree").count() == 1
+            page.screenshot(path=str(OUTPUT / "dashboard-tree-file.png"), full_page=True)
+            assert log.dialogs == [] and log.page_errors == [] and log.our_blocked() == []
+    finally:
+        stop(proc)
+
+
 def test_a_bad_trace_is_refused_before_serving(tmp_path):
     bad = tmp_path / "bad.trace"
     bad.write_bytes(b"\x00" * 64)

@@ -27,7 +27,7 @@ from ..errors import ExplorerError, SettingsError
 from ..facts import ModelFacts
 from ..service.protocol import FIRST_PROMPT, KEY_ENV, LIMITS_ENV, SERVICE_ENV, Limits
 from ..trace import Trace
-from ..trace_file import load_trace
+from ..trace_file import load_traces
 from ..views.explorer_view import ExplorerView
 from .files_panel import FilesPanel
 from .page_ready import PageReady
@@ -388,8 +388,8 @@ class Dashboard(widgets.VBox):
 
             def show() -> None:
                 try:
-                    board.show_trace(load_trace(trace_path), f"Loaded {trace_path}.",
-                                     source=f"file {Path(trace_path).name}", origin=Path(trace_path).name)
+                    board.show_traces(load_traces(trace_path), f"Loaded {trace_path}.",  # one, or a tree
+                                      source=f"file {Path(trace_path).name}", origin=Path(trace_path).name)
                 except ExplorerError as e:
                     board._say(str(e), error=True)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import SettingsError
 from ..service.protocol import KEY_ENV, LIMITS_ENV, SERVICE_ENV, Limits, is_loopback
-from ..trace_file import load_trace
+from ..trace_file import load_traces
 
 NOTEBOOK = "dashboard.ipynb"
 TRACE_ENV = "ATTENTION_EXPLORER_TRACE"
@@ -126,7 +126,7 @@ def launch(args: argparse.Namespace, voila_args: list[str]) -> int:
     env = {LIMITS_ENV: limits.to_json(), **{k: v for k, v in KERNEL_ENV.items() if k not in os.environ}}
     service = None
     if args.trace is not None:
-        load_trace(args.trace)  # refuse a bad file now, with our error, rather than in the page
+        load_traces(args.trace)  # refuse a bad file now, with our error, rather than in the page (a tree is fine)
         env[TRACE_ENV] = str(args.trace.resolve())
     elif args.service:
         env[SERVICE_ENV] = args.service
