@@ -248,6 +248,11 @@ class LogitLens:
         return sum(a.nbytes for a in self.tensors().values())
 
 
+def new_id() -> str:
+    """A fresh trace id: what a branch's parent_id refers to."""
+    return uuid.uuid4().hex
+
+
 FORMAT = "attention-explorer/trace"
 VERSION = 2  # 2: surprisal, logit lens, value norms (version 1 files still load)
 KINDS = ("raw", "norm")
@@ -279,7 +284,7 @@ class Trace:
     surprisal: np.ndarray | None = None  # float32 [T]: -ln p(token_i | tokens before i), NaN where unknown
     lens: LogitLens | None = None
     value_norms: np.ndarray | None = None  # float32 [L, H, T]: ‖v_j^h W_O^h‖ of each head and key position
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)  # names the trace in a tree of branches
+    id: str = field(default_factory=new_id)  # names the trace in a tree of branches
     parent: Trace | None = field(default=None, repr=False, compare=False)  # the trace a branch came from
     branch_step: int | None = None  # the step of the parent this branch changed
     parent_id: str | None = None  # the parent's id, kept when the parent itself is not at hand

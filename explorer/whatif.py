@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from .errors import SettingsError
-from .trace import LogitLens, Step, Trace
+from .trace import LogitLens, Step, Trace, new_id
 
 # settings of a trace that `generate` takes by name; the others were passed through to transformers' generate
 _OWN = ("temperature", "top_k", "top_p", "seed", "chat", "candidates", "lens", "precision")
@@ -53,7 +53,7 @@ def graft(parent: Trace, step: int, continuation: Trace) -> Trace:
         steps=steps,
         settings=settings,
         lens=_joined_lens(parent.lens, continuation.lens),
-        id=Trace.__dataclass_fields__["id"].default_factory(),
+        id=new_id(),
         parent=parent,
         parent_id=parent.id,
         branch_step=step,
