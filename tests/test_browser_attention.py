@@ -217,6 +217,17 @@ def test_standalone_page_draws_and_steps_offline(trace, tmp_path, chromium):
     assert visible(XSS) in page.locator(".ae-row-label").all_text_contents()
     assert page.locator("img").count() == 0
     page.screenshot(path=str(OUTPUT / "attention_standalone.png"), full_page=True)
+    # the kinds: value-weighted (α·‖v W_O‖ of this head) and the rollout, each hovered against numpy
+    n, q, k = trace.n_tokens, 9, 4
+    expected = {"norm": float(trace.attention(1, 3, kind="norm")[q, k]),
+                "rollout": float(trace.attention_flow("rollout")[q, k])}
+    for kind, value in expected.items():
+        page.select_option(".ae-kind", kind)
+        page.wait_for_function(f"document.querySelector('.ae-heatmap').dataset.kind === {kind!r}")
+        box = page.locator(".ae-window").bounding_box()
+        page.mouse.move(box["x"] + (k + 0.5) * box["width"] / n, box["y"] + (q + 0.5) * box["height"] / n)
+        assert page.locator(".ae-heatmap .ae-tip").inner_text().endswith(js_fmt(value)), kind
+        page.locator(".ae-heatmap").screenshot(path=str(OUTPUT / f"attention_standalone_{kind}.png"))
     assert log.dialogs == [] and log.page_errors == [] and log.console_errors == []
     assert log.blocked == [] and math.isfinite(step.prob)
 

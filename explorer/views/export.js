@@ -10,10 +10,26 @@ const heatmap = await import(URL.createObjectURL(new Blob([source], { type: "tex
 const N = data.n_tokens, H = data.n_heads, TRI = (N * (N + 1)) / 2;
 const raw = Uint8Array.from(atob(data.attention), (c) => c.charCodeAt(0));
 const attention = new Float32Array(raw.buffer); // [layers, heads + mean, packed lower triangle]
+/** float32 values from base64 (null stays null). @param {string | null} b @returns {Float32Array | null} */
+const floats = (b) => b && new Float32Array(Uint8Array.from(atob(b), (c) => c.charCodeAt(0)).buffer);
+const norms = floats(data.norms); // [layers, heads, N]: ‖v_j W_O‖ of each head and key
+const rollout = floats(data.rollout); // [N, N]
 /** The weight of query i on key j in a head (null: the layer's mean), 0 above the diagonal.
  * @param {number} layer @param {number | null} head @param {number} i @param {number} j @returns {number} */
 const weight = (layer, head, i, j) =>
   j > i ? 0 : attention[(layer * (H + 1) + (head ?? H)) * TRI + (i * (i + 1)) / 2 + j];
+
+/** What the heatmap shows at (i, j) for its kind: the attention weight, the value-weighted weight α_ij·‖v_j W_O‖
+ * (the mean over heads of those for the mean), or the rollout, which has no layer or head.
+ * @param {Record<string, any>} s the model's state @param {number} i @param {number} j @returns {number} */
+function shown(s, i, j) {
+  if (s.kind === "rollout") return j > i ? 0 : rollout[i * N + j];
+  if (s.kind !== "norm") return weight(s.layer, s.head, i, j);
+  const heads = s.head === null ? [...Array(H).keys()] : [s.head];
+  let total = 0;
+  for (const head of heads) total += weight(s.layer, head, i, j) * norms[(s.layer * H + head) * N + j];
+  return total / heads.length;
+}
 
 /** The same colour indices as attention_data.quantise in Python.
  * @param {number} w @param {number} scale @param {boolean} log @param {number} decades @returns {number} */
@@ -33,23 +49,24 @@ function refresh(m, changed) {
   if (changed.has("selected_token") && sel !== null && !(sel >= s.window_start && sel < s.window_start + s.window_size)) {
     s.window_start = s.key_start = clamp(sel - Math.floor(s.window_size / 2), 0, N - s.window_size);
   }
-  if (["layer", "head", "log_scale"].some((k) => changed.has(k))) {
+  if (changed.has("kind") && !s.kinds.includes(s.kind)) s.kind = "raw";
+  if (["layer", "head", "kind", "log_scale"].some((k) => changed.has(k))) {
     s.scale = 0;
-    for (let i = 0; i < N; i++) for (let j = 0; j <= i; j++) s.scale = Math.max(s.scale, weight(s.layer, s.head, i, j));
+    for (let i = 0; i < N; i++) for (let j = 0; j <= i; j++) s.scale = Math.max(s.scale, shown(s, i, j));
     s.scale = s.scale || 1;
     s.overview = new Uint8Array(N * N);
     for (let i = 0; i < N; i++) for (let j = 0; j <= i; j++)
-      s.overview[i * N + j] = quantise(weight(s.layer, s.head, i, j), s.scale, s.log_scale, s.log_decades);
+      s.overview[i * N + j] = quantise(shown(s, i, j), s.scale, s.log_scale, s.log_decades);
     out.add("overview");
   }
   const r0 = s.window_start, c0 = s.key_start, rows = Math.min(N - r0, s.window_size), cols = Math.min(N - c0, s.window_size);
   const exact = new Float32Array(rows * cols), u8 = new Uint8Array(rows * cols);
   for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) {
-    exact[i * cols + j] = weight(s.layer, s.head, r0 + i, c0 + j);
+    exact[i * cols + j] = shown(s, r0 + i, c0 + j);
     u8[i * cols + j] = quantise(exact[i * cols + j], s.scale, s.log_scale, s.log_decades);
   }
   Object.assign(s, { window_rows: rows, window_cols: cols, window: u8, window_exact: new Uint8Array(exact.buffer),
-    shows: `${s.layer} ${s.head ?? "mean"}` });
+    shows: s.kind === "rollout" ? "rollout" : `${s.layer} ${s.head ?? "mean"}${s.kind === "norm" ? " norm" : ""}` });
   out.add("window");
   return out;
 }
@@ -78,14 +95,15 @@ class LocalModel {
   send(msg) {
     if (msg.kind !== "block") return;
     const s = this.state, reply = { ...msg, layer: s.layer, head: s.head, query: msg.row, key: msg.col,
-      weight: weight(s.layer, s.head, msg.row, msg.col) };
+      weight: shown(s, msg.row, msg.col) };
     setTimeout(() => this.emit("msg:custom", reply), 0);
   }
 }
 
 const model = new LocalModel({
   tokens: data.tokens, n_prompt: data.n_prompt, n_layers: data.n_layers, n_heads: data.n_heads,
-  layer: data.layer, head: data.head, log_scale: false, log_decades: 4, window_start: 0, key_start: 0,
+  layer: data.layer, head: data.head, kind: "raw", kinds: data.kinds, log_scale: false, log_decades: 4,
+  window_start: 0, key_start: 0,
   window_size: Math.min(N, 64), overview_factor: 1, overview_n: N, selected_token: null,
 });
 heatmap.default.render({ model, el: document.getElementById("heatmap") });

@@ -183,14 +183,27 @@ def _inline_js(name: str) -> str:
     return text
 
 
+def _kinds_payload(trace: Trace, n: int) -> dict:
+    """What the heatmap's kind picker needs beyond the attention: the value norms of the first n keys (float32
+    [L, H, n]) for value-weighted attention, and the rollout of the first n tokens (float32 [n, n]; rollout is
+    causal, so it is the whole trace's restricted to them)."""
+    b64 = lambda a: base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode("ascii")  # noqa: E731
+    prefix = first_tokens(trace, n)
+    return {
+        "kinds": [*trace.kinds, "rollout"],
+        "norms": b64(trace.value_norms[:, :, :n]) if trace.value_norms is not None else None,
+        "rollout": b64(prefix.attention_flow("rollout")),
+    }
+
+
 def _page_data(trace, layer: int, head: int | None, n: int) -> dict:
-    """Everything the page's script reads: the attention and steps (_payload) and the analysis."""
-    return {**_payload(trace, layer, head, n), "analysis": analysis_payload(trace, n)}
+    """Everything the page's script reads: the attention and steps (_payload), the heatmap's kinds, the analysis."""
+    return {**_payload(trace, layer, head, n), **_kinds_payload(trace, n), "analysis": analysis_payload(trace, n)}
 
 
 def standalone_html(trace, path: str | os.PathLike, layer: int = 0, head: int | None = None,
                     max_tokens: int = 64) -> Path:
-    """Write one self-contained HTML file: the heatmap with a layer/head picker, a step-through of the generated
+    """Write one self-contained HTML file: the heatmap with layer, head and kind pickers (attention, value-weighted, rollout), a step-through of the generated
     tokens and the analysis the trace holds (surprisal, logit lens, head atlas), for the first `max_tokens` tokens
     (every layer and head, float32: ~L·H·n²·2 bytes)."""
     trace._check(layer, head)

@@ -68,7 +68,7 @@ function drawLegend(box, scale, log, decades, title) {
 const LABEL_W = 110, LABEL_H = 84, OVERVIEW_PX = 240;
 
 /** What each kind draws: the picker's label, the value's name (legend, tooltip), and a note under the pickers.
- * "norm" is offered only by traces with value norms; the standalone page sends no `kinds` and has no picker. */
+ * "norm" is offered only by traces with value norms (`kinds`; the standalone page sends them too). */
 const KINDS = {
   raw: { label: "attention", value: "weight", note: "" },
   norm: { label: "value-weighted", value: "α·‖vW_O‖",
@@ -82,10 +82,10 @@ const KINDS = {
 const NO_NORMS = "This trace has no value norms, so no value-weighted attention: capture it again with this version "
   + "of attention-explorer (models whose attention it cannot read have none).";
 
-/** The kind the model draws ("raw" on the standalone page, which has no kinds).
+/** The kind the model draws ("raw" when the model has no kind).
  * @param {Model} model @returns {string} */
 const kindOf = (model) => model.get("kind") ?? "raw";
-/** The pickers above the heatmap (kindSel null on the standalone page), and the note under them.
+/** The pickers above the heatmap (kindSel null for a model with no kinds), and the note under them.
  * @typedef {{ box: HTMLDivElement, kindSel: HTMLSelectElement | null, layerSel: HTMLSelectElement,
  *   headSel: HTMLSelectElement, sizeSel: HTMLSelectElement, logBox: HTMLInputElement, slider: HTMLInputElement,
  *   note: HTMLDivElement }} Controls */
@@ -116,7 +116,7 @@ const token = (v, i) => `${i} “${v.model.get("tokens")[i]}”`;
 const origin = (v) => v.model.get("window_at") ?? [v.model.get("window_start"), v.model.get("key_start")];
 
 /** The picker of what to draw: raw, value-weighted (greyed out, saying why, without value norms) or rollout;
- * null when the model offers no kinds (the standalone page).
+ * null when the model offers no kinds.
  * @param {Model} model @returns {HTMLSelectElement | null} */
 function buildKindPicker(model) {
   const kinds = model.get("kinds");
