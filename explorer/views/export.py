@@ -203,9 +203,9 @@ def _page_data(trace, layer: int, head: int | None, n: int) -> dict:
 
 def standalone_html(trace, path: str | os.PathLike, layer: int = 0, head: int | None = None,
                     max_tokens: int = 64) -> Path:
-    """Write one self-contained HTML file: the heatmap with layer, head and kind pickers (attention, value-weighted, rollout), a step-through of the generated
-    tokens and the analysis the trace holds (surprisal, logit lens, head atlas), for the first `max_tokens` tokens
-    (every layer and head, float32: ~L·H·n²·2 bytes)."""
+    """Write one self-contained HTML file: the heatmap with layer, head and kind pickers (attention, value-weighted,
+    rollout), a step-through of the generated tokens and the analysis the trace holds (surprisal, logit lens, head
+    atlas), for the first `max_tokens` tokens (every layer and head, float32: ~L·H·n²·2 bytes)."""
     trace._check(layer, head)
     n = max(1, min(int(max_tokens), trace.n_tokens, 256))
     title = f"Attention of {trace.model.name or 'a model'}"
