@@ -61,6 +61,12 @@ def main() -> None:
         print(f"    {k:>4}{span(ours):>16}{span(captured):>16}{span(plain):>16}{ratio:>11.2f}"
               f"{statistics.median(ours) / statistics.median(plain):>8.2f}")
 
+    step = trace.steps[32]
+    prefix = trace.token_ids[: step.position] + [step.top_k[1].token_id]
+    prefill = [seconds(lambda: plain_generate(lm, prefix, 1)) for _ in range(repeats)]
+    print(f"    reading the {len(prefix)}-token prefix (+1 token), what reusing the parent's KV cache could save at "
+          f"k = 32: {span(prefill)}")
+
     short = lm.generate("The quick brown fox jumps over the lazy dog because it wanted to reach the river before "
                         "the sun went down, and the dog", max_new_tokens=4, progress=False)
     print(f"\n(b) a head switched off: the step's next-token probabilities again (whatif.rescore), "
