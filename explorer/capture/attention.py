@@ -130,8 +130,10 @@ class AttentionRecorder:
         gram = self._gram(module, n_heads, value.shape[-1])
         if gram is None:
             return
-        v = value.float().repeat_interleave(n_heads // value.shape[0], dim=0)  # [H, new, d]
-        squared = torch.einsum("hnd,hde,hne->hn", v, gram, v)
+        groups, dim = value.shape[0], value.shape[-1]
+        v = value.float()[:, None]  # [H_kv, 1, new, d]: each group's values serve its heads, with no copy
+        g = gram.reshape(groups, n_heads // groups, dim, dim)  # [H_kv, heads a group, d, d]
+        squared = ((v @ g) * v).sum(-1).reshape(n_heads, -1)  # v·G_h·vᵀ of each head and position, [H, new]
         self.norms.append(self._layer(module), squared.clamp_(min=0).sqrt_()[..., None])
 
     def _gram(self, module, n_heads: int, dim: int) -> torch.Tensor | None:

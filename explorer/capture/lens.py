@@ -18,7 +18,7 @@ from ..errors import SettingsError
 from ..trace import LogitLens
 
 LENS_MODES = ("steps", "all", None)
-CHUNK_ROWS = 64  # rows of the unembedding at once: 64 × 49,152 float32 logits = 12 MB (the peak of a capture)
+CHUNK_ROWS = 32  # rows of the unembedding at once: 32 × 49,152 float32 logits = 6 MB (the peak of a capture)
 _FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_norm", "norm_f")
 
 
@@ -78,8 +78,9 @@ class HiddenStates:
         start = self.seen[layer]
         self.seen[layer] = start + new
         keep = self.covered(start, start + new)
-        if len(keep):
-            self.kept[layer].append(hidden[0, keep.start - start : keep.stop - start].detach().float())
+        if len(keep):  # a copy: a view would keep the whole pass's output alive (70 MB for a 1,024-token prompt)
+            self.kept[layer].append(hidden[0, keep.start - start : keep.stop - start].detach().to(torch.float32,
+                                                                                                   copy=True))
             if layer == 0:
                 self.positions.extend(keep)
         if self.prompt_states and layer == self.n_layers - 1 and start == 0:
