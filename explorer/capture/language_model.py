@@ -200,7 +200,8 @@ class LanguageModel:
         remaining = n_new - (len(fed) - n_prompt)
         precision = self._choose_precision(precision, n_prompt + n_new, keep_values)
         recorder = self._recorder(precision, n_prompt + n_new, keep_values, ablate)
-        hidden = HiddenStates(self.model, lens, n_prompt, prompt_states=True)
+        covered = {"all": n_prompt + n_new, "steps": n_new + 1}.get(lens, 0)
+        hidden = HiddenStates(self.model, lens, n_prompt, prompt_states=True, capacity=covered)
         streamer = _Progress(remaining, progress, on_token, self.decode_token)
         if on_status is not None:
             on_status(f"reading the prompt ({len(fed)} tokens)")
@@ -314,7 +315,7 @@ class LanguageModel:
         check_length(len(ids), 0, self.context_length, self.name)
         precision = self._choose_precision(precision, len(ids), keep_values)
         recorder = self._recorder(precision, len(ids), keep_values, ablate)
-        hidden = HiddenStates(self.model, lens, len(ids), prompt_states=True)
+        hidden = HiddenStates(self.model, lens, len(ids), prompt_states=True, capacity=len(ids) if lens else 0)
         started = time.perf_counter()
         with torch.inference_mode(), recording(self.model, recorder), hidden.hooked():
             # logits at the last position only: all of them would be T × vocabulary floats (400 MB at 2,048)
