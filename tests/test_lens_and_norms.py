@@ -146,8 +146,11 @@ def test_lens_settings_are_checked():
         lm.generate("x", max_new_tokens=2, lens="everything", progress=False)
     with pytest.raises(SettingsError, match="no generated steps"):
         lm.trace("x", lens="steps")
-    trace = lm.generate("x", max_new_tokens=2, lens=None, progress=False)
+    trace = lm.generate("xyz", max_new_tokens=2, lens=None, progress=False)
     assert trace.lens is None and trace.settings["lens"] is None and not np.isnan(trace.surprisal[-1])
+    # lens=None is the bare capture: the generated tokens' surprisal (from generate's own logits), not the prompt's
+    assert np.isnan(trace.surprisal[: trace.n_prompt]).all()
+    assert not np.isnan(lm.trace("xyz").surprisal[1:]).any()  # a read text always has its surprisal
 
 
 def test_tokens_are_those_of_plain_generate_with_the_lens_on():

@@ -144,7 +144,8 @@ class LanguageModel:
 
         temperature=0 decodes greedily; otherwise tokens are sampled (reproducibly when `seed` is set).
         `candidates` is how many top tokens each step (and each cell of the logit lens) keeps. `lens` is which
-        positions get a logit lens: "steps" (those that produced each generated token), "all", or None.
+        positions get a logit lens: "steps" (those that produced each generated token), "all", or None; with a
+        lens the prompt's surprisal comes too (lens=None: the generated tokens' only, at plain generate's speed).
         `ablate` lists (layer, head) pairs whose output is zeroed before the output projection in every pass.
         `precision` is how queries and keys are stored:
         "float32" reproduces eager attention to ~1e-6, "float16" halves memory (weights within ~2e-3), and
@@ -201,7 +202,10 @@ class LanguageModel:
         precision = self._choose_precision(precision, n_prompt + n_new, keep_values)
         recorder = self._recorder(precision, n_prompt + n_new, keep_values, ablate)
         covered = {"all": n_prompt + n_new, "steps": n_new + 1}.get(lens, 0)
-        hidden = HiddenStates(self.model, lens, n_prompt, prompt_states=True, capacity=covered)
+        # the prompt's surprisal costs an unembedding row per prompt token (~0.9 s at 1,024 tokens here): it comes
+        # with the lens; lens=None is the bare capture, as fast as plain generate
+        hidden = HiddenStates(self.model, lens, n_prompt, prompt_states=lens is not None or forced is not None,
+                              capacity=covered)
         streamer = _Progress(remaining, progress, on_token, self.decode_token)
         if on_status is not None:
             on_status(f"reading the prompt ({len(fed)} tokens)")

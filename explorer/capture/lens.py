@@ -102,7 +102,7 @@ class HiddenStates:
         handles = []
         try:
             try:
-                blocks = decoder_blocks(self.model)
+                blocks = decoder_blocks(self.model) if self.lens is not None or self.prompt_states else []
                 final_norm(self.model)
             except SettingsError:
                 if self.lens is not None:
