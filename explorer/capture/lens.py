@@ -18,7 +18,8 @@ from ..errors import SettingsError
 from ..trace import LogitLens
 
 LENS_MODES = ("steps", "all", None)
-CHUNK_ROWS = 32  # rows of the unembedding at once: 32 × 49,152 float32 logits = 6 MB (the peak of a capture)
+CHUNK_ROWS = 32  # rows of the unembedding at once: 32 × 49,152 float32 logits = 6 MB. 128 rows ran the lens
+# ~20 % faster but took the peak of a 1,024-token capture from 1.08x to 1.6x (plain generate + trace)
 _FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_norm", "norm_f")
 
 
