@@ -188,14 +188,4 @@ function connect(v) {
   return () => { clearTimeout(v.timer); for (const e of events) v.model.off(e, redraw); };
 }
 
-/** Draw the atlas into `el` and redraw on the model's changes; returns the cleanup.
- * @param {{ model: Model, el: HTMLElement }} ctx @returns {() => void} */
-function render({ model, el }) {
-  const view = build(model, el);
-  listen(view);
-  const disconnect = connect(view);
-  draw(view);
-  return disconnect;
-}
-
-export default { render };
+export default { render: viewRenderer(build, listen, connect, draw) };

@@ -450,14 +450,4 @@ function connect(v) {
   };
 }
 
-/** Draw the heatmap into `el` and redraw on the model's changes; returns the cleanup.
- * @param {{ model: Model, el: HTMLElement }} ctx @returns {() => void} */
-function render({ model, el }) {
-  const view = build(model, el);
-  listen(view);
-  const disconnect = connect(view);
-  draw(view);
-  return disconnect;
-}
-
-export default { render };
+export default { render: viewRenderer(build, listen, connect, draw) };

@@ -76,3 +76,19 @@ function h(tag, style = {}, text = null) {
   if (text !== null) e.textContent = text;
   return e;
 }
+
+/** An anywidget `render` for a view made of four functions: build(model, el) makes its elements and returns the
+ * view; listen(view) wires the page's events; connect(view) follows the model's changes and returns the cleanup;
+ * draw(view) draws it all once.
+ * @param {(model: Model, el: HTMLElement) => any} build @param {(view: any) => void} listen
+ * @param {(view: any) => () => void} connect @param {(view: any) => void} draw
+ * @returns {(ctx: { model: Model, el: HTMLElement }) => () => void} */
+function viewRenderer(build, listen, connect, draw) {
+  return ({ model, el }) => {
+    const view = build(model, el);
+    listen(view);
+    const disconnect = connect(view);
+    draw(view);
+    return disconnect;
+  };
+}
