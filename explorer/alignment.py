@@ -111,8 +111,9 @@ def align(a: Trace, b: Trace) -> Alignment:
         return Alignment([(i, i) for i in range(n)], "position", sentence, tokenizers, a.n_tokens, b.n_tokens)
     blocks = token_runs(a.token_ids, b.token_ids)
     pairs = [(i + k, j + k) for i, j, size in blocks for k in range(size)]
+    runs = f"{len(blocks)} run{'' if len(blocks) == 1 else 's'}"
     sentence = (f"Same tokenizer ({tokenizers.why}), different prompts: by the longest common runs of token ids, "
-                f"{len(pairs)} of {a.n_tokens} (A) and {b.n_tokens} (B) tokens matched in {len(blocks)} run{'' if len(blocks) == 1 else 's'}; "
+                f"{len(pairs)} of {a.n_tokens} (A) and {b.n_tokens} (B) tokens matched in {runs}; "
                 f"{a.n_tokens - len(pairs)} of A and {b.n_tokens - len(pairs)} of B unmatched.")
     return Alignment(pairs, "token runs", sentence, tokenizers, a.n_tokens, b.n_tokens)
 
