@@ -154,12 +154,8 @@ class LanguageModel:
         (min_new_tokens, repetition_penalty, eos_token_id, ...) go to transformers' `generate` unchanged; a
         `do_sample` that contradicts `temperature` raises SettingsError.
         """
-        settings = GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed)
-        settings.check_extra(generate_kwargs)
-        _check_passed_through(generate_kwargs)
-        _check_candidates(candidates)
-        check_lens(lens, generating=True)
-        ablate = self._check_ablate(ablate)
+        settings, ablate = self._checked(GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed),
+                                         generate_kwargs, candidates, lens, ablate)
         ids = self.encode(prompt, chat=chat)
         check_length(len(ids), max_new_tokens, self.context_length, self.name)
         return self._generate_ids(ids, settings, generate_kwargs, chat=chat, candidates=candidates,
@@ -175,12 +171,8 @@ class LanguageModel:
         """`generate` after token ids instead of a text: all of `token_ids` is the prompt. `forced` (a token's
         text, id or Candidate) is put after them as the first new token, with the model's own probability for
         it, before generation goes on; `max_new_tokens` counts it. What a branch is made of."""
-        settings = GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed)
-        settings.check_extra(generate_kwargs)
-        _check_passed_through(generate_kwargs)
-        _check_candidates(candidates)
-        check_lens(lens, generating=True)
-        ablate = self._check_ablate(ablate)
+        settings, ablate = self._checked(GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed),
+                                         generate_kwargs, candidates, lens, ablate)
         vocab = self.model.get_output_embeddings().weight.shape[0]
         if not isinstance(token_ids, (list, tuple)) or not token_ids or any(
                 isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab for i in token_ids):
@@ -289,6 +281,14 @@ class LanguageModel:
             raise SettingsError(f"token must be one token's text, a token id 0..{vocab - 1} or a Candidate, "
                                 f"not {token!r}")
         return token
+
+    def _checked(self, settings: GenerationSettings, generate_kwargs: dict, candidates, lens, ablate):
+        """The settings and heads to switch off of a generation, each checked with its own sentence."""
+        settings.check_extra(generate_kwargs)
+        _check_passed_through(generate_kwargs)
+        _check_candidates(candidates)
+        check_lens(lens, generating=True)
+        return settings, self._check_ablate(ablate)
 
     def _check_ablate(self, ablate) -> list[tuple[int, int]]:
         """(layer, head) pairs, checked against the model and sorted; SettingsError names the first bad one."""

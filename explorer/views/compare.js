@@ -217,12 +217,7 @@ function paintPanel(v, p) {
     const x = v.values[base + i * cols + j];
     out[i * cols + j] = c0 + j > r0 + i ? MASKED : p.which === 2 ? pixel(diverging(x, ds)) : viridisPixel(x, s, v.log);
   }
-  const off = document.createElement("canvas");
-  off.width = cols;
-  off.height = rows;
-  off.getContext("2d").putImageData(img, 0, 0);
-  ctx.imageSmoothingEnabled = false;
-  ctx.drawImage(off, 0, 0, canvas.width, canvas.height);
+  blit(ctx, canvas, img);
 }
 
 /** The text of matched pair `k` in panel `which`: A's token, B's, or both ("a|b") for the difference when

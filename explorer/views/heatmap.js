@@ -17,12 +17,7 @@ export function paint(canvas, u8, rows, cols, rowStart = 0, colStart = 0) {
     const q = rowStart + i;
     for (let j = 0; j < cols; j++) out[i * cols + j] = colStart + j > q ? MASKED : LUT[u8[i * cols + j]];
   }
-  const off = document.createElement("canvas");
-  off.width = cols;
-  off.height = rows;
-  off.getContext("2d").putImageData(img, 0, 0);
-  ctx.imageSmoothingEnabled = false;
-  ctx.drawImage(off, 0, 0, canvas.width, canvas.height);
+  blit(ctx, canvas, img);
 }
 
 /** A weight for reading: 3 significant digits, exponent notation below 1e-3.

@@ -92,3 +92,14 @@ function viewRenderer(build, listen, connect, draw) {
     return disconnect;
   };
 }
+
+/** Draw `img` (one pixel a cell) over the whole of `canvas` through `ctx`, each cell a sharp block.
+ * @param {CanvasRenderingContext2D} ctx @param {HTMLCanvasElement} canvas @param {ImageData} img */
+function blit(ctx, canvas, img) {
+  const off = document.createElement("canvas");
+  off.width = img.width;
+  off.height = img.height;
+  off.getContext("2d").putImageData(img, 0, 0);
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(off, 0, 0, canvas.width, canvas.height);
+}
