@@ -16,7 +16,7 @@ import pytest
 
 from synthetic import synthetic_trace, with_analysis
 from test_browser_attention import js_fmt
-from voila_harness import OUTPUT, browser, offline_page, voila_server, write_notebook
+from voila_harness import OUTPUT, notebook_page, write_notebook
 
 pytestmark = pytest.mark.browser
 
@@ -67,12 +67,7 @@ def page(traces):
     folder, _ = traces
     paths = "\n".join(f"{name.upper()} = {str(folder / f'{name}.trace')!r}" for name in ["norms", "plain"])
     notebook = write_notebook(folder / "atlas.ipynb", [paths, CELL])
-    with voila_server(notebook) as url, browser() as b:
-        page, log = offline_page(b, viewport=(1280, 1100))
-        page.goto(url + "/", wait_until="domcontentloaded")
-        page.wait_for_selector(".case-plain .ae-heatmap[data-draw-count], .jp-OutputArea-output pre", timeout=180_000)
-        errors = page.locator(".jp-OutputArea-output pre").all_inner_texts()
-        assert not errors, errors[0][-2000:]
+    with notebook_page(notebook, ".case-plain .ae-heatmap[data-draw-count]", viewport=(1280, 1100)) as (page, log):
         yield page, log
         page.screenshot(path=str(OUTPUT / "head-atlas-end.png"), full_page=True)
 

@@ -15,7 +15,7 @@ import pytest
 
 from explorer.views.tokens_html import visible
 from synthetic import synthetic_trace, with_analysis
-from voila_harness import OUTPUT, browser, offline_page, voila_server, write_notebook
+from voila_harness import OUTPUT, notebook_page, write_notebook
 
 pytestmark = pytest.mark.browser
 
@@ -80,12 +80,7 @@ def page(traces):
     folder, _ = traces
     paths = "\n".join(f"{name.upper()} = {str(folder / f'{name}.trace')!r}" for name in ["steps", "long", "none"])
     notebook = write_notebook(folder / "lens.ipynb", [paths, CELL])
-    with voila_server(notebook) as url, browser() as b:
-        page, log = offline_page(b, viewport=(1280, 1100))
-        page.goto(url + "/", wait_until="domcontentloaded")
-        page.wait_for_selector(".case-long .ae-lens[data-draw-count], .jp-OutputArea-output pre", timeout=180_000)
-        errors = page.locator(".jp-OutputArea-output pre").all_inner_texts()
-        assert not errors, errors[0][-2000:]
+    with notebook_page(notebook, ".case-long .ae-lens[data-draw-count]", viewport=(1280, 1100)) as (page, log):
         for name in ["steps", "none"]:
             page.locator(f".case-{name}").get_by_role("tab", name="Logit lens").click()
             page.wait_for_selector(f".case-{name} .ae-lens[data-draw-count]", timeout=60_000)

@@ -18,7 +18,7 @@ import pytest
 from explorer.trace import Candidate
 from explorer.views.tokens_html import SURPRISAL_FULL, visible
 from synthetic import synthetic_trace, with_analysis
-from voila_harness import OUTPUT, browser, offline_page, voila_server, write_notebook
+from voila_harness import OUTPUT, notebook_page, write_notebook
 
 pytestmark = pytest.mark.browser
 
@@ -90,15 +90,7 @@ def page(traces):
     paths = (f"ROTARY = {str(folder / 'rotary.trace')!r}\nLEARNED = {str(folder / 'learned.trace')!r}\n"
              f"READ = {str(folder / 'read.trace')!r}")
     notebook = write_notebook(folder / "stepper.ipynb", [paths, CELL])
-    with voila_server(notebook) as url, browser() as b:
-        page, log = offline_page(b, viewport=(1300, 1600))
-        page.goto(url + "/", wait_until="domcontentloaded")
-        # the last view drew, or the notebook failed (Voilà shows the traceback in the page)
-        page.wait_for_selector(".case-learned .positional-view .main-svg, .jp-OutputArea-output pre",
-                               timeout=180_000)
-        errors = page.locator(".jp-OutputArea-output pre").all_inner_texts()
-        assert not errors, errors[0][-2000:]
-        page.wait_for_selector(".case-learned .positional-view .main-svg", timeout=60_000)
+    with notebook_page(notebook, ".case-learned .positional-view .main-svg", viewport=(1300, 1600)) as (page, log):
         page.wait_for_function("document.querySelectorAll('.token-text[data-draw-count]').length >= 3")
         page.wait_for_function("document.querySelectorAll('.stepper-view .step-charts .bar-label').length >= 2")
         assert page.locator(".stepper-view .step-charts svg").count() == 1  # one SVG for both charts

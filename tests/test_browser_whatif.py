@@ -15,7 +15,7 @@ import pytest
 from explorer import whatif
 from explorer.views.branch_tree import tree_nodes
 from explorer.views.tokens_html import visible
-from voila_harness import OUTPUT, browser, offline_page, voila_server, write_notebook
+from voila_harness import OUTPUT, notebook_page, write_notebook
 
 pytestmark = pytest.mark.browser
 
@@ -48,13 +48,8 @@ def page(tmp_path_factory, trace):
     folder = tmp_path_factory.mktemp("whatif")
     trace.save(folder / "default.trace")
     notebook = write_notebook(folder / "whatif.ipynb", [f"TRACE = {str(folder / 'default.trace')!r}", CELL])
-    with voila_server(notebook) as url, browser() as b:
-        page, log = offline_page(b, viewport=(1280, 1400))
-        page.goto(url + "/", wait_until="domcontentloaded")
-        page.wait_for_selector(".whatif-under-test .stepper-view .token-text[data-draw-count], "
-                               ".jp-OutputArea-output pre", timeout=180_000)
-        errors = page.locator(".jp-OutputArea-output pre").all_inner_texts()
-        assert not errors, errors[0][-2000:]
+    ready = ".whatif-under-test .stepper-view .token-text[data-draw-count]"
+    with notebook_page(notebook, ready, viewport=(1280, 1400)) as (page, log):
         page.wait_for_selector(".token-text-box.candidates span", timeout=60_000)
         page.screenshot(path=str(OUTPUT / "whatif-load.png"), full_page=True)
         yield page, log

@@ -160,3 +160,20 @@ def write_notebook(path: Path, cells: list[str]) -> Path:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
     return path
+
+
+# where Voilà shows a cell's traceback in the page
+TRACEBACK = ".jp-OutputArea-output pre"
+
+
+@contextmanager
+def notebook_page(notebook: Path, ready: str, viewport=(1280, 1000)):
+    """`notebook` served by Voilà and opened offline in Chromium, once `ready` (a selector) shows: yields
+    (page, PageLog). A cell that failed makes this fail with its traceback instead of a timeout."""
+    with voila_server(notebook) as url, browser() as b:
+        page, log = offline_page(b, viewport=viewport)
+        page.goto(url + "/", wait_until="domcontentloaded")
+        page.wait_for_selector(f"{ready}, {TRACEBACK}", timeout=180_000)
+        errors = page.locator(TRACEBACK).all_inner_texts()
+        assert not errors, errors[0][-2000:]
+        yield page, log
