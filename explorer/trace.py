@@ -288,6 +288,7 @@ class Trace:
     parent: Trace | None = field(default=None, repr=False, compare=False)  # the trace a branch came from
     branch_step: int | None = None  # the step of the parent this branch changed
     parent_id: str | None = None  # the parent's id, kept when the parent itself is not at hand
+    notes: list[str] = field(default_factory=list)  # sentences: what this trace lacks and why (no lens, ...)
 
     def __post_init__(self):
         if self.parent is not None:
@@ -440,6 +441,7 @@ class Trace:
             "id": self.id,
             "branch": None if self.branch_step is None else {
                 "parent": self.parent.id if self.parent is not None else self.parent_id, "step": self.branch_step},
+            "notes": self.notes,
             "lens": None if self.lens is None else {"words": {str(i): w for i, w in sorted(self.lens.words.items())}},
         }
         return tensors, {"format": FORMAT, "version": str(VERSION), "header": json.dumps(header)}

@@ -193,6 +193,7 @@ def _build(header: dict, tensors: dict[str, np.ndarray]) -> Trace:
         surprisal=_array(tensors, "surprisal", (n_tokens,), np.floating),  # absent from version 1 files
         value_norms=_array(tensors, "value_norms", (n_layers, n_heads, n_tokens), np.floating),
         lens=_lens(header.get("lens"), tensors, n_layers, n_tokens),
+        notes=[str(note) for note in header.get("notes") or []],
         **_identity(header, len(steps)),
     )
 

@@ -71,6 +71,22 @@ class ByteTokenizer:
         return [self.decode([i]) for i in ids]
 
 
+def named_blocks(model):
+    """The decoder blocks of one of ARCHITECTURES, by the names each family gives them (the test's own reference,
+    independent of how capture finds them)."""
+    base = getattr(model, "transformer", None) or getattr(model, "gpt_neox", None) or model.model
+    return base.h if hasattr(base, "h") else base.layers
+
+
+def named_final_norm(model):
+    """The final norm of one of ARCHITECTURES, by name."""
+    base = getattr(model, "transformer", None) or getattr(model, "gpt_neox", None) or model.model
+    for name in ("ln_f", "final_layer_norm", "norm"):
+        if hasattr(base, name):
+            return getattr(base, name)
+    raise AssertionError(f"no final norm named in {type(model).__name__}")
+
+
 def run_without_torch(trace, tmp_path, code: str) -> None:
     """Save `trace`, then in a fresh Python load it as `trace`, run `code`, and fail if torch or transformers
     was imported on the way: the view side must work with no model."""

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ARCHITECTURES, make_tiny_lm
-from explorer.capture.lens import decoder_blocks, final_norm
+from conftest import ARCHITECTURES, make_tiny_lm, named_blocks, named_final_norm
 from explorer.errors import SettingsError
 from explorer.trace_file import load_trace
 
@@ -20,7 +19,7 @@ def hidden_states(lm, token_ids):
 def lens_probs(lm, state: torch.Tensor, normed: bool) -> torch.Tensor:
     """softmax(lm_head(final_norm(h))) of one hidden state [d], written out from the model's modules."""
     with torch.no_grad():
-        h = state if normed else final_norm(lm.model)(state)
+        h = state if normed else named_final_norm(lm.model)(state)
         logits = lm.model.get_output_embeddings()(h).float()
         cap = getattr(lm.model.config, "final_logit_softcapping", None)
         return torch.softmax(cap * torch.tanh(logits / cap) if cap else logits, -1)
@@ -89,7 +88,7 @@ def reference_value_norms(lm, token_ids) -> np.ndarray:
     dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
     seen: list[torch.Tensor] = []
     handles = []
-    for block in decoder_blocks(model):
+    for block in named_blocks(model):
         modules = dict(block.named_modules())
         values = next((m for n, m in modules.items() if n.endswith("v_proj")), None)
         if values is not None:
@@ -104,7 +103,7 @@ def reference_value_norms(lm, token_ids) -> np.ndarray:
         for handle in handles:
             handle.remove()
     out = []
-    for block, v in zip(decoder_blocks(model), seen):
+    for block, v in zip(named_blocks(model), seen):
         modules = dict(block.named_modules())
         proj = next(m for n, m in modules.items() if n.endswith(("o_proj", "attn.c_proj", "dense", "out_proj")))
         w = proj.weight if type(proj).__name__ == "Conv1D" else proj.weight.T  # [H·d, hidden]

@@ -8,9 +8,8 @@ import torch
 from transformers import set_seed
 
 import explorer
-from conftest import ARCHITECTURES, make_tiny_lm
+from conftest import ARCHITECTURES, make_tiny_lm, named_blocks, named_final_norm
 from explorer.capture.attention import _output_projection_module, attention_modules
-from explorer.capture.lens import decoder_blocks
 from explorer.errors import SettingsError
 from test_capture import eager_attentions, max_attention_error
 
@@ -87,7 +86,7 @@ def ablated_reference(lm, ablate):
     config = lm.model.config
     dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     handles = []
-    for layer, block in enumerate(decoder_blocks(lm.model)):
+    for layer, block in enumerate(named_blocks(lm.model)):
         heads = [h for l, h in ablate if l == layer]
         if not heads:
             continue

@@ -16,6 +16,7 @@ from ..facts import ModelFacts
 from .. import whatif
 from ..trace import Trace
 from .attention import AttentionRecorder, recording, uses_attention_interface
+from .anatomy import Anatomy, find_anatomy
 from .lens import HiddenStates, build_lens, check_lens, final_logits, next_token_log_probs
 from .positional import read_positional
 from .shapes import head_dim, kv_heads
@@ -72,6 +73,22 @@ class LanguageModel:
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
         self.context_length = _context_length(model.config)
         self._facts: dict | None = None  # what does not change: computed on first use
+        self._anatomy: Anatomy | None = None
+
+    @property
+    def anatomy(self) -> Anatomy:
+        """Where the decoder blocks and the final norm are (found once, by a probe pass): what the lens reads."""
+        if self._anatomy is None:
+            self._anatomy = find_anatomy(self.model)
+        return self._anatomy
+
+    def _lens_notes(self, lens: str | None) -> list[str]:
+        """What the trace will lack because the lens's parts were not found; an explicit lens="all" is refused."""
+        if lens is None or self.anatomy.found:
+            return []
+        if lens == "all":
+            raise SettingsError(f"{self.anatomy.problem}, so it has no logit lens: use lens=None")
+        return [f"No logit lens and no prompt surprisal: {self.anatomy.problem}."]
 
     @property
     def device(self) -> torch.device:
@@ -196,7 +213,8 @@ class LanguageModel:
         covered = {"all": n_prompt + n_new, "steps": n_new + 1}.get(lens, 0)
         # the prompt's surprisal costs an unembedding row per prompt token (~0.9 s at 1,024 tokens here): it comes
         # with the lens; lens=None is the bare capture, as fast as plain generate
-        hidden = HiddenStates(self.model, lens, n_prompt, prompt_states=lens is not None or forced is not None,
+        notes = self._lens_notes(lens)
+        hidden = HiddenStates(self.anatomy, lens, n_prompt, prompt_states=lens is not None or forced is not None,
                               capacity=covered)
         streamer = _Progress(remaining, progress, on_token, self.decode_token)
         if on_status is not None:
@@ -231,7 +249,7 @@ class LanguageModel:
             if forced is not None:  # the forced token's distribution is the model's at the position before it
                 if hidden.prompt is None:
                     raise SettingsError(f"cannot branch {self.name}: its decoder blocks or final norm were not found")
-                row = final_logits(self.model, hidden.prompt[n_prompt - 1 : n_prompt])
+                row = final_logits(self.model, hidden.prompt[n_prompt - 1 : n_prompt], self.anatomy)
                 only = torch.full_like(row, -torch.inf)
                 only[0, forced] = 0.0
                 logits, scores = [row, *logits], [only, *scores]
@@ -246,7 +264,7 @@ class LanguageModel:
         used |= {k: v for k, v in generate_kwargs.items() if isinstance(v, (int, float, str, bool, list))}
         timings = {"generate": generated_at - started, "lens": time.perf_counter() - generated_at,
                    "total": time.perf_counter() - started}
-        return self._build_trace(token_ids, n_prompt, recorder, steps, used, timings, surprisal, analysed)
+        return self._build_trace(token_ids, n_prompt, recorder, steps, used, timings, surprisal, analysed, notes)
 
     def branch(self, trace: Trace, step: int, token, *, progress: bool = True, on_token=None,
                on_status=None) -> Trace:
@@ -320,7 +338,9 @@ class LanguageModel:
         check_length(len(ids), 0, self.context_length, self.name)
         precision = self._choose_precision(precision, len(ids), keep_values)
         recorder = self._recorder(precision, len(ids), keep_values, ablate)
-        hidden = HiddenStates(self.model, lens, len(ids), prompt_states=True, capacity=len(ids) if lens else 0)
+        notes = self._lens_notes(lens) or ([] if self.anatomy.found else
+                                           [f"No prompt surprisal: {self.anatomy.problem}."])
+        hidden = HiddenStates(self.anatomy, lens, len(ids), prompt_states=True, capacity=len(ids) if lens else 0)
         started = time.perf_counter()
         with torch.inference_mode(), recording(self.model, recorder), hidden.hooked():
             # logits at the last position only: all of them would be T × vocabulary floats (400 MB at 2,048)
@@ -331,7 +351,7 @@ class LanguageModel:
         timings = {"forward": forward_at - started, "lens": time.perf_counter() - forward_at}
         settings = {"chat": chat, "candidates": candidates, "lens": lens, "precision": precision,
                     "ablate": [list(pair) for pair in ablate]}
-        return self._build_trace(ids, len(ids), recorder, [], settings, timings, surprisal, analysed)
+        return self._build_trace(ids, len(ids), recorder, [], settings, timings, surprisal, analysed, notes)
 
     def _surprisal(self, prompt_states, token_ids: list[int], n_prompt: int, step_logits) -> np.ndarray:
         """-ln p(token_i | tokens before i), float32 [T], NaN at 0: the prompt's from the last block's states,
@@ -339,7 +359,7 @@ class LanguageModel:
         out = np.full(len(token_ids), np.nan, dtype=np.float32)
         if n_prompt > 1 and prompt_states is not None:  # None: a model whose blocks we could not hook
             targets = torch.tensor(token_ids[1:n_prompt], device=prompt_states.device)
-            out[1:n_prompt] = -next_token_log_probs(self.model, prompt_states[: n_prompt - 1], targets).cpu().numpy()
+            out[1:n_prompt] = -next_token_log_probs(self.model, self.anatomy, prompt_states[: n_prompt - 1], targets).cpu().numpy()
         if len(step_logits):
             logits = torch.cat(list(step_logits)).float()
             chosen = torch.tensor(token_ids[n_prompt : n_prompt + len(logits)], device=logits.device)
@@ -358,7 +378,7 @@ class LanguageModel:
             bar.update(done - bar.n)
 
         try:
-            return build_lens(self.model, hidden.states(), hidden.positions, token_ids, k, self.decode_token, advance)
+            return build_lens(self.model, self.anatomy, hidden.states(), hidden.positions, token_ids, k, self.decode_token, advance)
         finally:
             bar.close()
 
@@ -387,7 +407,8 @@ class LanguageModel:
             raise SettingsError(f"precision must be 'auto' or one of {sorted(PRECISIONS)}, not {precision!r}")
         return precision
 
-    def _build_trace(self, token_ids, n_prompt, recorder, steps, settings, timings, surprisal, lens) -> Trace:
+    def _build_trace(self, token_ids, n_prompt, recorder, steps, settings, timings, surprisal, lens,
+                     notes: list[str]) -> Trace:
         return Trace(
             tokens=[self.decode_token(i) for i in token_ids],
             token_ids=token_ids,
@@ -402,6 +423,7 @@ class LanguageModel:
             surprisal=surprisal,
             lens=lens,
             value_norms=recorder.value_norms(len(token_ids)),
+            notes=notes,
         )
 
     def __repr__(self) -> str:

@@ -16,12 +16,12 @@ import torch
 
 from ..errors import SettingsError
 from ..trace import LogitLens
+from .anatomy import Anatomy
 
 LENS_MODES = ("steps", "all", None)
 CHUNK_ROWS = 64  # rows of the unembedding at once: 64 × 49,152 float32 logits = 12 MB, one buffer reused
 # chunk after chunk (32 rows ran slower: the lens +53 % of generate; 128 raised the peak of a 1,024-token capture)
 TOPK_ROWS = 16  # rows a top-k at once: its buffers (values and int64 indices of whole rows) stay ~10 MB
-_FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_norm", "norm_f")
 
 
 def check_lens(lens, *, generating: bool) -> None:
@@ -29,24 +29,6 @@ def check_lens(lens, *, generating: bool) -> None:
         raise SettingsError(f"lens must be 'steps', 'all' or None, not {lens!r}")
     if lens == "steps" and not generating:
         raise SettingsError("a read text has no generated steps to cover: use lens='all' (every position) or None")
-
-
-def decoder_blocks(model) -> torch.nn.ModuleList:
-    """The model's decoder blocks, in order: the module list as long as the config's number of layers."""
-    n = model.config.num_hidden_layers
-    for module in model.base_model.children():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
-            return module
-    raise SettingsError(f"cannot find the decoder blocks of {type(model).__name__}, so it has no logit lens")
-
-
-def final_norm(model) -> torch.nn.Module:
-    """The norm the model applies to the last block's output before the unembedding."""
-    for name in _FINAL_NORMS:
-        module = getattr(model.base_model, name, None)
-        if isinstance(module, torch.nn.Module):
-            return module
-    raise SettingsError(f"cannot find the final norm of {type(model).__name__}, so it has no logit lens")
 
 
 class HiddenStates:
@@ -57,9 +39,11 @@ class HiddenStates:
     computes logits only at the last position).
     """
 
-    def __init__(self, model, lens: str | None, n_prompt: int, prompt_states: bool, capacity: int = 0):
-        self.model, self.lens, self.n_prompt, self.prompt_states = model, lens, n_prompt, prompt_states
-        self.n_layers = model.config.num_hidden_layers
+    def __init__(self, anatomy: Anatomy, lens: str | None, n_prompt: int, prompt_states: bool, capacity: int = 0):
+        if not anatomy.found:  # nothing to read the states through: neither lens nor prompt surprisal
+            lens, prompt_states = None, False
+        self.anatomy, self.lens, self.n_prompt, self.prompt_states = anatomy, lens, n_prompt, prompt_states
+        self.n_layers = len(anatomy.blocks) if anatomy.found else 0
         self.seen = [0] * self.n_layers
         # the covered rows of every block in one tensor [layers, capacity, d], allocated at the first pass: a
         # small tensor kept per block and step lands between the passes' temporaries and fragments the heap
@@ -99,17 +83,10 @@ class HiddenStates:
 
     @contextmanager
     def hooked(self):
-        """Hook the decoder blocks for the run. A model whose blocks or final norm cannot be found runs without:
-        with a lens asked for that is an error; without, only the prompt's surprisal stays unknown (NaN)."""
+        """Hook the decoder blocks for the run (none when neither a lens nor the prompt's states are wanted)."""
         handles = []
         try:
-            try:
-                blocks = decoder_blocks(self.model) if self.lens is not None or self.prompt_states else []
-                final_norm(self.model)
-            except SettingsError:
-                if self.lens is not None:
-                    raise
-                blocks = []
+            blocks = self.anatomy.blocks if self.lens is not None or self.prompt_states else []
             for i, block in enumerate(blocks):
                 handles.append(block.register_forward_hook(self._hook(i)))
             yield self
@@ -150,9 +127,9 @@ def _logits(model, normed: torch.Tensor, out: torch.Tensor | None = None) -> tor
     return logits.div_(cap).tanh_().mul_(cap) if cap else logits
 
 
-def final_logits(model, states: torch.Tensor) -> torch.Tensor:
+def final_logits(model, states: torch.Tensor, anatomy: Anatomy) -> torch.Tensor:
     """The model's output logits [n, vocabulary] at states [n, d] of the last block (before the final norm)."""
-    return _logits(model, final_norm(model)(states.to(model.dtype)))
+    return _logits(model, anatomy.final(states.to(model.dtype)))
 
 
 def _log_normaliser(logits: torch.Tensor) -> torch.Tensor:
@@ -161,10 +138,10 @@ def _log_normaliser(logits: torch.Tensor) -> torch.Tensor:
     return top + logits.sub_(top).exp_().sum(dim=-1, keepdim=True).log_()
 
 
-def _chunks(model, states: torch.Tensor, rows: int):
+def _chunks(model, anatomy: Anatomy, states: torch.Tensor, rows: int):
     """(start, stop, logits) over `states` [n, d] (last-block outputs before the final norm), `rows` at a time,
     each chunk's logits in the same buffer: a 1,024-token prompt's 32 chunks allocate it once."""
-    norm, buffer = final_norm(model), None
+    norm, buffer = anatomy.final, None
     vocab = model.get_output_embeddings().weight.shape[0]
     for start in range(0, len(states), rows):
         stop = min(start + rows, len(states))
@@ -173,16 +150,16 @@ def _chunks(model, states: torch.Tensor, rows: int):
         yield start, stop, _logits(model, norm(states[start:stop].to(model.dtype)), buffer)
 
 
-def next_token_log_probs(model, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def next_token_log_probs(model, anatomy: Anatomy, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """ln p(targets[i]) under the model's output at states[i] ([n, d], the last block's output), float32 [n]."""
     out = torch.empty(len(states), dtype=torch.float32, device=states.device)
-    for start, stop, logits in _chunks(model, states, CHUNK_ROWS):
+    for start, stop, logits in _chunks(model, anatomy, states, CHUNK_ROWS):
         chosen = logits.gather(1, targets[start:stop, None])
         out[start:stop] = (chosen - _log_normaliser(logits))[:, 0]
     return out
 
 
-def build_lens(model, states: torch.Tensor, positions: list[int], token_ids: list[int], k: int,
+def build_lens(model, anatomy: Anatomy, states: torch.Tensor, positions: list[int], token_ids: list[int], k: int,
                decode, progress=None) -> LogitLens:
     """The lens of `states` [L, P, d] (block outputs before the final norm) at `positions`: top-k, and the
     probability and rank of the token at position + 1, by one batched norm + unembedding in chunks."""
@@ -197,7 +174,7 @@ def build_lens(model, states: torch.Tensor, positions: list[int], token_ids: lis
     next_prob = torch.empty(len(flat), dtype=torch.float32, device=states.device)
     next_rank = torch.empty(len(flat), dtype=torch.int64, device=states.device)
     above = None  # one boolean buffer for the rank's comparison, reused chunk after chunk
-    for start, stop, logits in _chunks(model, flat, CHUNK_ROWS):
+    for start, stop, logits in _chunks(model, anatomy, flat, CHUNK_ROWS):
         top_logits = torch.empty((stop - start, k), dtype=torch.float32, device=logits.device)
         for at in range(0, stop - start, TOPK_ROWS):  # topk's own buffers grow with its rows × vocabulary
             top_logits[at : at + TOPK_ROWS], top_ids[start + at : start + at + TOPK_ROWS] = torch.topk(
