@@ -20,3 +20,8 @@ class TraceFileError(ExplorerError, ValueError):
 class ServiceError(ExplorerError):
     """The generation service did not answer, stopped answering in the middle of a request, or could not
     generate (its model failed to load, or a wrong key)."""
+
+
+class CaptureError(ExplorerError, RuntimeError):
+    """A model runs, but its attention cannot be recorded exactly: the sentence says what it does that we cannot
+    replay, and what to try instead."""

@@ -79,7 +79,9 @@ class QueryKeyLayer:
     """One layer kept as queries [H, T, d] and keys [H_kv, T, d] after rotary; rows are computed on demand.
 
     The recomputation is the one transformers' eager attention does: softmax(q·kᵀ·scaling + mask), with the
-    causal mask, the sliding window and the logit soft-cap where the layer has them.
+    causal mask, the sliding window or chunk, the logit soft-cap and learned sinks where the layer has them.
+    A sink (GPT-OSS) is one more logit per head in every row's softmax, over no key: the row's weights then sum
+    to 1 minus the sink's share (`sink_share`).
     """
 
     query: np.ndarray
@@ -88,6 +90,8 @@ class QueryKeyLayer:
     sliding_window: int | None = None
     softcap: float | None = None
     value: np.ndarray | None = None  # kept only when asked for (the attention-math view uses it)
+    sinks: np.ndarray | None = None  # float32 [H]: learned sink logits
+    chunk: int | None = None  # chunked attention (Llama 4): a query sees the keys of its own chunk only
 
     @property
     def n_heads(self) -> int:
@@ -100,6 +104,8 @@ class QueryKeyLayer:
         allowed = key_pos <= query_pos
         if self.sliding_window:
             allowed &= query_pos - key_pos < self.sliding_window
+        if self.chunk:
+            allowed &= query_pos // self.chunk == key_pos // self.chunk
         return allowed
 
     def capped(self, scores: np.ndarray) -> np.ndarray:
@@ -116,7 +122,24 @@ class QueryKeyLayer:
         k = self.key[head // group, :stop].astype(np.float32)  # causal: no query here sees a key past stop-1
         scores = self.capped((q @ k.T) * np.float32(self.scaling))
         scores = np.where(self.visible(start, stop)[:, :stop], scores, np.float32(-np.inf))
-        return self._widened(_softmax_rows(scores))
+        return self._widened(self._softmax(scores, None if self.sinks is None else self.sinks[head]))
+
+    def _softmax(self, scores: np.ndarray, sink) -> np.ndarray:
+        """Softmax of the last axis; with a sink logit (a number, or [H] for [H, n, keys]) in the sum but not out."""
+        if sink is None:
+            return _softmax_rows(scores)
+        sink = np.asarray(sink, dtype=np.float32)
+        if sink.ndim:  # one sink a head, for scores [H, n, keys]
+            sink = sink[:, None, None]
+        top = np.maximum(scores.max(axis=-1, keepdims=True), sink)
+        weights = np.exp(scores - top)
+        return weights / (weights.sum(axis=-1, keepdims=True) + np.exp(sink - top))
+
+    def sink_share(self, head: int, start: int, stop: int) -> np.ndarray:
+        """The attention each query start..stop-1 gives the head's sink (no key), float32 [stop-start]; 0 without."""
+        if self.sinks is None:
+            return np.zeros(stop - start, dtype=np.float32)
+        return 1 - self.rows(head, start, stop).sum(-1)
 
     def heads_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows start..stop-1 of every head at once, float32 [H, stop-start, T]: one batched product, not H."""
@@ -125,7 +148,7 @@ class QueryKeyLayer:
         k = np.repeat(self.key[:, :stop].astype(np.float32), group, axis=0)
         scores = self.capped(np.matmul(q, k.transpose(0, 2, 1)) * np.float32(self.scaling))
         scores = np.where(self.visible(start, stop)[None, :, :stop], scores, np.float32(-np.inf))
-        return self._widened(_softmax_rows(scores))
+        return self._widened(self._softmax(scores, self.sinks))
 
     def _widened(self, rows: np.ndarray) -> np.ndarray:
         """Rows over keys 0..stop-1 padded with zeros to all T keys (the weights there are 0 anyway)."""
@@ -140,6 +163,8 @@ class QueryKeyLayer:
         out = {"query": self.query, "key": self.key}
         if self.value is not None:
             out["value"] = self.value
+        if self.sinks is not None:
+            out["sinks"] = self.sinks
         return out
 
     def meta(self) -> dict:
@@ -148,6 +173,7 @@ class QueryKeyLayer:
             "scaling": self.scaling,
             "sliding_window": self.sliding_window,
             "softcap": self.softcap,
+            "chunk": self.chunk,
         }
 
 

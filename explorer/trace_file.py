@@ -154,6 +154,8 @@ def _build(header: dict, tensors: dict[str, np.ndarray]) -> Trace:
                     sliding_window=_sliding_window(meta.get("sliding_window"), i),
                     softcap=_softcap(meta.get("softcap"), i),
                     value=value,
+                    sinks=_array(tensors, prefix + "sinks", (query.shape[0],), np.floating),
+                    chunk=_sliding_window(meta.get("chunk"), i, "chunk"),
                 )
             )
         elif meta["kind"] == "weights":
@@ -250,12 +252,12 @@ def _lens(meta, tensors: dict[str, np.ndarray], n_layers: int, n_tokens: int) ->
     )
 
 
-def _sliding_window(value, layer: int) -> int | None:
-    """A layer's sliding window from the header: None or a whole number ≥ 1."""
+def _sliding_window(value, layer: int, name: str = "sliding_window") -> int | None:
+    """A layer's sliding window (or chunk) from the header: None or a whole number ≥ 1."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"layer {layer} has sliding_window {value!r}, not a whole number ≥ 1 or null")
+        raise ValueError(f"layer {layer} has {name} {value!r}, not a whole number ≥ 1 or null")
     return value
 
 

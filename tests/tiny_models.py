@@ -64,6 +64,8 @@ def tiny_config(model_type: str, n_layers: int = 2):
     sizes["num_hidden_layers"] = n_layers
     if hasattr(text, "rope_parameters") and isinstance(text.rope_parameters, dict):
         sizes["rope_parameters"] = text.rope_parameters
+    if hasattr(text, "is_decoder"):  # BERT-style models generate only as decoders (causal attention)
+        sizes["is_decoder"] = True
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         if isinstance(getattr(text, name, None), int):
             sizes[name] = min(getattr(text, name), VOCAB - 1)

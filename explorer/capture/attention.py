@@ -19,11 +19,13 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from ..errors import CaptureError
 from ..trace import QueryKeyLayer, WeightsLayer
 
 IMPLEMENTATION = "attention_explorer"
-# keyword arguments that change the attention weights and that QueryKeyLayer does not reproduce
-_UNSUPPORTED = ("s_aux", "attention_chunk_size", "position_bias")
+# keyword arguments that change the attention weights and that QueryKeyLayer does not reproduce (relative position
+# biases): such a layer's weights are recorded as its eager attention computes them
+_UNSUPPORTED = ("position_bias", "alibi")
 
 # names of the output projection W_O inside an attention module (Llama/Qwen, GPT-2, GPT-NeoX, GPT-Neo)
 _OUTPUT_PROJECTIONS = ("o_proj", "c_proj", "dense", "out_proj")
@@ -95,13 +97,12 @@ class AttentionRecorder:
         return self.layer_of.setdefault(id(module), len(self.layer_of))
 
     def record_query_key(self, module, query, key, value, kwargs) -> None:
-        unsupported = [name for name in _UNSUPPORTED if kwargs.get(name) is not None]
-        if unsupported:
-            raise NotImplementedError(
-                f"{type(module).__name__} uses {', '.join(unsupported)}, which attention-explorer cannot replay yet"
-            )
         layer = self._layer(module)
         new = query.shape[2]  # the cache already holds earlier keys: the new ones are the last `new`
+        if key.shape[2] > self.keys.filled.get(layer, 0) + new:
+            raise CaptureError(f"{type(module).__name__} attends over {key.shape[2]} keys for "
+                               f"{self.keys.filled.get(layer, 0) + new} tokens (compressed or extra keys), so its "
+                               f"weights cannot be shown token by token")
         self.queries.append(layer, query[0])
         self.keys.append(layer, key[0, :, -new:])
         if self.keep_values:
@@ -109,10 +110,13 @@ class AttentionRecorder:
         self.record_values(module, value[0, :, -new:], query.shape[1])
         if layer not in self.layer_meta:
             scaling = kwargs.get("scaling")
+            sinks = kwargs.get("s_aux", kwargs.get("sinks"))  # learned sink logits, one per head (GPT-OSS)
             self.layer_meta[layer] = {
                 "scaling": float(query.shape[-1] ** -0.5 if scaling is None else scaling),
                 "sliding_window": kwargs.get("sliding_window"),
                 "softcap": kwargs.get("softcap"),
+                "sinks": None if sinks is None else sinks.detach().float().reshape(-1).cpu().numpy(),
+                "chunk": _chunk_size(module, kwargs),
             }
 
     def ablated(self, module, output: torch.Tensor) -> torch.Tensor:
@@ -165,8 +169,10 @@ class AttentionRecorder:
                 query = self.queries.take(layer)
                 key = self.keys.take(layer)
                 value = self.values.take(layer) if self.keep_values else None
-                if query.shape[1] != n_tokens:
-                    raise RuntimeError(f"layer {layer} recorded {query.shape[1]} positions, expected {n_tokens}")
+                if query.shape[1] != n_tokens or key.shape[1] != n_tokens:
+                    raise CaptureError(f"attention layer {layer} was called for {query.shape[1]} queries and "
+                                       f"{key.shape[1]} keys over {n_tokens} tokens (it attends more than once a "
+                                       f"pass, or over extra keys), so its weights cannot be shown per token")
                 out.append(QueryKeyLayer(query=query, key=key, value=value, **self.layer_meta[layer]))
             else:
                 out.append(WeightsLayer(packed=_pack_rows(self.weights[layer], n_tokens)))
@@ -174,18 +180,24 @@ class AttentionRecorder:
 
 
 def _pack_rows(chunks: list[torch.Tensor], n_tokens: int) -> np.ndarray:
-    """Concatenate weight chunks [H, q, kv] (one per forward pass) into packed causal rows [H, T(T+1)/2]."""
+    """Concatenate weight chunks [H, q, kv] (one per forward pass) into packed causal rows [H, T(T+1)/2]. A chunk's
+    rows are the last q of kv positions; a model without a KV cache (MPT) sends all rows again each pass."""
     heads = chunks[0].shape[0]
     packed = np.zeros((heads, n_tokens * (n_tokens + 1) // 2), dtype=np.dtype(str(chunks[0].dtype).split(".")[-1]))
-    row = 0
+    rows = 0
     for chunk in chunks:
         chunk = chunk.cpu().numpy()
+        first = chunk.shape[2] - chunk.shape[1]
+        if first < 0 or chunk.shape[2] > n_tokens:
+            raise CaptureError(f"an attention layer gave {chunk.shape[1]} rows over {chunk.shape[2]} keys, which do "
+                               f"not fit {n_tokens} tokens")
         for r in range(chunk.shape[1]):
+            row = first + r
             offset = row * (row + 1) // 2
             packed[:, offset : offset + row + 1] = chunk[:, r, : row + 1]
-            row += 1
-    if row != n_tokens:
-        raise RuntimeError(f"recorded {row} attention rows, expected {n_tokens}")
+        rows = max(rows, chunk.shape[2])
+    if rows != n_tokens:
+        raise CaptureError(f"recorded {rows} attention rows, expected {n_tokens}")
     return packed
 
 
@@ -227,8 +239,13 @@ def _original_attention(module: torch.nn.Module, name: str):
 def _capturing_attention(module, query, key, value, attention_mask, **kwargs):
     recorder = _active.get()
     inner = getattr(module.config, "_attention_explorer_inner", "sdpa")
-    output = _original_attention(module, inner)(module, query, key, value, attention_mask, **kwargs)
-    if recorder is not None:
+    if recorder is not None and any(kwargs.get(name) is not None for name in _UNSUPPORTED):
+        # a bias we do not replay: the layer's own eager attention gives output and weights, kept as they are
+        output = _original_attention(module, "eager")(module, query, key, value, attention_mask, **kwargs)
+        recorder.record_weights(module, output[1])
+    else:
+        output = _original_attention(module, inner)(module, query, key, value, attention_mask, **kwargs)
+    if recorder is not None and recorder.layer_of.get(id(module)) not in recorder.weights:
         recorder.record_query_key(module, query, key, value, kwargs)
         if recorder.ablate:
             output = (recorder.ablated(module, output[0]), *output[1:])
@@ -245,8 +262,22 @@ AttentionMaskInterface.register(IMPLEMENTATION, _capturing_mask)
 
 
 def uses_attention_interface(model) -> bool:
-    """Whether the model dispatches its attention through transformers' AttentionInterface."""
-    return bool(getattr(model, "_supports_attention_backend", False))
+    """Whether the model dispatches its attention through transformers' AttentionInterface: it says so, or its
+    modeling code looks its attention function up there (several hybrid and older families do without saying)."""
+    if getattr(model, "_supports_attention_backend", False):
+        return True
+    return getattr(sys.modules.get(type(model).__module__), "ALL_ATTENTION_FUNCTIONS", None) is not None
+
+
+def _chunk_size(module, kwargs) -> int | None:
+    """The chunk of a chunked-attention layer (Llama 4: a token sees the keys of its own chunk only), else None."""
+    if kwargs.get("attention_chunk_size"):
+        return int(kwargs["attention_chunk_size"])
+    config, layer = getattr(module, "config", None), getattr(module, "layer_idx", None)
+    types = getattr(config, "layer_types", None)
+    if isinstance(layer, int) and isinstance(types, list) and layer < len(types) and types[layer] == "chunked_attention":
+        return int(config.attention_chunk_size)
+    return None
 
 
 def attention_modules(model) -> list[torch.nn.Module]:
@@ -275,6 +306,10 @@ def recording(model, recorder: AttentionRecorder):
                 model.config._attention_explorer_inner = previous if previous in ALL_ATTENTION_FUNCTIONS else "eager"
                 model.set_attn_implementation(IMPLEMENTATION)
         else:
+            if previous != "eager":  # only eager attention modules give their weights to a hook
+                model.set_attn_implementation("eager")
+            asked = model.config.output_attentions
+            model.config.output_attentions = True  # older modules return weights only when asked
             for module in attention_modules(model):
                 handles.append(module.register_forward_hook(_weights_hook(recorder)))
                 values = value_projection(module)
@@ -284,15 +319,20 @@ def recording(model, recorder: AttentionRecorder):
                     handles.append(_output_projection_module(module).register_forward_pre_hook(
                         _ablation_hook(recorder, module)))
             if not handles:
-                raise RuntimeError(f"found no attention modules in {type(model).__name__}")
+                raise CaptureError(f"found no attention modules in {type(model).__name__}, so its attention "
+                                   f"cannot be recorded")
         yield recorder
     finally:
         _active.reset(token)
         for handle in handles:
             handle.remove()
+        if handles:
+            model.config.output_attentions = asked
         if uses_attention_interface(model) and previous != IMPLEMENTATION:
             model.set_attn_implementation(previous)
             del model.config._attention_explorer_inner
+        elif model.config._attn_implementation != previous:
+            model.set_attn_implementation(previous)
 
 
 def _values_hook(recorder: AttentionRecorder, attention: torch.nn.Module):
@@ -321,17 +361,20 @@ def _ablation_hook(recorder: AttentionRecorder, attention: torch.nn.Module):
 def model_heads(attention: torch.nn.Module) -> int:
     """How many heads an attention module (or the one inside it) has."""
     for module in attention.modules():
-        for name in ("num_heads", "num_attention_heads", "n_head"):
+        for name in ("num_heads", "num_attention_heads", "n_head", "n_heads"):
             if isinstance(getattr(module, name, None), int):
                 return getattr(module, name)
-    raise RuntimeError(f"cannot tell how many heads {type(attention).__name__} has")
+    config = getattr(attention, "config", None)
+    if isinstance(getattr(config, "num_attention_heads", None), int):
+        return config.num_attention_heads
+    raise CaptureError(f"cannot tell how many heads {type(attention).__name__} has")
 
 
 def _weights_hook(recorder: AttentionRecorder):
     def hook(module, args, output):
         weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
         if not isinstance(weights, torch.Tensor) or weights.dim() != 4:
-            raise RuntimeError(
+            raise CaptureError(
                 f"{type(module).__name__} returned no attention weights; load the model with attn_implementation='eager'"
             )
         recorder.record_weights(module, weights)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, set_seed
 from transformers.generation.streamers import BaseStreamer
 
-from ..errors import ModelLoadError, SettingsError
+from ..errors import CaptureError, ExplorerError, ModelLoadError, SettingsError
 from ..facts import ModelFacts
 from .. import whatif
 from ..trace import Trace
@@ -220,7 +221,7 @@ class LanguageModel:
         if on_status is not None:
             on_status(f"reading the prompt ({len(fed)} tokens)")
         started = time.perf_counter()
-        with torch.inference_mode(), recording(self.model, recorder), hidden.hooked():
+        with _foreign_errors(self.name), torch.inference_mode(), recording(self.model, recorder), hidden.hooked():
             if settings.seed is not None:
                 set_seed(settings.seed)  # python, numpy and torch (all devices), as transformers' own examples do
             if remaining > 0:
@@ -259,6 +260,9 @@ class LanguageModel:
             if on_status is not None and lens:
                 on_status("reading the logit lens")
             analysed = self._analyse(hidden, token_ids, candidates, progress)
+        if hidden.reread and lens:
+            notes.append(f"No logit lens: {self.name} reads the whole text again at every step (it keeps no KV "
+                         f"cache), so its positions are not followed.")
         used = settings.as_dict() | {"chat": chat, "candidates": candidates, "lens": lens, "precision": precision,
                                      "ablate": [list(pair) for pair in ablate]}
         used |= {k: v for k, v in generate_kwargs.items() if isinstance(v, (int, float, str, bool, list))}
@@ -342,7 +346,7 @@ class LanguageModel:
                                            [f"No prompt surprisal: {self.anatomy.problem}."])
         hidden = HiddenStates(self.anatomy, lens, len(ids), prompt_states=True, capacity=len(ids) if lens else 0)
         started = time.perf_counter()
-        with torch.inference_mode(), recording(self.model, recorder), hidden.hooked():
+        with _foreign_errors(self.name), torch.inference_mode(), recording(self.model, recorder), hidden.hooked():
             # logits at the last position only: all of them would be T × vocabulary floats (400 MB at 2,048)
             self.model(torch.tensor([ids], device=self.device), use_cache=False, logits_to_keep=1)
             forward_at = time.perf_counter()
@@ -369,7 +373,7 @@ class LanguageModel:
 
     def _analyse(self, hidden: HiddenStates, token_ids: list[int], k: int, progress: bool):
         """The logit lens of what `hidden` kept, or None when no lens was asked for."""
-        if not hidden.positions:
+        if hidden.reread or not hidden.positions:
             return None
         bar = tqdm(total=1, desc="logit lens", unit="row", disable=not progress)
 
@@ -390,6 +394,9 @@ class LanguageModel:
     def _read_last_token(self, out) -> None:
         """The last generated token was never read by the model: one more step gives its attention row."""
         sequence = out.sequences[0]
+        if out.past_key_values is None:  # a model that keeps no KV cache (MPT) reads the whole sequence again
+            self.model(sequence[None, :], attention_mask=torch.ones_like(sequence[None, :]), use_cache=False)
+            return
         self.model(
             sequence[None, -1:],
             attention_mask=torch.ones_like(sequence[None, :]),
@@ -428,6 +435,18 @@ class LanguageModel:
 
     def __repr__(self) -> str:
         return f"LanguageModel({self.name!r}, device={str(self.device)!r}, dtype={self.model.dtype})"
+
+
+@contextmanager
+def _foreign_errors(name: str):
+    """What a model raises inside a capture, as our CaptureError naming the model (the original is chained)."""
+    try:
+        yield
+    except (ExplorerError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        raise CaptureError(f"{name} failed while its attention was captured ({type(e).__name__}: {e}); plain "
+                           f"generate may still work: please report the model family") from e
 
 
 def _check_passed_through(generate_kwargs: dict) -> None:

@@ -54,6 +54,7 @@ class HiddenStates:
         self.positions: list[int] = []
         self.prompt: torch.Tensor | None = None
         self.paused = False  # set for the pass that reads the last token, which predicts no step
+        self.reread = False  # set when the model read the whole text again at a step: positions are not followed
 
     def covered(self, start: int, stop: int) -> range:
         """The positions of a pass over start..stop-1 to keep. For "steps" these are n_prompt-1 onwards: the
@@ -67,6 +68,9 @@ class HiddenStates:
     def record(self, layer: int, hidden: torch.Tensor) -> None:
         new = hidden.shape[1]
         start = self.seen[layer]
+        if start and new > 1 and self.lens != "all":  # the whole text again: a model without a KV cache (MPT)
+            self.lens, self.prompt_states, self.reread = None, False, True
+            return
         self.seen[layer] = start + new
         keep = self.covered(start, start + new)
         if len(keep):  # copied: a view would keep the whole pass's output alive (70 MB for a 1,024-token prompt)
