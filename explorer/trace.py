@@ -51,14 +51,36 @@ class Step:
 class Positional:
     """The positional encoding the model uses, with its arrays for the positions of this trace.
 
-    kind is "learned" (arrays: embeddings [T, d]), "rotary" (cos, sin [T, rotary_dim], inv_freq),
-    "sinusoidal" (table [T, d]) or "none".
+    kind is "learned" (arrays: embeddings [T, d]), "rotary" (cos, sin [T, rotary_dim], inv_freq; a second table's
+    arrays are cos_1, sin_1, inv_freq_1 ...), "sinusoidal" (table [T, d]), "alibi", "none", or "mixed" when layers
+    differ. `layers` has one record a layer: its kind ("rotary", "alibi", "none" for NoPE, "absolute" for positions
+    added at the input) and its parameters (table, rotary_dim, convention, theta, rope_type, slopes, layer_type,
+    evidence: "measured" from the model's own keys or "declared" by its config).
     """
 
     kind: str
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     params: dict = field(default_factory=dict)
     description: str = ""
+    layers: list[dict] = field(default_factory=list)
+
+    @property
+    def layer_kinds(self) -> list[str]:
+        """How position reaches each layer's scores: "rotary", "alibi", "none" (NoPE) or "absolute"."""
+        return [layer["kind"] for layer in self.layers]
+
+    @property
+    def layer_params(self) -> list[dict]:
+        """Each layer's parameters (theta, rotary_dim, rope_type, ALiBi slopes, ...), without its kind."""
+        return [{k: v for k, v in layer.items() if k != "kind"} for layer in self.layers]
+
+    def rotary_table(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """The cos and sin [T, rotary_dim] (rotate-half layout) that rotate layer `layer`'s queries and keys."""
+        record = self.layers[layer]
+        if record["kind"] != "rotary":
+            raise ValueError(f"layer {layer} is not rotary: position reaches it as {record['kind']!r}")
+        suffix = "" if not record.get("table") else f"_{record['table']}"
+        return self.arrays[f"cos{suffix}"], self.arrays[f"sin{suffix}"]
 
     def __getattr__(self, name: str) -> np.ndarray:
         arrays = self.__dict__.get("arrays", {})
@@ -280,7 +302,7 @@ def new_id() -> str:
 
 
 FORMAT = "attention-explorer/trace"
-VERSION = 2  # 2: surprisal, logit lens, value norms (version 1 files still load)
+VERSION = 3  # 2: surprisal, logit lens, value norms; 3: positions per layer, sinks, chunks, notes (1 and 2 load)
 KINDS = ("raw", "norm")
 
 _STEP_FIELDS = ("index", "position", "token", "token_id", "prob", "rank", "entropy", "sampling_prob", "sampling_entropy")
@@ -460,6 +482,7 @@ class Trace:
                 "params": self.positional.params,
                 "description": self.positional.description,
                 "arrays": sorted(self.positional.arrays),
+                "layers": self.positional.layers,
             },
             "model": self.model.to_dict(),
             "settings": self.settings,

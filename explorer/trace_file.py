@@ -180,6 +180,7 @@ def _build(header: dict, tensors: dict[str, np.ndarray]) -> Trace:
         params=dict(pos["params"]),
         description=str(pos.get("description", "")),
     )
+    positional.layers = _layer_positions(pos, positional, len(layers))
     n_layers, n_heads = len(layers), layers[0].n_heads
     return Trace(
         tokens=tokens,
@@ -198,6 +199,28 @@ def _build(header: dict, tensors: dict[str, np.ndarray]) -> Trace:
         notes=[str(note) for note in header.get("notes") or []],
         **_identity(header, len(steps)),
     )
+
+
+def _layer_positions(pos: dict, positional: Positional, n_layers: int) -> list[dict]:
+    """Each layer's positional record (version 3), or, for older files, the model-wide kind given to every layer."""
+    layers = pos.get("layers")
+    if layers is None:
+        kind = {"learned": "absolute", "sinusoidal": "absolute"}.get(positional.kind, positional.kind)
+        params = positional.params
+        record = {"kind": kind, "evidence": "declared"}
+        if kind == "rotary":
+            record |= {"table": 0, "convention": "half", **{k: params.get(k) for k in
+                       ("rotary_dim", "theta", "rope_type", "attention_scaling", "head_dim")}}
+        return [dict(record) for _ in range(n_layers)]
+    if not isinstance(layers, list) or not all(isinstance(x, dict) and isinstance(x.get("kind"), str) for x in layers):
+        raise ValueError("the positional layers are not a list of records with a kind")
+    for i, layer in enumerate(layers):
+        if layer["kind"] == "rotary":
+            suffix = "" if not layer.get("table") else f"_{layer['table']}"
+            cos = positional.arrays.get(f"cos{suffix}")
+            if cos is None or cos.ndim != 2 or cos.shape[1] != layer.get("rotary_dim"):
+                raise ValueError(f"layer {i}'s rotary table is missing or does not fit its rotary_dim")
+    return [dict(x) for x in layers]
 
 
 def _identity(header: dict, n_steps: int) -> dict:

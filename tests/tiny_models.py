@@ -26,6 +26,7 @@ _SMALL = dict(
     kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8,
     # windows and chunks shorter than the test texts, so they matter
     sliding_window=5, attention_chunk_size=6, window_size=5,
+    rotary_dim=4,  # GPT-J, CodeGen: rotary on part of each head
 )
 # layer-type words that differ in what attention sees; a tiny model keeps one layer of each
 _LAYERED = ("layer_types", "no_rope_layers", "attention_types_list", "mlp_only_layers")

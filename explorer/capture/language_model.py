@@ -19,7 +19,7 @@ from ..trace import Trace
 from .attention import AttentionRecorder, recording, uses_attention_interface
 from .anatomy import Anatomy, find_anatomy
 from .lens import HiddenStates, build_lens, check_lens, final_logits, next_token_log_probs
-from .positional import read_positional
+from .positional import probe_positions, read_positional
 from .shapes import head_dim, kv_heads
 from .probabilities import build_steps
 from .settings import GenerationSettings, check_length
@@ -75,6 +75,14 @@ class LanguageModel:
         self.context_length = _context_length(model.config)
         self._facts: dict | None = None  # what does not change: computed on first use
         self._anatomy: Anatomy | None = None
+        self._layer_positions: list[dict] | None = None
+
+    @property
+    def layer_positions(self) -> list[dict]:
+        """How position reaches each attention layer, measured once by a probe (see capture/layer_positions.py)."""
+        if self._layer_positions is None:
+            self._layer_positions = probe_positions(self.model)
+        return self._layer_positions
 
     @property
     def anatomy(self) -> Anatomy:
@@ -114,7 +122,7 @@ class LanguageModel:
                 "hidden_size": config.hidden_size,
                 "vocab_size": config.vocab_size,
                 "context_length": self.context_length,
-                "positional": read_positional(self.model, 1).kind,
+                "positional": read_positional(self.model, 1, self.layer_positions).kind,
                 "capture": "attention interface" if uses_attention_interface(self.model) else "hooks",
             }
         return ModelFacts(**self._facts, device=str(self.device), dtype=str(self.model.dtype).removeprefix("torch."),
@@ -422,7 +430,7 @@ class LanguageModel:
             n_prompt=n_prompt,
             layers=recorder.layers(len(token_ids)),
             steps=steps,
-            positional=read_positional(self.model, len(token_ids)),
+            positional=read_positional(self.model, len(token_ids), self.layer_positions),
             model=self.info(),
             settings=settings,
             timings=timings,
