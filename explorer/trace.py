@@ -296,6 +296,47 @@ class LogitLens:
         return sum(a.nbytes for a in self.tensors().values())
 
 
+class _AlibiFree:
+    """A WeightsLayer with each head's ALiBi bias slope·j taken out: w_ij·e^(-slope·j), renormalised per row
+    (exact: the weights are softmax(s_ij + slope·j), so this is softmax(s_ij))."""
+
+    def __init__(self, layer: WeightsLayer, slopes: np.ndarray):
+        self.layer, self.slopes = layer, np.asarray(slopes, dtype=np.float32)
+        self.n_heads = layer.n_heads
+
+    def rows(self, head: int, start: int, stop: int) -> np.ndarray:
+        weights = self.layer.rows(head, start, stop)
+        keys = np.arange(weights.shape[1], dtype=np.float32)
+        visible = keys[None, :] <= np.arange(start, stop)[:, None]
+        with np.errstate(divide="ignore"):
+            logits = np.where(visible, np.log(weights) - self.slopes[head] * keys[None, :], -np.inf)
+        return np.where(visible, _softmax_rows(logits), np.float32(0)).astype(np.float32)
+
+    def heads_rows(self, start: int, stop: int) -> np.ndarray:
+        return np.stack([self.rows(h, start, stop) for h in range(self.n_heads)])
+
+
+def _without_position(store: AttentionLayer, positional: Positional, layer: int) -> AttentionLayer:
+    """What `trace.attention(..., kind="no_position")` reads for one layer; ValueError where it has no meaning."""
+    from dataclasses import replace
+
+    from .rotary import unrotate
+
+    record = positional.layers[layer] if layer < len(positional.layers) else {"kind": positional.kind}
+    kind = record["kind"]
+    if kind == "rotary" and isinstance(store, QueryKeyLayer):
+        cos, sin = positional.rotary_table(layer)
+        convention = record.get("convention", "half")
+        return replace(store, query=unrotate(store.query, cos, sin, convention),
+                       key=unrotate(store.key, cos, sin, convention))
+    if kind == "alibi" and isinstance(store, WeightsLayer) and record.get("slopes") is not None:
+        return _AlibiFree(store, record["slopes"])
+    if kind == "none":
+        return store  # NoPE: no positional term in this layer's scores
+    raise ValueError(f"layer {layer} has no positional term of its own to take out ({kind} positions"
+                     + (": they are added to the input, before the first layer)" if kind == "absolute" else ")"))
+
+
 def new_id() -> str:
     """A fresh trace id: what a branch's parent_id refers to."""
     return uuid.uuid4().hex
@@ -303,7 +344,7 @@ def new_id() -> str:
 
 FORMAT = "attention-explorer/trace"
 VERSION = 3  # 2: surprisal, logit lens, value norms; 3: positions per layer, sinks, chunks, notes (1 and 2 load)
-KINDS = ("raw", "norm")
+KINDS = ("raw", "norm", "no_position")
 
 _STEP_FIELDS = ("index", "position", "token", "token_id", "prob", "rank", "entropy", "sampling_prob", "sampling_entropy")
 
@@ -385,14 +426,15 @@ class Trace:
         """Rows start..stop-1 of a head's attention (the mean of the layer's heads when head is None), [n, T].
 
         kind "raw" is the attention weights α; "norm" weighs them by what each key position writes,
-        α_ij·‖v_j W_O‖ (Kobayashi et al. 2020), and needs a trace captured with value norms.
+        α_ij·‖v_j W_O‖ (Kobayashi et al. 2020), and needs a trace captured with value norms; "no_position" is the
+        head's pattern with its positional term taken out (rotary undone, ALiBi's bias dropped).
         """
         self._check(layer, head)
         self._check_kind(kind)
         stop = self.n_tokens if stop is None else stop
         if not 0 <= start <= stop <= self.n_tokens:
             raise IndexError(f"rows {start}..{stop} are out of range for {self.n_tokens} tokens")
-        store = self.layers[layer]
+        store = self.layers[layer] if kind != "no_position" else self._without_position(layer)
         if head is not None:
             rows = store.rows(head, start, stop)
             return rows * self.value_norms[layer, head][None, :] if kind == "norm" else rows
@@ -402,6 +444,13 @@ class Trace:
         for h in range(self.n_heads):
             total += store.rows(h, start, stop)
         return total / np.float32(self.n_heads)
+
+    def _without_position(self, layer: int) -> AttentionLayer:
+        """Layer `layer` with its positional term taken out, from stored arrays alone (kept for the next call)."""
+        cache = self.__dict__.setdefault("_no_position", {})
+        if layer not in cache:
+            cache[layer] = _without_position(self.layers[layer], self.positional, layer)
+        return cache[layer]
 
     def _check_kind(self, kind: str) -> None:
         if kind not in KINDS:
@@ -413,7 +462,9 @@ class Trace:
     @property
     def kinds(self) -> tuple[str, ...]:
         """The kinds of attention this trace can give: "raw", and "norm" when it holds value norms."""
-        return KINDS if self.value_norms is not None else ("raw",)
+        kinds = ["raw"] + ["norm"] * (self.value_norms is not None)
+        position_terms = {"rotary", "alibi"} & set(self.positional.layer_kinds)
+        return tuple(kinds + ["no_position"] * bool(position_terms))
 
     def attention(self, layer: int, head: int | None = None, kind: str = "raw") -> np.ndarray:
         """Attention [T, T] of one head (or the mean of the layer's heads): row i = token i over 0..i.

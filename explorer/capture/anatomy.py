@@ -23,6 +23,7 @@ class Anatomy:
     blocks: torch.nn.ModuleList | None = None
     final: torch.nn.Module | None = None
     problem: str | None = None  # a sentence: why the model has no logit lens
+    logit_scale: float = 1.0  # what the model multiplies lm_head's output by (Cohere's logit_scale, Granite's 1/x)
 
     @property
     def found(self) -> bool:
@@ -92,16 +93,27 @@ def find_anatomy(model) -> Anatomy:
     final = None
     if _same(last, read):
         final = torch.nn.Identity()
-    else:
-        after = order[order.index(blocks[-1]) + 1 :]
-        final = next((m for m in after if _same(inputs[id(m)], last) and _same(outputs[id(m)], read)), None)
+    else:  # the modules that ran after the last block, each reading what the one before wrote (OPT: norm, project_out)
+        chain, current = [], last
+        for module in order[order.index(blocks[-1]) + 1 :]:
+            if _same(inputs[id(module)], current):
+                chain.append(module)
+                current = outputs[id(module)]
+                if _same(current, read):
+                    final = chain[0] if len(chain) == 1 else torch.nn.Sequential(*chain)
+                    break
     if final is None:
-        return Anatomy(problem=f"no single module of {name} turns its last block's output into what lm_head reads")
+        return Anatomy(problem=f"no module of {name} (or chain of them) turns its last block's output into what "
+                               f"lm_head reads")
     anatomy = Anatomy(blocks=blocks, final=final)
     from .lens import final_logits  # the lens's own arithmetic is what is checked
 
-    mine = final_logits(model, last[0, -1:].float(), anatomy)
-    if not torch.allclose(mine, logits[0, -1:].float(), atol=1e-4, rtol=1e-4):
+    mine, theirs = final_logits(model, last[0, -1:].float(), anatomy), logits[0, -1:].float()
+    scale = float((mine * theirs).sum() / (mine * mine).sum().clamp(min=1e-30))
+    if not torch.allclose(mine, theirs, atol=1e-4, rtol=1e-4) and torch.allclose(mine * scale, theirs, atol=1e-4,
+                                                                                    rtol=1e-4):
+        anatomy.logit_scale, mine = scale, mine * scale  # a constant factor after the unembedding
+    if not torch.allclose(mine, theirs, atol=1e-4, rtol=1e-4):
         return Anatomy(problem=f"the unembedding of {name}'s last block does not give its own logits "
-                               f"(max difference {float((mine - logits[0, -1:].float()).abs().max()):.2g})")
+                               f"(max difference {float((mine - theirs).abs().max()):.2g})")
     return anatomy

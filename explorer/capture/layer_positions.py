@@ -16,6 +16,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..rotary import unrotate
+
 
 PROBE = [1, 2, 3, 4, 5, 6, 7, 8]
 SHIFT = 11
@@ -77,25 +79,6 @@ def rotary_tables(model) -> list[tuple[dict, Callable[[int, int], tuple[torch.Te
 
             out.append(({"theta": theta, "rope_type": "default", "inv_freq": inv_freq.numpy(), "layer_type": None},
                         table))
-    return out
-
-
-def unrotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, convention: str) -> np.ndarray:
-    """x [..., T, d] rotated by cos, sin [T, r] (half layout) back to before the rotation, in its first r dims.
-    The tables' own scale s (YaRN's attention factor) is divided out: rotation then inverse gives s²."""
-    r = cos.shape[-1]
-    scale = float(cos[0, 0]) ** 2 + float(sin[0, 0]) ** 2 or 1.0  # s² = (s·cos θ)² + (s·sin θ)²
-    half_c, half_s = cos[:, : r // 2], sin[:, : r // 2]
-    out = x.astype(np.float32).copy()
-    if convention == "half":
-        a, b = x[..., : r // 2], x[..., r // 2 : r]
-        out[..., : r // 2] = a * half_c + b * half_s
-        out[..., r // 2 : r] = b * half_c - a * half_s
-    else:
-        a, b = x[..., 0:r:2], x[..., 1:r:2]
-        out[..., 0:r:2] = a * half_c + b * half_s
-        out[..., 1:r:2] = b * half_c - a * half_s
-    out[..., :r] /= scale
     return out
 
 

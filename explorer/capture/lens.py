@@ -119,7 +119,7 @@ class HiddenStates:
         return self.kept[:, : self.filled[0]]
 
 
-def _logits(model, normed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def _logits(model, normed: torch.Tensor, out: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
     """The unembedding of already-normed states, with the model's final soft-cap where it has one, float32; written
     into `out` (rows × vocabulary) when given, so that chunk after chunk reuses one buffer instead of allocating."""
     head = model.get_output_embeddings()
@@ -127,13 +127,15 @@ def _logits(model, normed: torch.Tensor, out: torch.Tensor | None = None) -> tor
         logits = torch.matmul(normed, head.weight.t(), out=out[: len(normed)])
     else:
         logits = head(normed.to(head.weight.dtype)).float()
+    if scale != 1.0:
+        logits.mul_(scale)
     cap = getattr(model.config, "final_logit_softcapping", None)
     return logits.div_(cap).tanh_().mul_(cap) if cap else logits
 
 
 def final_logits(model, states: torch.Tensor, anatomy: Anatomy) -> torch.Tensor:
     """The model's output logits [n, vocabulary] at states [n, d] of the last block (before the final norm)."""
-    return _logits(model, anatomy.final(states.to(model.dtype)))
+    return _logits(model, anatomy.final(states.to(model.dtype)), scale=anatomy.logit_scale)
 
 
 def _log_normaliser(logits: torch.Tensor) -> torch.Tensor:
@@ -151,7 +153,7 @@ def _chunks(model, anatomy: Anatomy, states: torch.Tensor, rows: int):
         stop = min(start + rows, len(states))
         if buffer is None:
             buffer = torch.empty((min(rows, len(states)), vocab), dtype=torch.float32, device=states.device)
-        yield start, stop, _logits(model, norm(states[start:stop].to(model.dtype)), buffer)
+        yield start, stop, _logits(model, norm(states[start:stop].to(model.dtype)), buffer, anatomy.logit_scale)
 
 
 def next_token_log_probs(model, anatomy: Anatomy, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
