@@ -7,7 +7,10 @@ Head scores, over the rows i ≥ 1 of each head's attention α (every position o
 - previous_token: mean of α[i, i-1];  first_token: mean of α[i, 0];  self: mean of α[i, i];
 - duplicate_token: mean, over rows whose token occurred earlier, of Σ α[i, j] over j < i with token_j == token_i;
 - induction: mean, over rows with some j < i-1 where token_j == token_i, of Σ α[i, j+1] over those j;
-- entropy: mean of −Σ_j α[i, j] ln α[i, j] (nats).
+- entropy: mean of −Σ_j α[i, j] ln α[i, j] (nats);
+- distance: mean, over rows, of how far back the head looks, Σ_{j≥1} α[i, j]·(i − j) / Σ_{j≥1} α[i, j] in tokens,
+  with the first position (where many heads park their attention: a sink) apart.
+Attention by distance (`distance_profile`): mean α[i, i − d] over the rows that have a key d back (not the first).
 Attention rollout (Abnar & Zuidema 2020): Ā_l = ½·mean_h(A_l) + ½·I, flow = Ā_{L−1} ·…· Ā_0.
 """
 
@@ -18,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-SCORES = ("previous_token", "first_token", "self", "duplicate_token", "induction", "entropy")
+SCORES = ("previous_token", "first_token", "self", "duplicate_token", "induction", "entropy", "distance")
 CHUNK_ROWS = 256
 
 
@@ -54,8 +57,13 @@ def head_scores(trace, progress: bool = False, on_layer: Callable[[int], None] |
             s["duplicate_token"][layer] += (a * same)[:, has_same].sum((1, 2))
             s["induction"][layer] += (a * after)[:, has_after].sum((1, 2))
             s["entropy"][layer] += -(a * np.log(np.where(a > 0, a, 1))).sum((1, 2))
+            back = (rows[:, None] - np.arange(1, stop)[None, :]).astype(np.float32)  # i − j for keys j ≥ 1
+            looked = a[:, :, 1:]
+            weight = looked.sum(2)
+            s["distance"][layer] += np.where(weight > 0, (looked * back).sum(2) / np.where(weight > 0, weight, 1),
+                                             0).sum(1)
             if layer == 0:
-                for name in ("previous_token", "first_token", "self", "entropy"):
+                for name in ("previous_token", "first_token", "self", "entropy", "distance"):
                     counts[name] += len(rows)
                 counts["duplicate_token"] += int(has_same.sum())
                 counts["induction"] += int(has_after.sum())
@@ -81,3 +89,23 @@ def rollout(trace, progress: bool = False, on_layer: Callable[[int], None] | Non
         if on_layer is not None:
             on_layer(layer)
     return flow
+
+
+def distance_profile(trace, layer: int, head: int, max_distance: int = 64, kind: str = "raw") -> dict[str, np.ndarray]:
+    """A head's attention by distance: "weight"[d] = mean α[i, i − d] over the rows i with a key d back that is not
+    the first position, d = 0..max_distance; "first_token" = mean α[i, 0] (the sink, apart), over rows i ≥ 1.
+    kind as in `trace.attention` ("no_position": the same head with its positional term taken out)."""
+    n = trace.n_tokens
+    depth = min(max_distance, n - 2) + 1 if n > 1 else 1
+    sums, counts, first = np.zeros(depth), np.zeros(depth), 0.0
+    for start in range(1, n, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, n)
+        a = trace.attention_rows(layer, head, start, stop, kind=kind)
+        rows = np.arange(start, stop)
+        first += float(a[:, 0].sum())
+        for d in range(depth):
+            have = rows - d >= 1
+            sums[d] += a[np.nonzero(have)[0], rows[have] - d].sum()
+            counts[d] += have.sum()
+    return {"distance": np.arange(depth), "weight": (sums / np.maximum(counts, 1)).astype(np.float32),
+            "first_token": np.float32(first / max(n - 1, 1))}

@@ -480,6 +480,11 @@ class Trace:
         induction, entropy (definitions in explorer/analysis.py)."""
         return analysis.head_scores(self, progress=progress)
 
+    def distance_profile(self, layer: int, head: int, max_distance: int = 64, kind: str = "raw") -> dict:
+        """A head's mean attention by distance i − j (the first position, a sink, apart): see analysis.py."""
+        self._check(layer, head)
+        return analysis.distance_profile(self, layer, head, max_distance, kind)
+
     def attention_flow(self, kind: str = "rollout", progress: bool = False) -> np.ndarray:
         """How attention flows from the input through the layers, float32 [T, T]: "rollout" (Abnar & Zuidema 2020)."""
         if kind != "rollout":

@@ -9,19 +9,21 @@ from test_capture import eager_attentions
 
 
 def scores_by_definition(attentions: list[np.ndarray], ids: list[int]) -> dict[str, np.ndarray]:
-    """The six scores, one row at a time, straight from the issue's definitions."""
+    """The seven scores, one row at a time, straight from their definitions."""
     n_layers, n_heads, n = len(attentions), attentions[0].shape[0], len(ids)
     out = {name: np.zeros((n_layers, n_heads)) for name in
-           ("previous_token", "first_token", "self", "duplicate_token", "induction", "entropy")}
+           ("previous_token", "first_token", "self", "duplicate_token", "induction", "entropy", "distance")}
     for layer, a in enumerate(attentions):
         for h in range(n_heads):
-            prev, first, self_, dup, ind, ent = [], [], [], [], [], []
+            prev, first, self_, dup, ind, ent, far = [], [], [], [], [], [], []
             for i in range(1, n):
                 row = a[h, i]
                 prev.append(row[i - 1])
                 first.append(row[0])
                 self_.append(row[i])
                 ent.append(-sum(p * np.log(p) for p in row[: i + 1] if p > 0))
+                weight = sum(row[j] for j in range(1, i + 1))
+                far.append(sum(row[j] * (i - j) for j in range(1, i + 1)) / weight if weight > 0 else 0.0)
                 earlier = [j for j in range(i) if ids[j] == ids[i]]
                 if earlier:
                     dup.append(sum(row[j] for j in earlier))
@@ -29,7 +31,8 @@ def scores_by_definition(attentions: list[np.ndarray], ids: list[int]) -> dict[s
                 if inducing:
                     ind.append(sum(row[j + 1] for j in inducing))
             for name, values in [("previous_token", prev), ("first_token", first), ("self", self_),
-                                 ("duplicate_token", dup), ("induction", ind), ("entropy", ent)]:
+                                 ("duplicate_token", dup), ("induction", ind), ("entropy", ent),
+                                 ("distance", far)]:
                 out[name][layer, h] = np.mean(values)
     return out
 
@@ -78,3 +81,22 @@ def test_smollm2_has_induction_and_previous_token_heads(default_lm):
     scores = trace.head_scores()
     assert np.nanmax(scores["induction"]) > 0.3
     assert np.nanmax(scores["previous_token"]) > 0.5
+
+
+def test_distance_profile_follows_its_definition():
+    """Attention by distance from eager weights by a loop: mean α[i, i-d] over rows with a key d back (not the first
+    position), the first position apart; and with rotary undone the profile changes."""
+    from explorer.analysis import distance_profile
+
+    lm = make_tiny_lm("llama")
+    trace = lm.trace("abcdabcdxyzabcd", precision="float32")
+    reference = eager_attentions(lm, trace.token_ids)
+    n = trace.n_tokens
+    for layer, head in [(0, 0), (1, 3)]:
+        a = reference[layer][head]
+        got = distance_profile(trace, layer, head, max_distance=6)
+        expected = [np.mean([a[i, i - d] for i in range(1, n) if i - d >= 1]) for d in range(7)]
+        np.testing.assert_allclose(got["weight"], expected, atol=1e-6)
+        np.testing.assert_allclose(got["first_token"], np.mean(a[1:, 0]), atol=1e-6)
+    unrotated = distance_profile(trace, 0, 0, max_distance=6, kind="no_position")["weight"]
+    assert not np.allclose(unrotated, distance_profile(trace, 0, 0, max_distance=6)["weight"])
