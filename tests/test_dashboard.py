@@ -29,6 +29,22 @@ def test_generate_shows_the_trace_in_the_open_view():
     assert board.progress.value == board.progress.max
 
 
+def test_a_model_without_a_lens_generates_and_the_message_says_why():
+    """A model whose final norm feeds lm_head through a hook on the base model: no lens; the message says so."""
+    lm = make_tiny_lm("llama")
+
+    def doubled(module, args, output):
+        output.last_hidden_state = output.last_hidden_state * 2
+        return output
+
+    lm.model.model.register_forward_hook(doubled)
+    board = Dashboard(lm, prompt="abc")
+    board.max_new_tokens.value = 3
+    trace = board.generate()
+    assert trace is not None and trace.lens is None
+    assert "No logit lens" in message(board) and "ae-info" in message(board)
+
+
 def test_bad_settings_show_a_message_and_keep_the_trace():
     board = Dashboard(make_tiny_lm("llama"), prompt="abc")
     board.max_new_tokens.value = 3

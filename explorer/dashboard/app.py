@@ -247,7 +247,7 @@ class Dashboard(widgets.VBox):
         dropped = self.session_panel.add(trace, source, origin)
         self.links.value = ""
         gc.collect()  # the old trace's arrays go now, not at some later collection
-        self._say(note + dropped)
+        self._say(note + dropped + "".join(f" {n}" for n in trace.notes))  # what the trace lacks, and why
 
     def show_traces(self, traces: list[Trace], note: str, source: str, origin: str | None = None) -> None:
         """Add the traces of a file to the session as one family (a tree of branches) and show the first."""
