@@ -108,7 +108,13 @@ def find_anatomy(model) -> Anatomy:
     anatomy = Anatomy(blocks=blocks, final=final)
     from .lens import final_logits  # the lens's own arithmetic is what is checked
 
-    mine, theirs = final_logits(model, last[0, -1:].float(), anatomy), logits[0, -1:].float()
+    try:  # the lens feeds the final norm rows [n, d] of the last block's output: it must take them
+        mine, theirs = final_logits(model, last[0, -1:].float(), anatomy), logits[0, -1:].float()
+    except Exception as e:
+        return Anatomy(problem=f"the final norm of {name} does not take rows of its last block's output "
+                               f"({type(e).__name__}: {e})")
+    if mine.shape != theirs.shape:
+        return Anatomy(problem=f"the last block of {name} writes {tuple(last.shape)}, not rows of the residual stream")
     scale = float((mine * theirs).sum() / (mine * mine).sum().clamp(min=1e-30))
     if not torch.allclose(mine, theirs, atol=1e-4, rtol=1e-4) and torch.allclose(mine * scale, theirs, atol=1e-4,
                                                                                     rtol=1e-4):

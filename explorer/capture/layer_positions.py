@@ -133,7 +133,12 @@ def probe_layers(model, absolute: str | None) -> list[dict]:
     except Exception:  # a model that takes no position_ids: the declaration alone
         keys_a, keys_b, slopes = {}, {}, {}
     tables = rotary_tables(model)
-    computed = [(params, table(0, len(PROBE)), table(SHIFT, len(PROBE))) for params, table in tables]
+    computed = []
+    for params, table in tables:
+        try:
+            computed.append((params, table(0, len(PROBE)), table(SHIFT, len(PROBE))))
+        except Exception:  # a rotary module called in a way we do not know: its layers stay unmeasured
+            computed.append((params, None, None))
     n_layers = len(keys_a) or len(slopes) or getattr(config, "num_hidden_layers", 0)
     out = []
     for layer in range(n_layers):
@@ -153,7 +158,10 @@ def _measured(k_a: np.ndarray, k_b: np.ndarray, computed, absolute: str | None) 
     tolerance = 1e-4 * max(1.0, float(np.abs(k_a).max()))
     if np.allclose(k_a, k_b, atol=tolerance):
         return {"kind": "none", "evidence": "measured"}
-    for index, (params, (cos_a, sin_a), (cos_b, sin_b)) in enumerate(computed):
+    for index, (params, table_a, table_b) in enumerate(computed):
+        if table_a is None:
+            continue
+        (cos_a, sin_a), (cos_b, sin_b) = table_a, table_b
         cos_a, sin_a, cos_b, sin_b = (t.cpu().numpy() for t in (cos_a, sin_a, cos_b, sin_b))
         if cos_a.shape[-1] > k_a.shape[-1]:
             continue
@@ -171,10 +179,19 @@ def _measured(k_a: np.ndarray, k_b: np.ndarray, computed, absolute: str | None) 
 def _fallback(record: dict, tables, absolute: str | None) -> dict:
     """A layer that could not be measured: rotary if the config says so (or the model has one table), else
     absolute if positions are added at the input, else none."""
-    if tables and record.get("rotary", True):
+    usable = [i for i, (_, table) in enumerate(tables) if _callable(table)]
+    if usable and record.get("rotary", True):
         layer_type = record.get("layer_type")
-        index = next((i for i, (p, _) in enumerate(tables) if p["layer_type"] == layer_type), 0)
+        index = next((i for i in usable if tables[i][0]["layer_type"] == layer_type), usable[0])
         params = tables[index][0]
         return {"kind": "rotary", "table": index, "rotary_dim": 2 * len(params["inv_freq"]), "convention": "half",
                 "theta": params["theta"], "rope_type": params["rope_type"], "attention_scaling": 1.0}
     return {"kind": "absolute" if absolute else "none"}
+
+
+def _callable(table) -> bool:
+    try:
+        table(0, 2)
+        return True
+    except Exception:
+        return False
