@@ -1,5 +1,6 @@
 // TokenText: tokens as text (or as chips), each coloured by a value, one highlighted, hover for details.
-// Tokens arrive once as a list; per step only `values` (float32 bytes), `count` and `highlight` change.
+// Tokens arrive once as a list; per step only `values` (float32 bytes), `count` and `highlight` change (the
+// stepper's candidates: their tokens and `key` too, the step they are of, shown as data-key).
 // Tokens are set with textContent, never innerHTML: a token like <img src=x onerror=...> shows as text.
 
 // asFloat32 and visible come from prelude.js, put in front of this file by frontend.py; the styles are stepper.css.
@@ -73,6 +74,7 @@ function render({ model, el }) {
     el.dataset.count = String(count);
     el.dataset.highlight = String(highlight);
     el.dataset.valueName = model.get("value_name");
+    el.dataset.key = model.get("key");
   }
 
   /** The hover line of a value: nats also in bits (value_unit "nats"); NaN is a value not known.
@@ -108,7 +110,10 @@ function render({ model, el }) {
   function onClick(ev) {
     const span = ev.target.closest("span[data-index]");
     if (!span || !model.get("clickable")) return;
+    // with the key of the tokens clicked, in one message: the kernel can tell a click on tokens it has since
+    // replaced (the candidates of the step before, still drawn while the new ones were on their way)
     model.set("selected", Number(span.dataset.index));
+    model.set("selected_key", model.get("key"));
     model.save_changes();
   }
   box.addEventListener("mousemove", onMove);
@@ -116,7 +121,7 @@ function render({ model, el }) {
   box.addEventListener("click", onClick);
 
   const rebuild = () => { build(); paint(); };
-  const PAINTED = ["values", "count", "highlight", "selected", "rgb", "scale", "value_name"];
+  const PAINTED = ["values", "count", "highlight", "selected", "rgb", "scale", "value_name", "key"];
   model.on("change:tokens", rebuild);
   model.on("change:mode", rebuild);
   model.on("change:clickable", rebuild);
