@@ -16,7 +16,8 @@ function render({ model, el }) {
   let spans = [];
   let draws = 0;
 
-  /** One span a token, rebuilt when the tokens or the mode change. */
+  /** One span a token. The spans there are kept and only a token's text that changed is written: moving to
+   * another step neither replaces the chips under the pointer nor redraws a chip whose token stays. */
   function build() {
     const tokens = model.get("tokens");
     const mode = model.get("mode");
@@ -24,21 +25,24 @@ function render({ model, el }) {
     box.className = chips ? `token-text-box ${mode}` : "token-text-box";
     box.classList.toggle("not-clickable", !model.get("clickable"));
     box.style.maxHeight = model.get("max_height");
-    box.replaceChildren();
+    const old = spans;
     spans = tokens.map((token, i) => {
-      const span = document.createElement("span");
-      span.dataset.index = String(i);
+      let text;
       if (chips) {
-        span.textContent = visible(token);
+        text = visible(token);
       } else if (token.includes("\n")) {
         // a newline shows as ↵ and still breaks the line
-        span.textContent = token.replaceAll("\n", "↵\n");
+        text = token.replaceAll("\n", "↵\n");
       } else {
-        span.textContent = token === "" ? "∅" : token;
+        text = token === "" ? "∅" : token;
       }
-      box.append(span);
+      const span = old[i] ?? box.appendChild(document.createElement("span"));
+      span.dataset.index = String(i);
+      if (span.textContent !== text) span.textContent = text;
       return span;
     });
+    for (const span of old.slice(tokens.length)) span.remove();
+    tip.style.display = "none"; // it told of a token that may have changed
   }
 
   /** Colour, show and mark the spans from `values`, `count`, `highlight` and `selected`. */
