@@ -186,7 +186,9 @@ _WATCH = """(selector) => {
   window.__aeWatched = [...document.querySelectorAll(selector)].map((el) => {
     const w = { el, replaced: 0, draws: +el.dataset.drawCount };
     w.observer = new MutationObserver((records) => {
-      for (const r of records) w.replaced += [...r.addedNodes, ...r.removedNodes].filter((n) => n.nodeType === 1).length;
+      for (const r of records) {
+        w.replaced += [...r.addedNodes, ...r.removedNodes].filter((n) => n.nodeType === 1).length;
+      }
     });
     w.observer.observe(el, { childList: true, subtree: true });
     return w;
