@@ -90,3 +90,17 @@ def wait_stepper(page, pattern: str, timeout: float = 120_000) -> None:
         "p => new RegExp(p).test(document.querySelector('.stepper-view')?.innerText || '')", arg=pattern,
         timeout=timeout,
     )
+
+
+def wait_step(page, step: int, timeout: float = 120_000) -> None:
+    """Wait until the step-through view shows `step` whole: its line says so, its candidates are that step's
+    (data-key) and no chip is still marked clicked (the kernel has taken the click that went there). The candidates
+    come in a message of their own after the line: read on the line alone, they may still be the step before's,
+    and a click on one lands on chips about to change."""
+    page.wait_for_function(
+        "s => { const v = document.querySelector('.stepper-view');"
+        " return !!v && v.querySelector('.stepper-candidates')?.dataset.key === 'step ' + s"
+        " && !v.querySelector('.chips span.selected, .candidates span.selected')"
+        " && new RegExp('step ' + s + ' of ').test(v.innerText); }",
+        arg=step, timeout=timeout,
+    )

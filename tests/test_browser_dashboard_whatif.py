@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import explorer
-from dashboard_harness import fill, start_dashboard, stop, upload, wait_message, wait_stepper
-from voila_harness import OUTPUT, browser, offline_page
+from dashboard_harness import fill, start_dashboard, stop, upload, wait_message, wait_step, wait_stepper
+from voila_harness import OUTPUT, browser, offline_page, redraws, stepper_round_trips, watch_redraws
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -79,11 +79,16 @@ def drive(page, url: str, tmp_path: Path, saved: list[Path]) -> None:
     # branch: go to step 3 in the stepper, click the runner-up candidate
     stepper = page.locator(".stepper-view").first
     stepper.locator(".token-text-box.chips span[data-index='%d']" % STEP).click()
-    wait_stepper(page, rf"step {STEP} of 8")
+    wait_step(page, STEP)  # the line and the candidates: the candidates come last
+    # the chips hold still under the click: nothing redraws them or the generated tokens while the kernel answers
+    watch_redraws(page, ".stepper-view .stepper-candidates, .stepper-view .token-text:has(.chips)")
+    stepper_round_trips(page, "")
+    assert redraws(page) == [{"replaced": 0, "draws": 0, "connected": True}] * 2, redraws(page)
     candidates = stepper.locator(".token-text-box.candidates span")
     chosen = stepper.locator(".token-text-box.chips span[data-index='%d']" % STEP).inner_text()
-    runner_up = next(c for c in candidates.all_inner_texts() if c != chosen)
-    candidates.filter(has_text=runner_up).first.click()
+    texts = candidates.all_inner_texts()
+    runner_up = next(c for c in texts if c != chosen)
+    candidates.nth(texts.index(runner_up)).click()  # by place: has_text would match any chip holding the text
     listed = wait_options(page, 3)
     assert plain(listed)[0] == f"3. The cat sat … · branch at step {STEP}: “{runner_up}”", listed
     wait_message(page, r"Added to the session: 3\.")

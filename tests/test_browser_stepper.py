@@ -18,7 +18,7 @@ import pytest
 from explorer.trace import Candidate
 from explorer.views.tokens_html import SURPRISAL_FULL, visible
 from synthetic import synthetic_trace, with_analysis
-from voila_harness import OUTPUT, notebook_page, write_notebook
+from voila_harness import OUTPUT, notebook_page, redraws, stepper_round_trips, watch_redraws, write_notebook
 
 pytestmark = pytest.mark.browser
 
@@ -254,6 +254,37 @@ def test_a_trace_with_no_steps_shows_its_text_coloured_by_surprisal(page, read_t
     assert "surprisal not known" in hover_tip(view, 6)
     assert view.locator("img").count() == 0 and log.dialogs == []
     view.screenshot(path=str(OUTPUT / "read-text.png"))
+
+
+def wait_candidates(page, step: int) -> None:
+    """Until the candidates drawn are those of `step` (data-key) and the strip has taken its click."""
+    page.wait_for_function(
+        "s => { const v = document.querySelector('.case-rotary .stepper-view');"
+        " return v.querySelector('.stepper-candidates').dataset.key === 'step ' + s"
+        " && !v.querySelector('.chips span.selected'); }", arg=step)
+
+
+def test_another_step_keeps_the_chips_and_an_idle_stepper_redraws_nothing(page, traces):
+    page, _ = page
+    _, trace, _ = traces
+    view = page.locator(".case-rotary .stepper-view").first
+    chips = view.locator(".stepper-candidates .token-text-box span")
+    first, then = (4, 5) if slider_value(page) != 4 else (5, 4)
+    view.locator(f".token-text-box.chips span[data-index='{first}']").click()
+    wait_candidates(page, first)
+    chips.evaluate_all("spans => spans.forEach((s, i) => { s.aeMark = i; })")  # these very nodes
+    watch_redraws(page, ".case-rotary .stepper-candidates")
+    view.locator(f".token-text-box.chips span[data-index='{then}']").click()
+    wait_candidates(page, then)
+    assert chips.all_text_contents() == [visible(c.token) for c in trace.steps[then].top_k]
+    assert chips.evaluate_all("spans => spans.map(s => s.aeMark)") == list(range(len(trace.steps[then].top_k)))
+    (moved,) = redraws(page)
+    assert moved["replaced"] == 0 and moved["draws"] >= 1  # new tokens written into the chips there were
+
+    # settled: two trips through the kernel for the text's colour redraw neither the candidates nor the strip
+    watch_redraws(page, ".case-rotary .stepper-candidates, .case-rotary .token-text:has(.chips)")
+    stepper_round_trips(page, ".case-rotary")
+    assert redraws(page) == [{"replaced": 0, "draws": 0, "connected": True}] * 2, redraws(page)
 
 
 def test_nothing_of_ours_went_out_and_no_errors(page):

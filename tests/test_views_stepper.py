@@ -139,6 +139,20 @@ def test_follows_and_updates_the_shared_selection(tiny_trace):
     assert view.slider.value == 7
 
 
+def test_a_click_on_candidates_replaced_on_its_way_branches_with_nothing(tiny_trace):
+    asked = []
+    view = stepper(tiny_trace, on_branch=lambda step, token: asked.append((step, token)))
+    view.step = 4
+    assert view.candidates.key == "step 4"  # sent with the step's tokens: the page draws it as data-key
+    other = next(i for i, c in enumerate(tiny_trace.steps[4].top_k) if c.token_id != tiny_trace.steps[4].token_id)
+    # a click on the chips of step 0, still drawn while step 4's were on their way: same index, another token
+    view.candidates.set_state({"selected": other, "selected_key": "step 0"})
+    assert asked == [] and "changed to those of step 4" in view.branch_note.value
+    assert (view.candidates.selected, view.candidates.selected_key) == (-1, "")  # the next click is a change
+    view.candidates.set_state({"selected": other, "selected_key": "step 4"})  # on the chips of this step
+    assert asked == [(4, tiny_trace.steps[4].top_k[other])] and view.branch_note.value == ""
+
+
 def test_a_trace_with_no_generated_tokens_gets_a_message_and_its_read_text(tiny_trace):
     read_only = dataclasses.replace(tiny_trace, steps=[], n_prompt=tiny_trace.n_tokens)
     view = stepper(read_only)

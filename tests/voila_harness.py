@@ -177,3 +177,45 @@ def notebook_page(notebook: Path, ready: str, viewport=(1280, 1000)):
         errors = page.locator(TRACEBACK).all_inner_texts()
         assert not errors, errors[0][-2000:]
         yield page, log
+
+
+# Redraws inside views that count their draws in data-draw-count (TokenText, the what-if change, ...): each watched
+# element's elements added or removed below it (text changing inside a span is neither) and its draws since.
+_WATCH = """(selector) => {
+  for (const w of window.__aeWatched || []) w.observer.disconnect();
+  window.__aeWatched = [...document.querySelectorAll(selector)].map((el) => {
+    const w = { el, replaced: 0, draws: +el.dataset.drawCount };
+    w.observer = new MutationObserver((records) => {
+      for (const r of records) {
+        w.replaced += [...r.addedNodes, ...r.removedNodes].filter((n) => n.nodeType === 1).length;
+      }
+    });
+    w.observer.observe(el, { childList: true, subtree: true });
+    return w;
+  });
+  return window.__aeWatched.length;
+}"""
+_WATCHED = """() => (window.__aeWatched || []).map((w) => ({
+  replaced: w.replaced, draws: +w.el.dataset.drawCount - w.draws, connected: w.el.isConnected }))"""
+
+
+def watch_redraws(page, selector: str) -> None:
+    """Start counting the redraws of every element matching `selector` (see `redraws`)."""
+    assert page.evaluate(_WATCH, selector) > 0, selector
+
+
+def redraws(page) -> list[dict]:
+    """Per element watched since `watch_redraws`: elements added or removed below it (`replaced`), times drawn
+    (`draws`), and whether it is still in the page (`connected`)."""
+    return page.evaluate(_WATCHED)
+
+
+def stepper_round_trips(page, root: str) -> None:
+    """Colour the text of the stepper under `root` by surprisal, then by attention again, each time waiting until
+    the page has drawn the kernel's answer: two trips through the kernel that change the text and nothing else,
+    so a redraw of anything else on the way is one nobody asked for."""
+    view = f"{root} .stepper-view".strip()
+    text = f"{view} .token-text"
+    for colour in ("surprisal", "attention"):
+        page.locator(f"{view} .stepper-colour-by button", has_text=colour).first.click()
+        page.wait_for_function("([s, c]) => document.querySelector(s)?.dataset.valueName === c", arg=[text, colour])

@@ -1,5 +1,6 @@
 // TokenText: tokens as text (or as chips), each coloured by a value, one highlighted, hover for details.
-// Tokens arrive once as a list; per step only `values` (float32 bytes), `count` and `highlight` change.
+// Tokens arrive once as a list; per step only `values` (float32 bytes), `count` and `highlight` change (the
+// stepper's candidates: their tokens and `key` too, the step they are of, shown as data-key).
 // Tokens are set with textContent, never innerHTML: a token like <img src=x onerror=...> shows as text.
 
 // asFloat32 and visible come from prelude.js, put in front of this file by frontend.py; the styles are stepper.css.
@@ -15,7 +16,8 @@ function render({ model, el }) {
   let spans = [];
   let draws = 0;
 
-  /** One span a token, rebuilt when the tokens or the mode change. */
+  /** One span a token. The spans there are kept and only a token's text that changed is written: moving to
+   * another step neither replaces the chips under the pointer nor redraws a chip whose token stays. */
   function build() {
     const tokens = model.get("tokens");
     const mode = model.get("mode");
@@ -23,21 +25,24 @@ function render({ model, el }) {
     box.className = chips ? `token-text-box ${mode}` : "token-text-box";
     box.classList.toggle("not-clickable", !model.get("clickable"));
     box.style.maxHeight = model.get("max_height");
-    box.replaceChildren();
+    const old = spans;
     spans = tokens.map((token, i) => {
-      const span = document.createElement("span");
-      span.dataset.index = String(i);
+      let text;
       if (chips) {
-        span.textContent = visible(token);
+        text = visible(token);
       } else if (token.includes("\n")) {
         // a newline shows as ↵ and still breaks the line
-        span.textContent = token.replaceAll("\n", "↵\n");
+        text = token.replaceAll("\n", "↵\n");
       } else {
-        span.textContent = token === "" ? "∅" : token;
+        text = token === "" ? "∅" : token;
       }
-      box.append(span);
+      const span = old[i] ?? box.appendChild(document.createElement("span"));
+      span.dataset.index = String(i);
+      if (span.textContent !== text) span.textContent = text;
       return span;
     });
+    for (const span of old.slice(tokens.length)) span.remove();
+    tip.style.display = "none"; // it told of a token that may have changed
   }
 
   /** Colour, show and mark the spans from `values`, `count`, `highlight` and `selected`. */
@@ -73,6 +78,7 @@ function render({ model, el }) {
     el.dataset.count = String(count);
     el.dataset.highlight = String(highlight);
     el.dataset.valueName = model.get("value_name");
+    el.dataset.key = model.get("key");
   }
 
   /** The hover line of a value: nats also in bits (value_unit "nats"); NaN is a value not known.
@@ -108,7 +114,10 @@ function render({ model, el }) {
   function onClick(ev) {
     const span = ev.target.closest("span[data-index]");
     if (!span || !model.get("clickable")) return;
+    // with the key of the tokens clicked, in one message: the kernel can tell a click on tokens it has since
+    // replaced (the candidates of the step before, still drawn while the new ones were on their way)
     model.set("selected", Number(span.dataset.index));
+    model.set("selected_key", model.get("key"));
     model.save_changes();
   }
   box.addEventListener("mousemove", onMove);
@@ -116,7 +125,7 @@ function render({ model, el }) {
   box.addEventListener("click", onClick);
 
   const rebuild = () => { build(); paint(); };
-  const PAINTED = ["values", "count", "highlight", "selected", "rgb", "scale", "value_name"];
+  const PAINTED = ["values", "count", "highlight", "selected", "rgb", "scale", "value_name", "key"];
   model.on("change:tokens", rebuild);
   model.on("change:mode", rebuild);
   model.on("change:clickable", rebuild);

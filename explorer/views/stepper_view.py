@@ -47,6 +47,8 @@ class TokenText(anywidget.AnyWidget):
     count = traitlets.Int(0).tag(sync=True)  # tokens 0..count-1 are shown
     highlight = traitlets.Int(-1).tag(sync=True)
     selected = traitlets.Int(-1).tag(sync=True)  # set by a click in the browser
+    key = traitlets.Unicode("").tag(sync=True)  # what the tokens are (the stepper's candidates: "step 3"): data-key
+    selected_key = traitlets.Unicode("").tag(sync=True)  # the key of the tokens a click was on, sent with `selected`
     mode = traitlets.Unicode("text").tag(sync=True)  # "text", "chips", or "candidates" (chips of another class)
     rgb = traitlets.Unicode("31,119,180").tag(sync=True)
     scale = traitlets.Float(0.0).tag(sync=True)  # value of full colour; 0 = the max of the shown values
@@ -63,6 +65,12 @@ class TokenText(anywidget.AnyWidget):
         with self.hold_sync():
             self.set_values(values)
             self.value_name, self.rgb, self.scale, self.value_unit = value_name, rgb, scale, value_unit
+
+    @property
+    def clicked_other_tokens(self) -> bool:
+        """Whether the click in `selected` was on tokens that were replaced before it came (a page still drawing
+        the tokens of another `key`). A selection set here, with no key, is on the tokens there are."""
+        return self.selected_key not in ("", self.key)
 
     @property
     def value_array(self) -> np.ndarray:
@@ -190,7 +198,8 @@ class StepperView(FollowsSelection, widgets.VBox):
     def _show_candidates(self, step: int) -> None:
         s = self.trace.steps[step]
         top = s.top_k
-        with self.candidates.hold_sync():
+        with self.candidates.hold_sync():  # the tokens and their step in one message: data-key says whose they are
+            self.candidates.key = f"step {step}"
             self.candidates.tokens = [c.token for c in top]
             click = " · click to branch with it" if self.on_branch is not None else ""
             self.candidates.titles = [f"candidate {i + 1} at step {step}"
@@ -205,8 +214,13 @@ class StepperView(FollowsSelection, widgets.VBox):
         index = change["new"]
         if index < 0:
             return
-        self.candidates.selected = -1  # so that a second click on the same chip is a change again
+        stale = self.candidates.clicked_other_tokens
+        with self.candidates.hold_sync():  # so that a second click on the same chip is a change again
+            self.candidates.selected, self.candidates.selected_key = -1, ""
         step = self.step
+        if stale:  # its index is of the chips drawn before: it would branch with a token nobody picked
+            self._refuse(f"the candidates changed to those of step {step} as you clicked: click one again")
+            return
         top = self.trace.steps[step].top_k
         if self.on_branch is not None and index < len(top):
             self.branch(step, top[index])
