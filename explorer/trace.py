@@ -74,9 +74,17 @@ class Positional:
         """Each layer's parameters (theta, rotary_dim, rope_type, ALiBi slopes, ...), without its kind."""
         return [{k: v for k, v in layer.items() if k != "kind"} for layer in self.layers]
 
+    def layer(self, layer: int) -> dict:
+        """Layer `layer`'s record; a Positional made without records (by hand, a synthetic trace) gives every layer
+        the model-wide kind, rotary with the first table."""
+        if layer < len(self.layers):
+            return self.layers[layer]
+        kind = {"learned": "absolute", "sinusoidal": "absolute"}.get(self.kind, self.kind)
+        return {"kind": kind, "table": 0, "convention": "half"} if kind == "rotary" else {"kind": kind}
+
     def rotary_table(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
         """The cos and sin [T, rotary_dim] (rotate-half layout) that rotate layer `layer`'s queries and keys."""
-        record = self.layers[layer]
+        record = self.layer(layer)
         if record["kind"] != "rotary":
             raise ValueError(f"layer {layer} is not rotary: position reaches it as {record['kind']!r}")
         suffix = "" if not record.get("table") else f"_{record['table']}"
@@ -322,7 +330,7 @@ def _without_position(store: AttentionLayer, positional: Positional, layer: int)
 
     from .rotary import unrotate
 
-    record = positional.layers[layer] if layer < len(positional.layers) else {"kind": positional.kind}
+    record = positional.layer(layer)
     kind = record["kind"]
     if kind == "rotary" and isinstance(store, QueryKeyLayer):
         cos, sin = positional.rotary_table(layer)
@@ -463,7 +471,7 @@ class Trace:
     def kinds(self) -> tuple[str, ...]:
         """The kinds of attention this trace can give: "raw", and "norm" when it holds value norms."""
         kinds = ["raw"] + ["norm"] * (self.value_norms is not None)
-        position_terms = {"rotary", "alibi"} & set(self.positional.layer_kinds)
+        position_terms = {"rotary", "alibi"} & set(self.positional.layer_kinds or [self.positional.kind])
         return tuple(kinds + ["no_position"] * bool(position_terms))
 
     def attention(self, layer: int, head: int | None = None, kind: str = "raw") -> np.ndarray:

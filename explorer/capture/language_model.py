@@ -225,11 +225,14 @@ class LanguageModel:
         notes = self._lens_notes(lens)
         hidden = HiddenStates(self.anatomy, lens, n_prompt, prompt_states=lens is not None or forced is not None,
                               capacity=covered)
+        raised: list[BaseException] = []  # what the caller's own callbacks raise goes through as it is
+        on_token, on_status = _noted(on_token, raised), _noted(on_status, raised)
         streamer = _Progress(remaining, progress, on_token, self.decode_token)
         if on_status is not None:
             on_status(f"reading the prompt ({len(fed)} tokens)")
         started = time.perf_counter()
-        with _foreign_errors(self.name), torch.inference_mode(), recording(self.model, recorder), hidden.hooked():
+        with _foreign_errors(self.name, raised), torch.inference_mode(), recording(self.model, recorder), \
+                hidden.hooked():
             if settings.seed is not None:
                 set_seed(settings.seed)  # python, numpy and torch (all devices), as transformers' own examples do
             if remaining > 0:
@@ -445,14 +448,32 @@ class LanguageModel:
         return f"LanguageModel({self.name!r}, device={str(self.device)!r}, dtype={self.model.dtype})"
 
 
+def _noted(callback, raised: list[BaseException]):
+    """`callback`, with what it raises also put in `raised`; None stays None."""
+    if callback is None:
+        return None
+
+    def call(*args):
+        try:
+            return callback(*args)
+        except BaseException as e:
+            raised.append(e)
+            raise
+
+    return call
+
+
 @contextmanager
-def _foreign_errors(name: str):
-    """What a model raises inside a capture, as our CaptureError naming the model (the original is chained)."""
+def _foreign_errors(name: str, passed: list[BaseException] = ()):
+    """What a model raises inside a capture, as our CaptureError naming the model (the original is chained); what
+    the caller's own callbacks raised (`passed`: a service stopping a run whose viewer has gone) goes through."""
     try:
         yield
     except (ExplorerError, KeyboardInterrupt):
         raise
     except Exception as e:
+        if any(e is own for own in passed):
+            raise
         raise CaptureError(f"{name} failed while its attention was captured ({type(e).__name__}: {e}); plain "
                            f"generate may still work: please report the model family") from e
 
