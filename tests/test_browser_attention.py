@@ -14,7 +14,7 @@ import math
 import pytest
 
 from explorer.views.export import standalone_html
-from explorer.views.tokens_html import visible
+from explorer.views.frontend.tokens_html import visible
 from voila_harness import OUTPUT, browser, offline_page, voila_server, write_notebook
 
 pytestmark = pytest.mark.browser

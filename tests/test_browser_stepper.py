@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from explorer.trace import Candidate
-from explorer.views.tokens_html import SURPRISAL_FULL, visible
+from explorer.views.frontend.tokens_html import SURPRISAL_FULL, visible
 from synthetic import synthetic_trace, with_analysis
 from voila_harness import OUTPUT, notebook_page, redraws, stepper_round_trips, watch_redraws, write_notebook
 

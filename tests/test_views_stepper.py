@@ -12,7 +12,7 @@ from explorer.trace import Candidate
 from explorer.views import Selection
 from explorer.views.probabilities import entropy_chart, probability_chart
 from explorer.views.stepper_view import MEAN, stepper
-from explorer.views.tokens_html import label, token_span, tokens_html, unique_labels, visible
+from explorer.views.frontend.tokens_html import label, token_span, tokens_html, unique_labels, visible
 from conftest import run_without_torch
 
 XSS = "<img src=x onerror=alert(1)>"

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..trace import QueryKeyLayer, Trace
 from .selection import FollowsSelection, Selection, clamp_head, clamp_layer
-from .tokens_html import escape, visible
+from .frontend.tokens_html import escape, visible
 
 STAGES = ["query", "keys", "dot products", "scale", "causal mask", "softmax", "weighted sum"]
 MAX_KEYS = 40  # keys drawn at most; beyond, those with the largest weights (and a few the mask hides)

@@ -18,7 +18,7 @@ import traitlets
 
 from ..trace import Trace
 from . import frontend
-from .tokens_html import visible
+from .frontend.tokens_html import visible
 
 SNIPPET_CHARS = 48  # of the text each node shows from where it diverges
 

@@ -16,7 +16,7 @@ import traitlets
 from ..alignment import Difference, HeadsCompared, align, counterpart, difference, step_pairs
 from . import frontend
 from .selection import clamp_head, clamp_layer
-from .tokens_html import visible
+from .frontend.tokens_html import visible
 
 WINDOW_SIZES = (32, 64, 96, 128, 192, 256)
 

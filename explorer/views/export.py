@@ -21,7 +21,7 @@ from . import frontend
 from .heads_map_view import HeadsMapView
 from .heatmap_view import HeatmapView
 from ..trace import QueryKeyLayer, Trace, WeightsLayer
-from .tokens_html import SURPRISAL_FULL, SURPRISAL_RGB, json_for_script, visible
+from .frontend.tokens_html import SURPRISAL_FULL, SURPRISAL_RGB, json_for_script, visible
 
 
 def _rounded(a: np.ndarray, digits: int = 4) -> list:

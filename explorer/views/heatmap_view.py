@@ -25,7 +25,7 @@ from .. import analysis
 from . import attention_data as ad
 from . import frontend
 from .selection import ClampsLayerHead, FollowsSelection, Selection
-from .tokens_html import visible
+from .frontend.tokens_html import visible
 
 OVERVIEW_CELLS = 256  # the overview is max-pooled down to at most this many cells a side
 WINDOW_SIZES = (16, 32, 64, 128, 256)

@@ -18,7 +18,7 @@ import numpy as np
 from ..trace import Trace
 from .selection import FollowsSelection, Selection
 from .stepper_view import SURPRISAL_COLOUR, TokenText, token_titles
-from .tokens_html import most_surprising, surprisal_legend, surprisal_words
+from .frontend.tokens_html import most_surprising, surprisal_legend, surprisal_words
 
 
 class ReadTextView(FollowsSelection, widgets.VBox):

@@ -13,7 +13,7 @@ import traitlets
 
 from ..trace import Step, Trace
 from . import frontend
-from .tokens_html import unique_labels
+from .frontend.tokens_html import unique_labels
 
 
 def sampling_differs(step: Step, tol: float = 1e-6) -> bool:

@@ -24,7 +24,7 @@ from ..trace import Trace
 from . import frontend
 from .step_charts import StepCharts
 from .selection import FollowsSelection, Selection, clamp_head, clamp_layer
-from .tokens_html import SURPRISAL_FULL, SURPRISAL_RGB, most_surprising, surprisal_legend, token_span, visible
+from .frontend.tokens_html import SURPRISAL_FULL, SURPRISAL_RGB, most_surprising, surprisal_legend, token_span, visible
 
 MEAN = -1  # the head selector's value for the mean of the layer's heads
 COLOUR_BY = ("attention", "surprisal")  # what the stepper's text is coloured by

@@ -26,7 +26,7 @@ from ..trace import Step, Trace
 from . import frontend
 from .branch_tree import heads_label, heads_off
 from .selection import FollowsSelection, Selection
-from .tokens_html import visible
+from .frontend.tokens_html import visible
 
 
 class Jobs:
