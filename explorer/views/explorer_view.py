@@ -24,13 +24,13 @@ def _stepper(trace, selection, on_branch=None):
 
 
 def _heatmap(trace, selection):
-    from .heatmap_view import heatmap
+    from .attention.heatmap_view import heatmap
 
     return heatmap(trace, selection=selection)
 
 
 def _heads_map(trace, selection):
-    from .heads_map_view import heads_map
+    from .attention.heads_map_view import heads_map
 
     return heads_map(trace, selection)
 
@@ -48,7 +48,7 @@ def _lens(trace, selection):
 
 
 def _attention_math(trace, selection):
-    from .attention_math import attention_math
+    from .attention.attention_math import attention_math
 
     return attention_math(trace, selection=selection)
 
@@ -60,7 +60,7 @@ def _positional(trace, selection):
 
 
 def _bertviz(trace, selection):
-    from .bertviz_offline import head_view, model_view
+    from .attention.bertviz_offline import head_view, model_view
 
     return widgets.VBox([head_view(trace, selection=selection), model_view(trace, selection=selection)])
 
