@@ -28,7 +28,7 @@ SCRIPT = "</script><script>alert(2)</script>"
 CELL = """
 import explorer
 from ipywidgets import HTML, VBox
-from explorer.views.stepper_view import stepper
+from explorer.views.steps.stepper_view import stepper
 from explorer.views.positional_view import positional
 
 def case(name, *views):

@@ -18,7 +18,7 @@ from .selection import Selection
 
 
 def _stepper(trace, selection, on_branch=None):
-    from .stepper_view import stepper
+    from .steps.stepper_view import stepper
 
     return stepper(trace, selection, on_branch=on_branch)
 

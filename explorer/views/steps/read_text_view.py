@@ -15,10 +15,10 @@ import math
 import ipywidgets as widgets
 import numpy as np
 
-from ..trace import Trace
-from .selection import FollowsSelection, Selection
+from ...trace import Trace
+from ..selection import FollowsSelection, Selection
 from .stepper_view import SURPRISAL_COLOUR, TokenText, token_titles
-from .frontend.tokens_html import most_surprising, surprisal_legend, surprisal_words
+from ..frontend.tokens_html import most_surprising, surprisal_legend, surprisal_words
 
 
 class ReadTextView(FollowsSelection, widgets.VBox):

@@ -20,11 +20,11 @@ import ipywidgets as widgets
 import numpy as np
 import traitlets
 
-from ..trace import Trace
-from . import frontend
+from ...trace import Trace
+from .. import frontend
 from .step_charts import StepCharts
-from .selection import FollowsSelection, Selection, clamp_head, clamp_layer
-from .frontend.tokens_html import SURPRISAL_FULL, SURPRISAL_RGB, most_surprising, surprisal_legend, token_span, visible
+from ..selection import FollowsSelection, Selection, clamp_head, clamp_layer
+from ..frontend.tokens_html import SURPRISAL_FULL, SURPRISAL_RGB, most_surprising, surprisal_legend, token_span, visible
 
 MEAN = -1  # the head selector's value for the mean of the layer's heads
 COLOUR_BY = ("attention", "surprisal")  # what the stepper's text is coloured by
@@ -39,8 +39,8 @@ class TokenText(anywidget.AnyWidget):
     Tokens are set with textContent in the browser, so any token shows as the characters it holds.
     """
 
-    _esm = frontend.module("stepper.js")
-    _css = frontend.stylesheet("stepper.css")
+    _esm = frontend.module("steps/stepper.js")
+    _css = frontend.stylesheet("steps/stepper.css")
     tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
     titles = traitlets.List(traitlets.Unicode()).tag(sync=True)  # extra hover line per token
     values = traitlets.Bytes(b"").tag(sync=True)  # float32, one per token
