@@ -36,13 +36,13 @@ def _heads_map(trace, selection):
 
 
 def _head_atlas(trace, selection, open_heatmap=None):
-    from .head_atlas import head_atlas
+    from .meaning.head_atlas import head_atlas
 
     return head_atlas(trace, selection, on_open=open_heatmap)
 
 
 def _lens(trace, selection):
-    from .lens_view import lens
+    from .meaning.lens_view import lens
 
     return lens(trace, selection)
 
