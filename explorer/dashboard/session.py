@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from ..trace import Trace
-from ..views.branch_tree import heads_label, heads_off
+from ..views.whatif.branch_tree import heads_label, heads_off
 from ..views.frontend.tokens_html import visible
 
 MAX_TRACES = 20

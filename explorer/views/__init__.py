@@ -12,13 +12,13 @@ bertviz's helpers (tens of MB a kernel, thirty kernels in a class).
 _WHERE = {
     "AttentionMathView": "attention.attention_math",
     "attention_math": "attention.attention_math",
-    "BranchTree": "branch_tree",
+    "BranchTree": "whatif.branch_tree",
     "head_view": "attention.bertviz_offline",
     "head_view_html": "attention.bertviz_offline",
     "model_view": "attention.bertviz_offline",
     "model_view_html": "attention.bertviz_offline",
-    "CompareView": "compare_view",
-    "compare": "compare_view",
+    "CompareView": "whatif.compare_view",
+    "compare": "whatif.compare_view",
     "ExplorerView": "explorer_view",
     "show": "explorer_view",
     "standalone_html": "export",
@@ -39,7 +39,7 @@ _WHERE = {
     "StepCharts": "steps.step_charts",
     "StepperView": "steps.stepper_view",
     "stepper": "steps.stepper_view",
-    "WhatIfPanel": "whatif_panel",
+    "WhatIfPanel": "whatif.whatif_panel",
 }
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import ipywidgets as widgets
 
 from ..trace import Trace, save_traces
-from .branch_tree import BranchTree
+from .whatif.branch_tree import BranchTree
 from .selection import Selection
 
 
@@ -105,7 +105,7 @@ class ExplorerView(widgets.VBox):
         self.tree = BranchTree(on_select=self._on_tree_select, layout=widgets.Layout(display="none"))
         self.whatif = None
         if lm is not None:
-            from .whatif_panel import WhatIfPanel
+            from .whatif.whatif_panel import WhatIfPanel
 
             self.whatif = WhatIfPanel(lm, self.selection, current=lambda: self.trace, add_trace=self.add_trace)
         self.children = [self.message, self.tree, *([self.whatif] if self.whatif else []), self.tabs]
