@@ -29,7 +29,7 @@ CELL = """
 import explorer
 from ipywidgets import HTML, VBox
 from explorer.views.steps.stepper_view import stepper
-from explorer.views.positional_view import positional
+from explorer.views.positions.positional_view import positional
 
 def case(name, *views):
     box = VBox([HTML("<h3>" + name + "</h3>"), *views])

@@ -211,7 +211,8 @@ def test_works_at_2048_tokens_with_small_messages(tiny_trace):
 
 def test_views_do_not_import_torch(tmp_path, tiny_trace):
     run_without_torch(tiny_trace, tmp_path, (
-        "from explorer.views.steps.stepper_view import stepper\nfrom explorer.views.positional_view import positional\n"
+        "from explorer.views.steps.stepper_view import stepper\n"
+        "from explorer.views.positions.positional_view import positional\n"
         "stepper(trace); positional(trace)"
     ))
 

@@ -31,7 +31,7 @@ _WHERE = {
     "heatmap": "attention.heatmap_view",
     "LensView": "meaning.lens_view",
     "lens": "meaning.lens_view",
-    "positional": "positional_view",
+    "positional": "positions.positional_view",
     "entropy_chart": "steps.probabilities",
     "probability_chart": "steps.probabilities",
     "read_text": "steps.read_text_view",

@@ -54,7 +54,7 @@ def _attention_math(trace, selection):
 
 
 def _positional(trace, selection):
-    from .positional_view import positional  # plotly: loaded only by those who open this tab
+    from .positions.positional_view import positional  # plotly: loaded only by those who open this tab
 
     return positional(trace, selection)
 
