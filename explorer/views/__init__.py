@@ -8,7 +8,9 @@ Each name is imported when first used: a dashboard kernel that shows only the st
 bertviz's helpers (tens of MB a kernel, thirty kernels in a class).
 """
 
-# Modules are named *_view so that `views.heatmap` is always the function, never a submodule of that name.
+# Where each name lives: a folder per group of the dashboard's tabs (attention, steps, meaning, whatif, positions),
+# beside them explorer_view (the tabs), selection and export, and frontend (what the views' front ends share).
+# The modules sit in those folders, so `views.heatmap` or `views.head_atlas` is always the function, never a module.
 _WHERE = {
     "AttentionMathView": "attention.attention_math",
     "attention_math": "attention.attention_math",
