@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from synthetic import smollm2_shaped_trace  # noqa: E402
 
-from explorer.views import attention_data as ad  # noqa: E402
+from explorer.views.attention import attention_data as ad  # noqa: E402
 
 
 def seconds(run, repeats: int = 3) -> list[float]:

@@ -30,7 +30,7 @@ STEPS = 8
 
 CELL = """
 import explorer
-from explorer.views.heatmap_view import heatmap
+from explorer.views.attention.heatmap_view import heatmap
 trace = explorer.load_trace({path!r})
 heatmap(trace, layer=3, head=0, window_size=64)
 """
@@ -58,7 +58,7 @@ def run(n_tokens: int, b, folder: Path) -> dict:
     trace = smollm2_shaped_trace(n_tokens)
     path = folder / f"synthetic-{n_tokens}.trace"
     trace.save(path)
-    from explorer.views.heads_map_view import heads_map
+    from explorer.views.attention.heads_map_view import heads_map
 
     started = time.perf_counter()
     hmap = heads_map(trace)

@@ -25,7 +25,7 @@ def show(trace: Trace, lm=None):
 
 def compare(a: Trace, b: Trace, layer: int = 0, head: int | None = None, **kwargs):
     """Two traces side by side: their attention over aligned positions, A − B, and where their choices differ."""
-    from .views.compare_view import compare as _compare
+    from .views.whatif.compare_view import compare as _compare
 
     return _compare(a, b, layer=layer, head=head, **kwargs)
 

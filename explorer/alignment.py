@@ -11,7 +11,7 @@ Torch-free (numpy and difflib), so a viewer kernel compares saved traces with no
   the two texts matched by SequenceMatcher, and a token of A paired with the token of B that shares most of its
   matched characters when that token of B shares most of its own with it (mutual best, in order).
 
-`explorer.compare(a, b)` opens the view of two traces (explorer/views/compare_view.py) aligned by this module.
+`explorer.compare(a, b)` opens the view of two traces (explorer/views/whatif/compare_view.py) aligned by this module.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pytest
 
 from explorer import textbook
 from explorer.views import Selection
-from explorer.views.attention_math import MAX_KEYS, STAGES, attention_math, compute, shown_keys
+from explorer.views.attention.attention_math import MAX_KEYS, STAGES, attention_math, compute, shown_keys
 from conftest import run_without_torch
 
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -140,7 +140,7 @@ def test_a_weights_only_layer_says_it_cannot_be_replayed():
 
 def test_the_view_needs_no_torch(copy_trace, tmp_path):
     run_without_torch(copy_trace, tmp_path, (
-        "from explorer.views.attention_math import attention_math\n"
+        "from explorer.views.attention.attention_math import attention_math\n"
         "view = attention_math(trace, layer=1, head=0)\n"
         "for s in range(7): view.stage.value = s"
     ))

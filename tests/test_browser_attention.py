@@ -14,7 +14,7 @@ import math
 import pytest
 
 from explorer.views.export import standalone_html
-from explorer.views.tokens_html import visible
+from explorer.views.frontend.tokens_html import visible
 from voila_harness import OUTPUT, browser, offline_page, voila_server, write_notebook
 
 pytestmark = pytest.mark.browser
@@ -25,8 +25,8 @@ SCRIPT = "</script><script>alert(2)</script>"
 CELL = """
 import explorer, ipywidgets as W
 from explorer.views import Selection
-from explorer.views.heatmap_view import heatmap
-from explorer.views.heads_map_view import heads_map
+from explorer.views.attention.heatmap_view import heatmap
+from explorer.views.attention.heads_map_view import heads_map
 
 trace = explorer.load_trace({path!r})
 sel = Selection()
@@ -234,7 +234,7 @@ def test_standalone_page_draws_and_steps_offline(trace, tmp_path, chromium):
 
 ZERO_WINDOWS_CELL = """
 import explorer, ipywidgets as W
-from explorer.views.heatmap_view import heatmap
+from explorer.views.attention.heatmap_view import heatmap
 
 view = heatmap(explorer.load_trace({path!r}), window_size=16)
 state = W.Label()
@@ -283,7 +283,7 @@ def test_moving_the_window_redraws_even_when_its_bytes_do_not_change(tmp_path, c
 
 def test_a_window_move_sends_where_the_window_is_even_when_its_bytes_repeat():
     from conftest import make_tiny_lm
-    from explorer.views.heatmap_view import heatmap
+    from explorer.views.attention.heatmap_view import heatmap
 
     view = heatmap(make_tiny_lm("llama").trace("x" * 39), window_size=16)
     view.set_state({"window_start": 1, "key_start": 23})  # as the browser sends it: all masked

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from explorer import textbook
-from explorer.views.attention_math import STAGES
+from explorer.views.attention.attention_math import STAGES
 from voila_harness import OUTPUT, browser, offline_page, voila_server, write_notebook
 
 pytestmark = pytest.mark.browser

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from explorer.views.bertviz_offline import display_token
+from explorer.views.attention.bertviz_offline import display_token
 from voila_harness import OUTPUT, browser, offline_page, voila_server, write_notebook
 
 pytestmark = pytest.mark.browser

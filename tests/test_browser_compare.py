@@ -12,7 +12,7 @@ import pytest
 
 from conftest import make_tiny_lm
 from explorer.alignment import align, difference, step_pairs
-from explorer.views.tokens_html import visible
+from explorer.views.frontend.tokens_html import visible
 from test_compare import CAT, DOG, make_pair_lm
 from voila_harness import OUTPUT, browser, offline_page, voila_server, write_notebook
 

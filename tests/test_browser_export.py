@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from explorer.views.export import standalone_html
-from explorer.views.tokens_html import SURPRISAL_FULL, visible
+from explorer.views.frontend.tokens_html import SURPRISAL_FULL, visible
 from synthetic import smollm2_shaped_trace, with_analysis
 from voila_harness import OUTPUT, browser, offline_page
 

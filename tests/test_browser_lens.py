@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from explorer.views.tokens_html import visible
+from explorer.views.frontend.tokens_html import visible
 from synthetic import synthetic_trace, with_analysis
 from voila_harness import OUTPUT, notebook_page, write_notebook
 

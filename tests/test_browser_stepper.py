@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from explorer.trace import Candidate
-from explorer.views.tokens_html import SURPRISAL_FULL, visible
+from explorer.views.frontend.tokens_html import SURPRISAL_FULL, visible
 from synthetic import synthetic_trace, with_analysis
 from voila_harness import OUTPUT, notebook_page, redraws, stepper_round_trips, watch_redraws, write_notebook
 
@@ -28,8 +28,8 @@ SCRIPT = "</script><script>alert(2)</script>"
 CELL = """
 import explorer
 from ipywidgets import HTML, VBox
-from explorer.views.stepper_view import stepper
-from explorer.views.positional_view import positional
+from explorer.views.steps.stepper_view import stepper
+from explorer.views.positions.positional_view import positional
 
 def case(name, *views):
     box = VBox([HTML("<h3>" + name + "</h3>"), *views])

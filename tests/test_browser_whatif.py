@@ -13,8 +13,8 @@ import json
 import pytest
 
 from explorer import whatif
-from explorer.views.branch_tree import tree_nodes
-from explorer.views.tokens_html import visible
+from explorer.views.whatif.branch_tree import tree_nodes
+from explorer.views.frontend.tokens_html import visible
 from voila_harness import OUTPUT, notebook_page, write_notebook
 
 pytestmark = pytest.mark.browser

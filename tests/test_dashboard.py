@@ -223,7 +223,7 @@ def test_generated_branched_and_heads_off_traces_join_the_session(tmp_path, monk
 
 
 def test_compare_shows_the_two_traces_chosen_and_back_shows_the_explorer():
-    from explorer.views.compare_view import CompareView
+    from explorer.views.whatif.compare_view import CompareView
 
     lm = make_tiny_lm("llama")
     board = Dashboard(lm, prompt="abcdefgh")

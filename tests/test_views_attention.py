@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from explorer.views import Selection
-from explorer.views import attention_data as ad
+from explorer.views.attention import attention_data as ad
 from explorer.views.export import standalone_html, to_json
-from explorer.views.heads_map_view import heads_map
-from explorer.views.heatmap_view import heatmap
+from explorer.views.attention.heads_map_view import heads_map
+from explorer.views.attention.heatmap_view import heatmap
 from conftest import run_without_torch
 from synthetic import synthetic_trace
 
@@ -231,7 +231,8 @@ def test_standalone_html_embeds_escaped_data(tiny_trace, tmp_path):
 
 def test_views_import_no_torch(tiny_trace, tmp_path):
     run_without_torch(tiny_trace, tmp_path, (
-        "import explorer.views.heatmap_view as a, explorer.views.heads_map_view as b, explorer.views.export as e\n"
+        "import explorer.views.attention.heatmap_view as a, explorer.views.attention.heads_map_view as b\n"
+        "import explorer.views.export as e\n"
         "a.heatmap(trace); b.heads_map(trace)\n"
         "e.standalone_html(trace, 'p.html')"
     ))

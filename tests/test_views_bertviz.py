@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from explorer.views import Selection
-from explorer.views import bertviz_offline as bv
+from explorer.views.attention import bertviz_offline as bv
 from synthetic import smollm2_shaped_trace
 
 HOSTILE = ["<img src=x onerror=alert(1)>", "</script>", "a&amp;b", "\u2028", '"attn":null']
@@ -153,7 +153,7 @@ import sys, explorer
 from explorer import views
 trace = explorer.load_trace({str(path)!r})
 views.head_view(trace, selection=views.Selection()); views.model_view(trace)
-from explorer.views.bertviz_offline import head_view_html, model_view_html
+from explorer.views.attention.bertviz_offline import head_view_html, model_view_html
 head_view_html(trace); model_view_html(trace)
 print(sorted(m for m in ("torch", "transformers", "bertviz", "bertviz.util") if m in sys.modules))
 """

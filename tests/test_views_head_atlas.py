@@ -16,7 +16,7 @@ from explorer import analysis
 from explorer.trace import WeightsLayer
 from explorer.views import Selection
 from explorer.views.explorer_view import ExplorerView
-from explorer.views.head_atlas import COLUMNS, QueryError, head_atlas, parse_query
+from explorer.views.meaning.head_atlas import COLUMNS, QueryError, head_atlas, parse_query
 from synthetic import synthetic_trace, with_analysis
 
 SCORES = analysis.SCORES

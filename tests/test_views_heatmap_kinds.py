@@ -10,7 +10,7 @@ import pytest
 
 from explorer import analysis
 from explorer.views import Selection
-from explorer.views.heatmap_view import heatmap
+from explorer.views.attention.heatmap_view import heatmap
 from synthetic import synthetic_trace, with_analysis
 from test_views_attention import decode, linear_codes, naive_max_pool
 

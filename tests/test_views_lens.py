@@ -12,7 +12,7 @@ import pytest
 from conftest import run_without_torch
 from explorer.views import Selection
 from explorer.views.explorer_view import ExplorerView, _tabs
-from explorer.views.lens_view import LensView, lens
+from explorer.views.meaning.lens_view import LensView, lens
 from synthetic import synthetic_trace, with_analysis
 
 

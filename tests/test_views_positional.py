@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from explorer.trace import Positional
-from explorer.views.positional_view import (
+from explorer.views.positions.positional_view import (
     MAX_SIZE,
     positional,
     relative_scores,

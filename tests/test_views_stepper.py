@@ -10,9 +10,9 @@ import pytest
 
 from explorer.trace import Candidate
 from explorer.views import Selection
-from explorer.views.probabilities import entropy_chart, probability_chart
-from explorer.views.stepper_view import MEAN, stepper
-from explorer.views.tokens_html import label, token_span, tokens_html, unique_labels, visible
+from explorer.views.steps.probabilities import entropy_chart, probability_chart
+from explorer.views.steps.stepper_view import MEAN, stepper
+from explorer.views.frontend.tokens_html import label, token_span, tokens_html, unique_labels, visible
 from conftest import run_without_torch
 
 XSS = "<img src=x onerror=alert(1)>"
@@ -211,7 +211,8 @@ def test_works_at_2048_tokens_with_small_messages(tiny_trace):
 
 def test_views_do_not_import_torch(tmp_path, tiny_trace):
     run_without_torch(tiny_trace, tmp_path, (
-        "from explorer.views.stepper_view import stepper\nfrom explorer.views.positional_view import positional\n"
+        "from explorer.views.steps.stepper_view import stepper\n"
+        "from explorer.views.positions.positional_view import positional\n"
         "stepper(trace); positional(trace)"
     ))
 

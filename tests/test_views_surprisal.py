@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from explorer import views
-from explorer.views.stepper_view import ATTENTION_COLOUR, SURPRISAL_COLOUR, stepper
-from explorer.views.tokens_html import SURPRISAL_FULL, most_surprising, surprisal_legend, surprisal_words
+from explorer.views.steps.stepper_view import stepper
+from explorer.views.steps.token_text import ATTENTION_COLOUR, SURPRISAL_COLOUR
+from explorer.views.frontend.tokens_html import SURPRISAL_FULL, most_surprising, surprisal_legend, surprisal_words
 from conftest import run_without_torch
 from synthetic import synthetic_trace, with_analysis
 

@@ -9,9 +9,9 @@ import pytest
 import explorer
 from conftest import make_tiny_lm, run_without_torch
 from explorer import whatif
-from explorer.views.branch_tree import percent
+from explorer.views.whatif.branch_tree import percent
 from explorer.views.explorer_view import ExplorerView
-from explorer.views.stepper_view import StepperView
+from explorer.views.steps.stepper_view import StepperView
 from synthetic import synthetic_trace, with_analysis
 
 

@@ -90,12 +90,15 @@ def venv(tmp_path_factory) -> FreshVenv:
     return FreshVenv(wheel, root, site_packages, workdir)
 
 
-def test_the_wheel_carries_the_checkpoint_and_an_spdx_license(venv):
+def test_the_wheel_carries_the_checkpoint_the_front_end_and_an_spdx_license(venv):
     with zipfile.ZipFile(venv.wheel) as wheel:
         names = set(wheel.namelist())
         (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
         headers = wheel.read(metadata).decode()
     assert set(CHECKPOINT) <= names
+    # every view's .js and .css, in whichever folder of explorer/views it lives (package-data globs them)
+    front_end = {p.relative_to(REPO).as_posix() for ext in ("js", "css") for p in (REPO / "explorer").rglob(f"*.{ext}")}
+    assert front_end and front_end <= names, sorted(front_end - names)
     assert "License-Expression: MIT" in headers
 
 

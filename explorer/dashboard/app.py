@@ -70,7 +70,7 @@ def _facts_html(facts: ModelFacts, source: str) -> str:
 
 def _import_views() -> None:
     """Import what the first view needs, so that a preheated kernel has done it before the page asks for it."""
-    from ..views import stepper_view  # noqa: F401
+    from ..views.steps import stepper_view  # noqa: F401
 
 
 class DrivableModel(Protocol):

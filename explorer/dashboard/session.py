@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass
 
 from ..trace import Trace
-from ..views.branch_tree import heads_label, heads_off
-from ..views.tokens_html import visible
+from ..views.whatif.branch_tree import heads_label, heads_off
+from ..views.frontend.tokens_html import visible
 
 MAX_TRACES = 20
 MAX_BYTES = 1_000_000_000  # of trace data; a class gets less (Dashboard: CLASS_SESSION_BYTES)

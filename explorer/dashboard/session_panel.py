@@ -173,7 +173,7 @@ class SessionPanel(widgets.VBox):
             self.say("A and B are the same trace: pick two different ones.", error=True)
             return
         try:
-            from ..views.compare_view import compare
+            from ..views.whatif.compare_view import compare
 
             sel = self.explorer.selection
             view = compare(a.trace, b.trace, layer=sel.layer, head=sel.head)

@@ -13,54 +13,54 @@ from collections.abc import Callable, Sequence
 import ipywidgets as widgets
 
 from ..trace import Trace, save_traces
-from .branch_tree import BranchTree
+from .whatif.branch_tree import BranchTree
 from .selection import Selection
 
 
 def _stepper(trace, selection, on_branch=None):
-    from .stepper_view import stepper
+    from .steps.stepper_view import stepper
 
     return stepper(trace, selection, on_branch=on_branch)
 
 
 def _heatmap(trace, selection):
-    from .heatmap_view import heatmap
+    from .attention.heatmap_view import heatmap
 
     return heatmap(trace, selection=selection)
 
 
 def _heads_map(trace, selection):
-    from .heads_map_view import heads_map
+    from .attention.heads_map_view import heads_map
 
     return heads_map(trace, selection)
 
 
 def _head_atlas(trace, selection, open_heatmap=None):
-    from .head_atlas import head_atlas
+    from .meaning.head_atlas import head_atlas
 
     return head_atlas(trace, selection, on_open=open_heatmap)
 
 
 def _lens(trace, selection):
-    from .lens_view import lens
+    from .meaning.lens_view import lens
 
     return lens(trace, selection)
 
 
 def _attention_math(trace, selection):
-    from .attention_math import attention_math
+    from .attention.attention_math import attention_math
 
     return attention_math(trace, selection=selection)
 
 
 def _positional(trace, selection):
-    from .positional_view import positional  # plotly: loaded only by those who open this tab
+    from .positions.positional_view import positional  # plotly: loaded only by those who open this tab
 
     return positional(trace, selection)
 
 
 def _bertviz(trace, selection):
-    from .bertviz_offline import head_view, model_view
+    from .attention.bertviz_offline import head_view, model_view
 
     return widgets.VBox([head_view(trace, selection=selection), model_view(trace, selection=selection)])
 
@@ -105,7 +105,7 @@ class ExplorerView(widgets.VBox):
         self.tree = BranchTree(on_select=self._on_tree_select, layout=widgets.Layout(display="none"))
         self.whatif = None
         if lm is not None:
-            from .whatif_panel import WhatIfPanel
+            from .whatif.whatif_panel import WhatIfPanel
 
             self.whatif = WhatIfPanel(lm, self.selection, current=lambda: self.trace, add_trace=self.add_trace)
         self.children = [self.message, self.tree, *([self.whatif] if self.whatif else []), self.tabs]

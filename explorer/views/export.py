@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from . import frontend
-from .heads_map_view import HeadsMapView
-from .heatmap_view import HeatmapView
+from .attention.heads_map_view import HeadsMapView
+from .attention.heatmap_view import HeatmapView
 from ..trace import QueryKeyLayer, Trace, WeightsLayer
-from .tokens_html import SURPRISAL_FULL, SURPRISAL_RGB, json_for_script, visible
+from .frontend.tokens_html import SURPRISAL_FULL, SURPRISAL_RGB, json_for_script, visible
 
 
 def _rounded(a: np.ndarray, digits: int = 4) -> list:
@@ -222,7 +222,7 @@ click a token to select it.</p>
 <div id="stepper"></div>
 <div id="analysis"></div>
 <script type="application/json" id="attention-data">{json_for_script(_page_data(trace, layer, head, n))}</script>
-<script type="text/plain" id="heatmap-module">{_inline_js("heatmap.js")}</script>
+<script type="text/plain" id="heatmap-module">{_inline_js("attention/heatmap.js")}</script>
 <script type="module">{_inline_js("export.js")}</script>
 </body></html>
 """

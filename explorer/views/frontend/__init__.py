@@ -9,14 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).parent
+VIEWS = HERE.parent  # a view's .js and .css are named from here, as "attention/heatmap.js"
 
 
 def module(name: str) -> str:
-    """The source of the ES module `name` (a .js file beside this one) with prelude.js in front of it."""
+    """The source of the ES module `name` (a .js file under explorer/views/) with prelude.js in front of it."""
     # the text, not a Path: anywidget watches a Path for edits and its watcher keeps every instance alive
-    return (HERE / "prelude.js").read_text(encoding="utf-8") + "\n" + (HERE / name).read_text(encoding="utf-8")
+    return (HERE / "prelude.js").read_text(encoding="utf-8") + "\n" + (VIEWS / name).read_text(encoding="utf-8")
 
 
 def stylesheet(name: str) -> str:
-    """The text of the stylesheet `name` (a .css file beside this one), for a widget's `_css` or a page's <style>."""
-    return (HERE / name).read_text(encoding="utf-8")
+    """The text of the stylesheet `name` (a .css file under explorer/views/), for a `_css` or a page's <style>."""
+    return (VIEWS / name).read_text(encoding="utf-8")

@@ -3,7 +3,8 @@
 // stepper's candidates: their tokens and `key` too, the step they are of, shown as data-key).
 // Tokens are set with textContent, never innerHTML: a token like <img src=x onerror=...> shows as text.
 
-// asFloat32 and visible come from prelude.js, put in front of this file by frontend.py; the styles are stepper.css.
+// asFloat32 and visible come from prelude.js, put in front of this file by the frontend loader; the styles are
+// token_text.css.
 
 /** Draw the token text into `el` and repaint on the model's changes; returns the cleanup.
  * @param {{ model: Model, el: HTMLElement }} ctx @returns {() => void} */

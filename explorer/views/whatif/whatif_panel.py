@@ -20,13 +20,13 @@ import anywidget
 import ipywidgets as widgets
 import traitlets
 
-from .. import whatif
-from ..errors import ExplorerError
-from ..trace import Step, Trace
-from . import frontend
+from ... import whatif
+from ...errors import ExplorerError
+from ...trace import Step, Trace
+from .. import frontend
 from .branch_tree import heads_label, heads_off
-from .selection import FollowsSelection, Selection
-from .tokens_html import visible
+from ..selection import FollowsSelection, Selection
+from ..frontend.tokens_html import visible
 
 
 class Jobs:
@@ -81,8 +81,8 @@ class ProbabilityChange(anywidget.AnyWidget):
     """One step's next-token probabilities before and after heads were switched off: the step's token p and rank
     before → after, and both top-k lists side by side as bars (whatif_panel.js)."""
 
-    _esm = frontend.module("whatif_panel.js")
-    _css = frontend.stylesheet("whatif_panel.css")
+    _esm = frontend.module("whatif/whatif_panel.js")
+    _css = frontend.stylesheet("whatif/whatif_panel.css")
     change = traitlets.Dict().tag(sync=True)  # step, token, token_id, before, after (None while computing), note
 
 

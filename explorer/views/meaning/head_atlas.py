@@ -24,9 +24,9 @@ import anywidget
 import numpy as np
 import traitlets
 
-from .. import analysis
-from . import frontend
-from .selection import FollowsSelection, Selection
+from ... import analysis
+from .. import frontend
+from ..selection import FollowsSelection, Selection
 
 COLUMNS = ("layer", "head", *analysis.SCORES)
 SCORE_LABELS = {
@@ -194,8 +194,8 @@ def select_heads(columns: dict[str, np.ndarray], query: str, sort_by: str = "lay
 class HeadAtlasView(FollowsSelection, anywidget.AnyWidget):
     """A table of every head's scores: sort by a column, filter by a query, click a row to open the head."""
 
-    _esm = frontend.module("head_atlas.js")
-    _css = frontend.stylesheet("head_atlas.css")
+    _esm = frontend.module("meaning/head_atlas.js")
+    _css = frontend.stylesheet("meaning/head_atlas.css")
 
     columns = traitlets.List(traitlets.Unicode(), list(COLUMNS)).tag(sync=True)
     labels = traitlets.Dict(SCORE_LABELS).tag(sync=True)

@@ -13,10 +13,10 @@ import anywidget
 import numpy as np
 import traitlets
 
-from ..alignment import Difference, HeadsCompared, align, counterpart, difference, step_pairs
-from . import frontend
-from .selection import clamp_head, clamp_layer
-from .tokens_html import visible
+from ...alignment import Difference, HeadsCompared, align, counterpart, difference, step_pairs
+from .. import frontend
+from ..selection import clamp_head, clamp_layer
+from ..frontend.tokens_html import visible
 
 WINDOW_SIZES = (32, 64, 96, 128, 192, 256)
 
@@ -45,8 +45,8 @@ class CompareView(anywidget.AnyWidget):
     """A's and B's attention (one head or a layer's mean) over matched positions, their difference in a diverging
     scale, and the probabilities of both traces' steps with the steps where they chose differently marked."""
 
-    _esm = frontend.module("compare.js")
-    _css = frontend.stylesheet("compare.css")
+    _esm = frontend.module("whatif/compare.js")
+    _css = frontend.stylesheet("whatif/compare.css")
 
     title_a = traitlets.Unicode("").tag(sync=True)
     title_b = traitlets.Unicode("").tag(sync=True)

@@ -11,9 +11,9 @@ import anywidget
 import numpy as np
 import traitlets
 
-from ..trace import Step, Trace
-from . import frontend
-from .tokens_html import unique_labels
+from ...trace import Step, Trace
+from .. import frontend
+from ..frontend.tokens_html import unique_labels
 
 
 def sampling_differs(step: Step, tol: float = 1e-6) -> bool:
@@ -74,8 +74,8 @@ class StepCharts(anywidget.AnyWidget):
     """Bars of one step's candidates (model, and sampled-from where it differs; the chosen one outlined) and the
     entropy line of all steps with `step` marked. Follows its box's width."""
 
-    _esm = frontend.module("step_charts.js")
-    _css = frontend.stylesheet("step_charts.css")
+    _esm = frontend.module("steps/step_charts.js")
+    _css = frontend.stylesheet("steps/step_charts.css")
     candidates = traitlets.List().tag(sync=True)  # one candidates_of() dict per step
     entropy = traitlets.List(traitlets.Float()).tag(sync=True)  # nats, per step
     sampling_entropy = traitlets.List(traitlets.Float()).tag(sync=True)  # [] unless some step sampled otherwise

@@ -1,7 +1,7 @@
 // The attention heatmap: a whole-head overview and a labelled window, drawn from uint8 colour indices.
 // The same module draws in a notebook (anywidget) and in the standalone HTML page (export.js gives it a
 // model of the same shape). Tokens are only ever written with textContent.
-// LUT, MASKED, asU8 and h come from prelude.js, put in front of this file by frontend.py.
+// LUT, MASKED, asU8 and h come from prelude.js, put in front of this file by the frontend loader.
 
 /** Paint a rows × cols matrix of colour indices onto `canvas`, cells above the diagonal (key after query) grey.
  * rowStart/colStart place the matrix in the whole sequence, in cells.

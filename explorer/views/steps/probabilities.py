@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from ..trace import Trace
+from ...trace import Trace
 from .step_charts import candidate_bars, sampling_differs
-from .tokens_html import label
+from ..frontend.tokens_html import label
 
 MODEL_COLOUR = "#1f77b4"
 SAMPLING_COLOUR = "#ff7f0e"

@@ -18,8 +18,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..trace import Positional, Trace
-from .selection import Selection
+from ...trace import Positional, Trace
+from ..selection import Selection
 
 MAX_SIZE = 200  # rows or columns plotted at most, per heatmap
 ROTARY_POSITIONS = MAX_SIZE  # rotary pictures cover at least this many positions (computed from inv_freq)

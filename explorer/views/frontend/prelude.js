@@ -1,4 +1,4 @@
-// The prelude every view module starts with (frontend.py puts it in front of each module's own source: an
+// The prelude every view module starts with (the frontend loader puts it in front of each module's own source: an
 // anywidget module cannot import a sibling file). Plain top-level declarations, no `export`: the colours, the
 // byte helpers and the DOM helpers, defined once so the notebook views and the standalone page stay identical.
 

@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 import anywidget
 import traitlets
 
-from ..trace import Trace
-from . import frontend
-from .tokens_html import visible
+from ...trace import Trace
+from .. import frontend
+from ..frontend.tokens_html import visible
 
 SNIPPET_CHARS = 48  # of the text each node shows from where it diverges
 
@@ -99,8 +99,8 @@ def _node(trace: Trace, parent: Trace | None, depth: int, first: bool) -> dict:
 class BranchTree(anywidget.AnyWidget):
     """A compact tree of a family of traces, the current one highlighted; a click on a node calls on_select."""
 
-    _esm = frontend.module("branch_tree.js")
-    _css = frontend.stylesheet("branch_tree.css")
+    _esm = frontend.module("whatif/branch_tree.js")
+    _css = frontend.stylesheet("whatif/branch_tree.css")
     nodes = traitlets.List().tag(sync=True)  # tree_nodes(family)
     current = traitlets.Unicode("").tag(sync=True)  # the id of the trace shown
 

@@ -12,8 +12,8 @@ import numpy as np
 import traitlets
 
 from . import attention_data as ad
-from . import frontend
-from .selection import ClampsLayerHead, FollowsSelection, Selection
+from .. import frontend
+from ..selection import ClampsLayerHead, FollowsSelection, Selection
 
 STAT_LABELS = {
     "entropy": "mean entropy of a row (nats)",
@@ -25,7 +25,7 @@ STAT_LABELS = {
 class HeadsMapView(FollowsSelection, ClampsLayerHead, anywidget.AnyWidget):
     """Thumbnails of all layers × heads with hover statistics, a sortable table and click-to-select."""
 
-    _esm = frontend.module("heads_map.js")
+    _esm = frontend.module("attention/heads_map.js")
 
     n_layers = traitlets.Int(0).tag(sync=True)
     n_heads = traitlets.Int(0).tag(sync=True)

@@ -4,7 +4,7 @@
 
 Surprisal is −ln p(token_i | tokens before i), in nats (÷ ln 2 for bits): white at 0, full colour from
 SURPRISAL_FULL nats up; tokens whose surprisal is not known (the first token, the prompt of an older trace) stay
-white. The tokens and their values go to the browser once, as the stepper's TokenText.
+white. The tokens and their values go to the browser once, as the stepper's text (token_text.TokenText).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import math
 import ipywidgets as widgets
 import numpy as np
 
-from ..trace import Trace
-from .selection import FollowsSelection, Selection
-from .stepper_view import SURPRISAL_COLOUR, TokenText, token_titles
-from .tokens_html import most_surprising, surprisal_legend, surprisal_words
+from ...trace import Trace
+from ..selection import FollowsSelection, Selection
+from .token_text import SURPRISAL_COLOUR, TokenText, token_titles
+from ..frontend.tokens_html import most_surprising, surprisal_legend, surprisal_words
 
 
 class ReadTextView(FollowsSelection, widgets.VBox):

@@ -21,11 +21,11 @@ import anywidget
 import numpy as np
 import traitlets
 
-from .. import analysis
+from ... import analysis
 from . import attention_data as ad
-from . import frontend
-from .selection import ClampsLayerHead, FollowsSelection, Selection
-from .tokens_html import visible
+from .. import frontend
+from ..selection import ClampsLayerHead, FollowsSelection, Selection
+from ..frontend.tokens_html import visible
 
 OVERVIEW_CELLS = 256  # the overview is max-pooled down to at most this many cells a side
 WINDOW_SIZES = (16, 32, 64, 128, 256)
@@ -40,7 +40,7 @@ def kinds_of(trace) -> list[str]:
 class HeatmapView(FollowsSelection, ClampsLayerHead, anywidget.AnyWidget):
     """Canvas heatmap of one head's attention with a token window, an overview, a log scale and a legend."""
 
-    _esm = frontend.module("heatmap.js")
+    _esm = frontend.module("attention/heatmap.js")
 
     tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)  # every token, whitespace made visible; sent once
     n_prompt = traitlets.Int(0).tag(sync=True)

@@ -22,9 +22,9 @@ from functools import lru_cache
 import ipywidgets
 import numpy as np
 
-from ..trace import Trace
-from .selection import FollowsSelection, Selection
-from .tokens_html import json_for_script
+from ...trace import Trace
+from ..selection import FollowsSelection, Selection
+from ..frontend.tokens_html import json_for_script
 
 # (distribution, file inside it, text its first 300 characters must contain)
 D3_SOURCE = ("mpld3", "mpld3/js/d3.v5.min.js", "d3js.org v5.7.0")

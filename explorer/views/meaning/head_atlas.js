@@ -1,6 +1,6 @@
 // The head atlas: a table of every head's scores. A query box and the column headers ask Python (head_atlas.py)
 // for the heads to show and their order (`shown`); a click on a row asks Python to open that head.
-// h comes from prelude.js, put in front of this file by frontend.py. Text is only written with textContent.
+// h comes from prelude.js, put in front of this file by the frontend loader. Text is only written with textContent.
 
 /** A score for reading: 3 decimals, "–" where the head has none.
  * @param {number | null} v @returns {string} */

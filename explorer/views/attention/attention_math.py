@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import ipywidgets as widgets
 import numpy as np
 
-from ..trace import QueryKeyLayer, Trace
-from .selection import FollowsSelection, Selection, clamp_head, clamp_layer
-from .tokens_html import escape, visible
+from ...trace import QueryKeyLayer, Trace
+from ..selection import FollowsSelection, Selection, clamp_head, clamp_layer
+from ..frontend.tokens_html import escape, visible
 
 STAGES = ["query", "keys", "dot products", "scale", "causal mask", "softmax", "weighted sum"]
 MAX_KEYS = 40  # keys drawn at most; beyond, those with the largest weights (and a few the mask hides)

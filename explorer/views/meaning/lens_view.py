@@ -17,9 +17,9 @@ import anywidget
 import numpy as np
 import traitlets
 
-from ..trace import Trace
-from . import frontend
-from .selection import FollowsSelection, Selection
+from ...trace import Trace
+from .. import frontend
+from ..selection import FollowsSelection, Selection
 
 NO_NEXT = 255  # the colour code of a cell with no next token
 NO_LENS = ('This trace has no logit lens: capture one with lm.generate(prompt, lens="steps") '
@@ -41,8 +41,8 @@ def _number(x: float) -> float | None:
 class LensView(FollowsSelection, anywidget.AnyWidget):
     """The logit lens of a trace: hover a cell for its top-k, click one to select its layer and step (or token)."""
 
-    _esm = frontend.module("lens.js")
-    _css = frontend.stylesheet("lens.css")
+    _esm = frontend.module("meaning/lens.js")
+    _css = frontend.stylesheet("meaning/lens.css")
 
     message = traitlets.Unicode("").tag(sync=True)  # shown instead of the grid (a trace without a lens)
     mode = traitlets.Unicode("all").tag(sync=True)  # "steps": a column per generated step; "all": per position

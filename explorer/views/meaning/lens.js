@@ -1,7 +1,7 @@
 // The logit lens as a grid of layers × positions, layer 0 at the bottom. Only the columns in view (and a few beside
 // them) are in the page: a 2,048-position lens scrolls sideways with a few hundred cells drawn. Hover asks Python
 // for a cell's top-k; a click asks Python to select it, and the highlight follows the selection Python sends back.
-// LUT, cssColour, asU8, visible and h come from prelude.js, put in front of this file by frontend.py.
+// LUT, cssColour, asU8, visible and h come from prelude.js, put in front of this file by the frontend loader.
 
 /** Room for the layer labels (left), the height of a label row (above and under the grid), a layer's height and
  * the columns drawn beyond each side of the view, in CSS pixels and columns. */

@@ -1,6 +1,6 @@
 // All heads on one canvas: a row of thumbnails per layer, a strip under each coloured by a statistic,
 // hover for the numbers, click to select; below, the statistics as a table sortable by any column.
-// LUT, MASKED, cssColour, asU8 and h come from prelude.js, put in front of this file by frontend.py.
+// LUT, MASKED, cssColour, asU8 and h come from prelude.js, put in front of this file by the frontend loader.
 
 /** A statistic for reading: 3 significant digits, "–" when there is none.
  * @param {number | null | undefined} v @returns {string} */
