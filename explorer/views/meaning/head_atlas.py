@@ -36,6 +36,8 @@ SCORE_LABELS = {
     "duplicate_token": "mean weight on earlier copies of the same token (rows whose token occurred before)",
     "induction": "mean weight on the token after an earlier copy of the current token (A B … A → B)",
     "entropy": "mean entropy of a row, in nats (low: focused; high: spread out)",
+    "distance": "how far back the head looks, in tokens: mean i − j weighted by attention, the first token apart "
+                "(1: previous-token heads; large: long-range heads)",
 }
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "=": operator.eq,
         "==": operator.eq, "!=": operator.ne}
