@@ -51,11 +51,11 @@ def test_learned_heatmap_and_similarity_equal_numpy(gpt2_trace):
     np.testing.assert_allclose(np.asarray(heat.z), table, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(sim.z), numpy_cosine(table), atol=1e-6)
     assert list(heat.y) == list(range(table.shape[0])) and list(heat.x) == list(range(table.shape[1]))
-    assert "Learned" in view.description.value and "cosine similarity" in view.description.value
+    assert "Learned" in view.description.value and "cosine similarity" in view.caption.value
     # drawn by plotly's mime renderer from the same figure (plotly.js is not sent per figure)
     shown = view.plot.outputs[0]["data"]["application/vnd.plotly.v1+json"]
     assert [t["type"] for t in shown["data"]] == ["heatmap", "heatmap"]
-    assert shown["data"][1]["z"]["dtype"] == "f4" and view.children == (view.description, view.plot)
+    assert shown["data"][1]["z"]["dtype"] == "f4" and view.plot_box.children == (view.plot,)
 
 
 def test_big_tables_are_thinned_to_real_rows(gpt2_trace):
@@ -123,7 +123,7 @@ def test_rotary_score_depends_only_on_distance(tiny_trace, neox_trace):
 def test_no_positional_encoding_is_a_sentence(tiny_trace):
     trace = dataclasses.replace(tiny_trace, positional=Positional("none", description="No positional encoding."))
     view = positional(trace)
-    assert view.figure is None and view.plot is None and view.children == (view.description,)
+    assert view.figure is None and view.plot is None and view.plot_box.children == ()
     assert "No positional encoding" in view.description.value
 
 
@@ -132,3 +132,45 @@ def test_description_is_escaped(tiny_trace):
         tiny_trace.positional, description="<img src=x onerror=alert(1)>"))
     value = positional(trace).description.value
     assert "<img" not in value and "&lt;img" in value
+
+
+@pytest.fixture(scope="module")
+def layered():
+    """Traces of models whose layers differ: Gemma 3 (two rotary bases), SmolLM3 (NoPE layers), BLOOM (ALiBi)."""
+    import explorer
+    from test_architectures import PROMPT, Ids
+    from tiny_models import tiny_model
+
+    return {family: explorer.wrap(tiny_model(family), Ids(), name=family).trace(PROMPT)
+            for family in ("gemma3_text", "smollm3", "bloom")}
+
+
+def test_the_strip_picks_each_layers_own_rotary_base(layered):
+    trace = layered["gemma3_text"]
+    view = positional(trace)
+    assert [b.description for b in view.buttons] == [str(i) for i in range(trace.n_layers)]
+    thetas = []
+    for layer in range(trace.n_layers):
+        view.buttons[layer].click()
+        assert view.layer == layer and "ae-selected" in view.buttons[layer]._dom_classes
+        record = trace.positional.layer(layer)
+        inv_freq = 1.0 / record["theta"] ** (np.arange(0, record["rotary_dim"], 2) / record["rotary_dim"])
+        cos = np.asarray(view.figure.data[0].z)  # cos(position × θ_i), positions × frequencies
+        np.testing.assert_allclose(cos, np.cos(np.arange(cos.shape[0])[:, None] * inv_freq[None, :]), atol=1e-5)
+        assert f"base {record['theta']:g}" in view.caption.value
+        thetas.append(record["theta"])
+    assert len(set(thetas)) == 2
+
+
+def test_a_nope_layer_is_a_sentence_and_alibi_heads_are_lines_of_their_slopes(layered):
+    trace = layered["smollm3"]
+    view = positional(trace)
+    nope = trace.positional.layer_kinds.index("none")
+    view.buttons[nope].click()
+    assert view.figure is None and view.plot_box.children == () and "causal mask" in view.caption.value
+    trace = layered["bloom"]
+    view = positional(trace)
+    slopes = trace.positional.layer(0)["slopes"]
+    assert len(view.figure.data) == trace.n_heads
+    for head, line in enumerate(view.figure.data):
+        np.testing.assert_allclose(np.asarray(line.y), -slopes[head] * np.asarray(line.x), rtol=1e-5)

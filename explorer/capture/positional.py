@@ -117,6 +117,7 @@ def _describe(kind: str, layers: list[dict], absolute: Positional | None) -> str
     counts = {}
     for layer in layers:
         counts[layer["kind"]] = counts.get(layer["kind"], 0) + 1
-    listed = ", ".join(f"{n} {k}" for k, n in counts.items())
+    names = {"none": "NoPE", "absolute": "absolute-position"}
+    listed = ", ".join(f"{n} {names.get(k, k)}" for k, n in counts.items())
     return (f"Layers differ ({listed} layers): pick a layer in the strip to see how position reaches it. NoPE layers "
             f"see order only through the causal mask and what earlier layers wrote.")

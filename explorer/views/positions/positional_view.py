@@ -5,6 +5,9 @@
 learned / sinusoidal: the table (positions × dimensions) and the cosine similarity of every pair of positions.
 rotary: cos and sin of position × frequency, and the score (R_m q)·(R_n k) against the distance m − n for
 several query positions m: the curves coincide, because a rotation by m·θ then by −n·θ is one by (m − n)·θ.
+alibi: each head's bias slope × distance against the distance. NoPE layers: a sentence, no picture.
+Models whose layers differ (two rotary bases, NoPE layers between rotary ones) get a strip of the layers, coloured
+by kind, that picks the layer pictured.
 Big arrays are thinned to at most `max_size` rows and columns (every k-th, real indices on the axes).
 """
 
@@ -38,7 +41,17 @@ HOW_TO_READ = {
         "(R_m q)·(R_n k) of one fixed random q and k rotated to positions m and n, against the distance m − n, "
         "for three query positions m: the curves lie on top of each other, so the score depends only on distance."
     ),
+    "alibi": (
+        "Each head adds −slope × distance to its scores before the softmax (one line a head): a steep head "
+        "looks near, a flat one far. There are no position vectors at all."
+    ),
+    "none": (
+        "This layer adds nothing that depends on position (NoPE). Position still reaches it: the causal mask lets "
+        "token i see only tokens 0..i, and earlier layers wrote what they learned of order into the residual stream."
+    ),
 }
+KIND_COLOURS = {"rotary": "#4c78a8", "alibi": "#f58518", "none": "#bab0ac", "absolute": "#54a24b",
+                "unknown": "#e45756"}
 
 
 def thin(n: int, max_size: int = MAX_SIZE) -> np.ndarray:
@@ -55,10 +68,19 @@ def cosine_similarity(x: np.ndarray) -> np.ndarray:
     return unit @ unit.T
 
 
-def rotary_tables(pos: Positional, n_positions: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin of position × inv_freq (times attention_scaling), [n_positions, rotary_dim / 2]."""
-    scaling = float(pos.params.get("attention_scaling", 1.0))
-    angles = np.arange(n_positions, dtype=np.float64)[:, None] * pos.arrays["inv_freq"].astype(np.float64)[None, :]
+def _suffix(pos: Positional, layer: int | None) -> str:
+    """The name suffix of the rotary table that `layer` uses ("" for the first; layer None: the first)."""
+    table = 0 if layer is None else pos.layer(layer).get("table") or 0
+    return "" if not table else f"_{table}"
+
+
+def rotary_tables(pos: Positional, n_positions: int, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of position × inv_freq (times attention_scaling), [n_positions, rotary_dim / 2], of the table
+    layer `layer` uses."""
+    record = pos.layer(layer) if layer is not None else pos.params
+    scaling = float(record.get("attention_scaling") or pos.params.get("attention_scaling", 1.0))
+    inv_freq = pos.arrays["inv_freq" + _suffix(pos, layer)].astype(np.float64)
+    angles = np.arange(n_positions, dtype=np.float64)[:, None] * inv_freq[None, :]
     return np.cos(angles) * scaling, np.sin(angles) * scaling
 
 
@@ -70,20 +92,21 @@ def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def random_query_key(pos: Positional, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def random_query_key(pos: Positional, seed: int = 0, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A fixed random query and key of the rotary width (seeded, standard normal)."""
     rng = np.random.default_rng(seed)
-    width = 2 * pos.arrays["inv_freq"].shape[0]
+    width = 2 * pos.arrays["inv_freq" + _suffix(pos, layer)].shape[0]
     return rng.standard_normal(width), rng.standard_normal(width)
 
 
-def relative_scores(pos: Positional, anchors, max_distance: int, seed: int = 0) -> np.ndarray:
+def relative_scores(pos: Positional, anchors, max_distance: int, seed: int = 0,
+                    layer: int | None = None) -> np.ndarray:
     """(R_m q)·(R_n k) for each query position m in anchors and n = m - d, d = 0..max_distance: [len(anchors), D+1].
 
     Computed by rotating q to m and k to n one by one, as the model does; not from the distance formula.
     """
-    q, k = random_query_key(pos, seed)
-    cos, sin = rotary_tables(pos, max(anchors) + 1)
+    q, k = random_query_key(pos, seed, layer)
+    cos, sin = rotary_tables(pos, max(anchors) + 1, layer)
     out = np.zeros((len(anchors), max_distance + 1))
     for a, m in enumerate(anchors):
         n = m - np.arange(max_distance + 1)
@@ -122,9 +145,9 @@ def _table_figure(table: np.ndarray, kind: str, max_size: int) -> go.Figure:
     return fig
 
 
-def _rotary_figure(pos: Positional, n_tokens: int, max_size: int, seed: int) -> go.Figure:
+def _rotary_figure(pos: Positional, n_tokens: int, max_size: int, seed: int, layer: int | None = None) -> go.Figure:
     n_positions, max_distance, anchors = rotary_layout(n_tokens)
-    cos, sin = rotary_tables(pos, n_positions)
+    cos, sin = rotary_tables(pos, n_positions, layer)
     rows, cols = thin(n_positions, max_size), thin(cos.shape[1], max_size)
     fig = make_subplots(rows=2, cols=2, specs=[[{}, {}], [{"colspan": 2}, None]], vertical_spacing=0.16,
                         horizontal_spacing=0.1, row_heights=[0.55, 0.45], subplot_titles=(
@@ -133,14 +156,14 @@ def _rotary_figure(pos: Positional, n_tokens: int, max_size: int, seed: int) -> 
     for col, (name, table) in enumerate([("cos", cos), ("sin", sin)], start=1):
         fig.add_trace(_heatmap(table[np.ix_(rows, cols)], cols, rows, name, "frequency", coloraxis="coloraxis"),
                       1, col)
-    scores = relative_scores(pos, anchors, max_distance, seed)
+    scores = relative_scores(pos, anchors, max_distance, seed, layer)
     distance = np.arange(max_distance + 1)
     for a, (m, dash) in enumerate(zip(anchors, ["solid", "dash", "dot"])):
         fig.add_trace(go.Scatter(x=distance, y=scores[a].astype(np.float32), mode="lines", name=f"query at m = {m}",
                                  line=dict(dash=dash, width=2.5 - 0.6 * a),
                                  hovertemplate="m − n = %{x}<br>score %{y:.3f}<extra>m = " + str(m) + "</extra>"),
                       2, 1)
-    scaling = float(pos.params.get("attention_scaling", 1.0))
+    scaling = float(np.hypot(cos[0, 0], sin[0, 0])) or 1.0
     fig.update_layout(coloraxis=dict(colorscale="RdBu", cmin=-scaling, cmax=scaling,
                                      colorbar=dict(len=0.5, y=1, yanchor="top", thickness=12)),
                       legend=dict(x=1.02, y=0.05, yanchor="bottom"))
@@ -152,15 +175,51 @@ def _rotary_figure(pos: Positional, n_tokens: int, max_size: int, seed: int) -> 
     return fig
 
 
-def positional_figure(trace: Trace, max_size: int = MAX_SIZE, seed: int = 0) -> go.Figure | None:
-    """The plotly figure of the trace's positional encoding (None when the model has none)."""
+def alibi_biases(slopes, max_distance: int) -> np.ndarray:
+    """Each head's ALiBi bias against the distance d = 0..max_distance: −slope·d, [heads, D+1]."""
+    return -np.outer(np.asarray(slopes, dtype=np.float64), np.arange(max_distance + 1))
+
+
+def _alibi_figure(slopes, max_distance: int) -> go.Figure:
+    fig = go.Figure()
+    distance = np.arange(max_distance + 1)
+    for head, (slope, bias) in enumerate(zip(slopes, alibi_biases(slopes, max_distance))):
+        fig.add_trace(go.Scatter(x=distance, y=bias.astype(np.float32), mode="lines", name=f"head {head}: {slope:.3g}",
+                                 hovertemplate="distance %{x}<br>bias %{y:.2f}<extra>head " + str(head) + "</extra>"))
+    fig.update_layout(title="ALiBi: bias added to the score, −slope × distance (legend: each head's slope)",
+                      legend=dict(x=1.02, y=1), xaxis_title="distance i − j", yaxis_title="bias")
+    return fig
+
+
+def layer_shown(trace: Trace, layer: int | None) -> int | None:
+    """The layer pictured: `layer`, else the first layer with a positional term of its own, else None."""
+    kinds = trace.positional.layer_kinds
+    if layer is not None or not kinds:
+        return layer
+    return next((i for i, k in enumerate(kinds) if k in ("rotary", "alibi")), 0)
+
+
+def positional_figure(trace: Trace, max_size: int = MAX_SIZE, seed: int = 0,
+                      layer: int | None = None) -> go.Figure | None:
+    """The plotly figure of the trace's positional encoding at `layer` (default: the first layer that has a positional
+    term), or None where that layer has no picture (NoPE)."""
     pos = trace.positional
-    if pos.kind == "rotary":
-        fig = _rotary_figure(pos, trace.n_tokens, max_size, seed)
+    layer = layer_shown(trace, layer)
+    kind = pos.kind if layer is None else pos.layer(layer)["kind"]
+    if kind == "absolute":
+        kind = pos.kind if pos.kind in ("learned", "sinusoidal") else next(
+            (k for k in ("learned", "sinusoidal") if k in {"learned": "embeddings" in pos.arrays,
+                                                          "sinusoidal": "table" in pos.arrays} and
+             {"learned": "embeddings", "sinusoidal": "table"}[k] in pos.arrays), None)
+    if kind == "rotary":
+        fig = _rotary_figure(pos, trace.n_tokens, max_size, seed, layer)
         height = 680
-    elif pos.kind in ("learned", "sinusoidal"):
-        table = pos.arrays["embeddings" if pos.kind == "learned" else "table"]
-        fig = _table_figure(table, pos.kind, max_size)
+    elif kind == "alibi" and layer is not None and pos.layer(layer).get("slopes"):
+        fig = _alibi_figure(pos.layer(layer)["slopes"], max(16, min(trace.n_tokens, 256)))
+        height = 420
+    elif kind in ("learned", "sinusoidal"):
+        table = pos.arrays["embeddings" if kind == "learned" else "table"]
+        fig = _table_figure(table, kind, max_size)
         height = 460
     else:
         return None
@@ -181,26 +240,80 @@ def plotly_output(fig: go.Figure) -> widgets.Output:
     return out
 
 
-class PositionalView(widgets.VBox):
-    """A sentence on the model's positional encoding, how to read the picture, and the picture (static plotly)."""
+def _layer_title(pos: Positional, layer: int) -> str:
+    record = pos.layer(layer)
+    words = [f"layer {layer}: {record['kind'] if record['kind'] != 'none' else 'NoPE'}"]
+    if record.get("theta"):
+        words.append(f"base {record['theta']:g}")
+    if record.get("rotary_dim"):
+        words.append(f"{record['rotary_dim']} rotary dims")
+    if record.get("layer_type"):
+        words.append(str(record["layer_type"]).replace("_", " "))
+    if record.get("evidence"):
+        words.append(record["evidence"])
+    return ", ".join(words)
 
-    def __init__(self, trace: Trace, selection: Selection | None = None, max_size: int = MAX_SIZE, seed: int = 0):
+
+class PositionalView(widgets.VBox):
+    """A sentence on the model's positional encoding, a strip of its layers coloured by kind (a click picks the
+    layer pictured), how to read the picture, and the picture (static plotly)."""
+
+    def __init__(self, trace: Trace, selection: Selection | None = None, max_size: int = MAX_SIZE, seed: int = 0,
+                 layer: int | None = None):
         super().__init__()
         self.add_class("positional-view")
-        self.trace = trace
-        self.selection = selection  # positions do not depend on layer, head or step; kept for a uniform call
+        self.trace, self.max_size, self.seed = trace, max_size, seed
+        self.selection = selection  # positions do not follow the selection; the strip picks the layer
         pos = trace.positional
-        how = HOW_TO_READ.get(pos.kind, "")
-        thinned = f" Large arrays are thinned to every k-th row and column (at most {max_size} of each)." if how else ""
         self.description = widgets.HTML(
-            f"<p><b>Positional encoding: {html.escape(pos.kind)}.</b> {html.escape(pos.description)}</p>"
-            + (f"<p>{html.escape(how)}{thinned}</p>" if how else "")
-        )
-        self.figure = positional_figure(trace, max_size, seed)
+            f"<p><b>Positional encoding: {html.escape(pos.kind)}.</b> {html.escape(pos.description)}</p>")
+        self.buttons = []
+        for i, kind in enumerate(pos.layer_kinds):
+            button = widgets.Button(description=str(i), tooltip=_layer_title(pos, i),
+                                    layout=widgets.Layout(width="34px", height="26px", padding="0", margin="1px"))
+            button.style.button_color = KIND_COLOURS.get(kind, "#cccccc")
+            button.add_class("ae-layer-button")
+            button.on_click(lambda _b, i=i: self.show_layer(i))
+            self.buttons.append(button)
+        legend = " ".join(f"<span style='background:{KIND_COLOURS[k]};padding:0 6px;border-radius:3px;color:white'>"
+                          f"{'NoPE' if k == 'none' else k}</span>" for k in KIND_COLOURS if k in pos.layer_kinds)
+        self.strip = widgets.VBox([widgets.HTML(f"<span>Layers (click one): {legend}</span>"),
+                                   widgets.HBox(self.buttons, layout=widgets.Layout(flex_flow="row wrap"))])
+        self.strip.add_class("ae-layer-strip")
+        self.caption = widgets.HTML()
+        self.plot_box = widgets.VBox()
+        self.layer = None
+        self.figure = None
+        self.plot = None
+        self.show_layer(layer_shown(trace, layer))
+
+    def show_layer(self, layer: int | None) -> None:
+        """Picture layer `layer` (None: the model-wide encoding of a trace without layer records)."""
+        pos = self.trace.positional
+        self.layer = layer
+        kind = pos.kind if layer is None else pos.layer(layer)["kind"]
+        how_kind = {"absolute": pos.kind}.get(kind, kind)
+        how = HOW_TO_READ.get(how_kind, "")
+        self.figure = positional_figure(self.trace, self.max_size, self.seed, layer)
+        thinned = (f" Large arrays are thinned to every k-th row and column (at most {self.max_size} of each)."
+                   if self.figure is not None and how_kind in ("learned", "sinusoidal", "rotary") else "")
+        title = f"<b>{html.escape(_layer_title(pos, layer))}.</b> " if layer is not None and pos.layers else ""
+        self.caption.value = f"<p>{title}{html.escape(how)}{thinned}</p>" if title or how else ""
         self.plot = plotly_output(self.figure) if self.figure is not None else None
-        self.children = [self.description] + ([self.plot] if self.plot is not None else [])
+        for i, button in enumerate(self.buttons):
+            if i == layer:
+                button.add_class("ae-selected")
+                button.layout.border = "2px solid black"
+            else:
+                button.remove_class("ae-selected")
+                button.layout.border = ""
+        self.plot_box.children = [self.plot] if self.plot is not None else []
+        strip = [self.strip] if self.buttons else []
+        self.children = [self.description, *strip, self.caption, self.plot_box]
 
 
-def positional(trace: Trace, selection: Selection | None = None, max_size: int = MAX_SIZE) -> PositionalView:
-    """Pictures of the trace's positional encoding (learned, sinusoidal, rotary) with a sentence on each."""
-    return PositionalView(trace, selection, max_size)
+def positional(trace: Trace, selection: Selection | None = None, max_size: int = MAX_SIZE,
+               layer: int | None = None) -> PositionalView:
+    """Pictures of the trace's positional encoding, layer by layer (learned, sinusoidal, rotary of each base, ALiBi
+    slopes, NoPE), with a sentence on each."""
+    return PositionalView(trace, selection, max_size, layer=layer)
