@@ -31,6 +31,7 @@ CLAIMS = {
         r"largest difference from the model's own table: (0\.0|\d\.\d+e-(0[5-9]|[1-9]\d))\n",
         rf"PE\(3\) · PE\(5\) = {NUMBER}\nPE\(10\) · PE\(12\) = \1\n",
         rf"\(distance 3\): score = {NUMBER}\n.*\(distance 3\): score = \1\n.*\(distance 3\): score = \1\n",
+        r"the diagonal came from the rotation: True\n",
     ],
     "03-multi-head": [
         r"all heads +copy accuracy 1\.00\n",
