@@ -21,37 +21,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import explorer  # noqa: E402
-from tiny_models import causal_lm_types, tiny_model  # noqa: E402
+from tiny_models import Ids, causal_lm_types, eager_attentions, tiny_model  # noqa: E402
 
 PROMPT = [1, 5, 9, 14, 3, 22, 7, 30, 11, 4, 17, 2]
-
-
-class Ids:
-    """A tokenizer over ids that are already ids (the survey feeds token ids, not text)."""
-
-    chat_template = None
-    pad_token_id = 0
-    eos_token_id = 0
-
-    def __call__(self, text, add_special_tokens=True):
-        return {"input_ids": [int(t) for t in text.split()]}
-
-    def decode(self, ids):
-        return " ".join(str(i) for i in ids)
-
-    def convert_ids_to_tokens(self, ids):
-        return [str(i) for i in ids]
-
-
-def eager_attentions(model, ids: list[int]) -> list[np.ndarray]:
-    previous = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            out = model(torch.tensor([ids]), output_attentions=True, use_cache=False)
-    finally:
-        model.set_attn_implementation(previous)
-    return [a[0].float().numpy() for a in out.attentions if a is not None]
 
 
 def survey(model_type: str) -> tuple[str, str]:

@@ -9,24 +9,7 @@ import pytest
 import torch
 
 import explorer
-from tiny_models import tiny_model
-
-
-class Ids:
-    """A tokenizer over space-separated token ids."""
-
-    chat_template = None
-    pad_token_id = 0
-    eos_token_id = 0
-
-    def __call__(self, text, add_special_tokens=True):
-        return {"input_ids": [int(t) for t in text.split()]}
-
-    def decode(self, ids):
-        return " ".join(str(i) for i in ids)
-
-    def convert_ids_to_tokens(self, ids):
-        return [str(i) for i in ids]
+from tiny_models import Ids, eager_attentions, tiny_model
 
 
 PROMPT = "1 5 9 14 3 22 7 30 11 4 17 2"
@@ -35,17 +18,6 @@ PROMPT = "1 5 9 14 3 22 7 30 11 4 17 2"
 FAMILIES = ["llama", "gpt2", "gpt_neox", "gptj", "gpt_oss", "gemma2", "gemma3_text", "smollm3", "cohere2",
             "llama4_text", "bloom", "mpt", "opt", "phi", "qwen3", "qwen3_next", "mixtral", "olmo2", "starcoder2",
             "stablelm", "gpt_bigcode", "granite", "xglm", "biogpt", "bert", "lfm2", "nemotron_h", "persimmon"]
-
-
-def eager(model, ids: list[int]) -> list[np.ndarray]:
-    previous = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            out = model(torch.tensor([ids]), output_attentions=True, use_cache=False)
-    finally:
-        model.set_attn_implementation(previous)
-    return [a[0].float().numpy() for a in out.attentions if a is not None]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +43,7 @@ def test_every_head_equals_eager_and_tokens_equal_plain_generate(family, traced)
         plain = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                                max_new_tokens=6, do_sample=False, pad_token_id=0)[0].tolist()
     assert trace.token_ids == plain
-    reference = eager(model, plain)
+    reference = eager_attentions(model, plain)
     assert len(reference) == trace.n_layers
     for layer in range(trace.n_layers):
         for head in range(trace.n_heads):

@@ -8,7 +8,7 @@ import torch
 from transformers import set_seed
 
 import explorer
-from conftest import ARCHITECTURES, make_tiny_lm, named_blocks, named_final_norm
+from conftest import ARCHITECTURES, make_tiny_lm, named_blocks
 from explorer.capture.attention import _output_projection_module, attention_modules
 from explorer.errors import SettingsError
 from test_capture import eager_attentions, max_attention_error

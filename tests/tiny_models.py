@@ -90,3 +90,34 @@ def tiny_model(model_type: str, seed: int = 0, n_layers: int = 2):
     model.eval()
     model.generation_config.eos_token_id = None
     return model
+
+
+class Ids:
+    """A tokenizer over space-separated token ids, for models of any vocabulary of at least VOCAB."""
+
+    chat_template = None
+    pad_token_id = 0
+    eos_token_id = 0
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [int(t) for t in text.split()]}
+
+    def decode(self, ids):
+        return " ".join(str(i) for i in ids)
+
+    def convert_ids_to_tokens(self, ids):
+        return [str(i) for i in ids]
+
+
+def eager_attentions(model, ids: list[int]) -> list:
+    """transformers' own eager attention of one forward pass, one float32 array [H, T, T] a layer that has any."""
+    import torch
+
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = model(torch.tensor([ids]), output_attentions=True, use_cache=False)
+    finally:
+        model.set_attn_implementation(previous)
+    return [a[0].float().numpy() for a in out.attentions if a is not None]

@@ -275,7 +275,8 @@ def _chunk_size(module, kwargs) -> int | None:
         return int(kwargs["attention_chunk_size"])
     config, layer = getattr(module, "config", None), getattr(module, "layer_idx", None)
     types = getattr(config, "layer_types", None)
-    if isinstance(layer, int) and isinstance(types, list) and layer < len(types) and types[layer] == "chunked_attention":
+    if (isinstance(layer, int) and isinstance(types, list) and layer < len(types)
+            and types[layer] == "chunked_attention"):
         return int(config.attention_chunk_size)
     return None
 
@@ -375,7 +376,8 @@ def _weights_hook(recorder: AttentionRecorder):
         weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
         if not isinstance(weights, torch.Tensor) or weights.dim() != 4:
             raise CaptureError(
-                f"{type(module).__name__} returned no attention weights; load the model with attn_implementation='eager'"
+                f"{type(module).__name__} returned no attention weights even when run eagerly with "
+                f"output_attentions, so its attention cannot be recorded"
             )
         recorder.record_weights(module, weights)
 

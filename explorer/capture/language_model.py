@@ -374,7 +374,8 @@ class LanguageModel:
         out = np.full(len(token_ids), np.nan, dtype=np.float32)
         if n_prompt > 1 and prompt_states is not None:  # None: a model whose blocks we could not hook
             targets = torch.tensor(token_ids[1:n_prompt], device=prompt_states.device)
-            out[1:n_prompt] = -next_token_log_probs(self.model, self.anatomy, prompt_states[: n_prompt - 1], targets).cpu().numpy()
+            states = prompt_states[: n_prompt - 1]
+            out[1:n_prompt] = -next_token_log_probs(self.model, self.anatomy, states, targets).cpu().numpy()
         if len(step_logits):
             logits = torch.cat(list(step_logits)).float()
             chosen = torch.tensor(token_ids[n_prompt : n_prompt + len(logits)], device=logits.device)
@@ -393,7 +394,8 @@ class LanguageModel:
             bar.update(done - bar.n)
 
         try:
-            return build_lens(self.model, self.anatomy, hidden.states(), hidden.positions, token_ids, k, self.decode_token, advance)
+            return build_lens(self.model, self.anatomy, hidden.states(), hidden.positions, token_ids, k,
+                              self.decode_token, advance)
         finally:
             bar.close()
 
