@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from voila_harness import OUTPUT, browser, offline_page, voila_server, write_notebook
 
 import explorer
-from voila_harness import OUTPUT, browser, offline_page, voila_server, write_notebook
 
 pytestmark = pytest.mark.browser
 

@@ -8,13 +8,13 @@ import dataclasses
 
 import numpy as np
 import pytest
+from synthetic import rotary_positional, synthetic_trace
+from test_views_attention import decode
 
 from explorer.trace import Positional
 from explorer.views import Selection
 from explorer.views.attention import attention_data as ad
 from explorer.views.attention.heatmap_view import heatmap, kinds_of
-from synthetic import rotary_positional, synthetic_trace
-from test_views_attention import decode
 
 
 @pytest.fixture(scope="module")
