@@ -36,13 +36,19 @@ DATA = "document.querySelector('.ae-heatmap').dataset"
 
 
 @pytest.fixture(scope="module")
-def page(tiny_trace, tmp_path_factory):
+def chromium():
+    with browser() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def page(tiny_trace, tmp_path_factory, chromium):
     assert "no_position" in tiny_trace.kinds
     folder = tmp_path_factory.mktemp("position")
     tiny_trace.save(folder / "tiny.trace")
     notebook = write_notebook(folder / "position.ipynb", [CELL.format(path=str(folder / "tiny.trace"))])
-    with voila_server(notebook) as url, browser() as b:
-        page, log = offline_page(b, viewport=(1300, 1400))
+    with voila_server(notebook) as url:
+        page, log = offline_page(chromium, viewport=(1300, 1400))
         page.goto(url + "/", wait_until="domcontentloaded")
         page.wait_for_selector(".ae-heatmap[data-draw-count]", timeout=180_000)
         page.wait_for_function(f"{DATA}.profileOf === '1 2'")
@@ -120,3 +126,36 @@ def test_the_distance_profile_is_drawn_whole_and_follows_the_head(page, tiny_tra
 def test_no_errors(page):
     page, log = page
     assert log.page_errors == [] and log.our_console_errors() == [] and log.our_blocked() == []
+
+
+SINK_CELL = """
+import explorer
+from explorer.views.attention.heatmap_view import heatmap
+heatmap(explorer.load_trace({path!r}), layer=1, head=0, window_size=16)
+"""
+
+
+def test_a_learned_sink_shows_as_its_own_column(tmp_path, chromium):
+    import dataclasses
+
+    from synthetic import synthetic_trace
+
+    trace = synthetic_trace(40, n_layers=2, n_heads=2, rotary=True, seed=5)
+    trace = dataclasses.replace(trace, layers=[dataclasses.replace(layer, sinks=np.array([2.0, 0.0], dtype=np.float32))
+                                               for layer in trace.layers])
+    trace.save(tmp_path / "sinks.trace")
+    notebook = write_notebook(tmp_path / "sinks.ipynb", [SINK_CELL.format(path=str(tmp_path / "sinks.trace"))])
+    with voila_server(notebook) as url:
+        page, log = offline_page(chromium, viewport=(1300, 1000))
+        page.goto(url + "/", wait_until="domcontentloaded")
+        page.wait_for_selector(".ae-heatmap[data-draw-count] .ae-sink", timeout=180_000)
+        assert page.locator(".ae-sink").is_visible() and page.evaluate(CANVAS_SUM, ".ae-sink") > 0
+        sink, window = page.locator(".ae-sink").bounding_box(), page.locator(".ae-window").bounding_box()
+        assert sink["x"] > window["x"] + window["width"] and abs(sink["height"] - window["height"]) <= 3
+        row = 7
+        page.mouse.move(sink["x"] + sink["width"] / 2, sink["y"] + (row + 0.5) * sink["height"] / 16)
+        tip = page.locator(".ae-heatmap .ae-tip").inner_text()
+        share = float(trace.layers[1].sink_share(0, row, row + 1)[0])
+        assert abs(float(re.search(r"learned sink ([-+0-9.e]+)", tip).group(1)) - share) <= 1e-3
+        page.locator(".ae-heatmap").screenshot(path=str(OUTPUT / "heatmap_sink.png"))
+        assert log.page_errors == [] and log.our_console_errors() == []

@@ -539,7 +539,7 @@ function showSinkTip(v, ev) {
   const share = new DataView(exact.buffer, exact.byteOffset, exact.byteLength).getFloat32(i * 4, true);
   const what = { no_position: " (position taken out)", position_effect: " (position's effect)" }[kindOf(v.model)] ?? "";
   v.tip.textContent = `query ${token(v, origin(v)[0] + i)}\nshare on the learned sink${what} ${fmt(share)}\n`
-    + "(the sink is one more logit in the softmax, over no key: the row's weights sum to 1 − this)";
+    + "(one more logit in the softmax, over no key:\n the row's weights sum to 1 − this)";
   placeTip(v, ev);
 }
 
