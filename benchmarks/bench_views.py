@@ -1,6 +1,6 @@
 """How fast the heatmap answers in a browser: key press -> redraw, measured in Chromium through Voilà, offline.
 
-    .venv/bin/python benchmarks/bench_views.py [512 2048]
+    .venv/bin/python benchmarks/bench_views.py [512 2048] [--kind no_position|position_effect]
 
 For each size a synthetic trace of SmolLM2's shapes (tests/synthetic.py: 30 layers, 9 query heads, 3 key/value
 heads, 64 dims; random queries and keys, so the numbers are the machinery's, not a model's) is saved and shown in a
@@ -8,6 +8,7 @@ notebook. Measured:
 - head step: ArrowDown on the head picker -> the new head drawn (Python recomputes the overview and the window);
 - window step: ArrowRight on the window slider -> the moved window drawn (only the window is recomputed);
 - bytes: websocket bytes received for one step, against T² (one byte a weight of the full head).
+--kind draws that kind (the synthetic trace then has SmolLM2's rotary tables, so position can be taken out).
 Also, in this process: the heads map's build time (every head read once, in chunks of rows).
 Targets: head step <= 100 ms at 512 tokens, <= 250 ms at 2,048; bytes <= T². Prints a table; not a test.
 """
@@ -32,7 +33,7 @@ CELL = """
 import explorer
 from explorer.views.attention.heatmap_view import heatmap
 trace = explorer.load_trace({path!r})
-heatmap(trace, layer=3, head=0, window_size=64)
+heatmap(trace, layer=3, head=0, window_size=64, kind={kind!r})
 """
 
 KEY_TIME = "document.addEventListener('keydown', () => { window.__keyAt = performance.now(); }, true);"
@@ -54,8 +55,8 @@ def measure(page, frames, control: str, key: str, ready: str) -> tuple[list[floa
     return times, sizes
 
 
-def run(n_tokens: int, b, folder: Path) -> dict:
-    trace = smollm2_shaped_trace(n_tokens)
+def run(n_tokens: int, b, folder: Path, kind: str = "raw") -> dict:
+    trace = smollm2_shaped_trace(n_tokens, rotary=kind != "raw")
     path = folder / f"synthetic-{n_tokens}.trace"
     trace.save(path)
     from explorer.views.attention.heads_map_view import heads_map
@@ -63,7 +64,7 @@ def run(n_tokens: int, b, folder: Path) -> dict:
     started = time.perf_counter()
     hmap = heads_map(trace)
     heads_map_s = time.perf_counter() - started
-    notebook = write_notebook(folder / f"bench-{n_tokens}.ipynb", [CELL.format(path=str(path))])
+    notebook = write_notebook(folder / f"bench-{n_tokens}.ipynb", [CELL.format(path=str(path), kind=kind)])
     with voila_server(notebook) as url:
         page, log = offline_page(b, viewport=(1300, 1100))
         frames: list[int] = []
@@ -83,11 +84,18 @@ def run(n_tokens: int, b, folder: Path) -> dict:
 
 
 def main() -> None:
-    sizes = [int(a) for a in sys.argv[1:]] or [512, 2048]
+    args = sys.argv[1:]
+    kind = "raw"
+    if "--kind" in args:
+        at = args.index("--kind")
+        kind = args[at + 1]
+        del args[at : at + 2]
+    sizes = [int(a) for a in args] or [512, 2048]
     rows = []
     with tempfile.TemporaryDirectory() as tmp, browser() as b:
         for n in sizes:
-            rows.append(run(n, b, Path(tmp)))
+            rows.append(run(n, b, Path(tmp), kind))
+    print(f"\nkind {kind}")
     print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, OPENBLAS_NUM_THREADS="
           f"{os.environ.get('OPENBLAS_NUM_THREADS', '(unset)')} (on a busy machine 1 thread was 3-5x faster here)")
     print(f"{'tokens':>6} | {'head step ms (max)':>18} | {'target':>6} | {'bytes/head step':>15} | "

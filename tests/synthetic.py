@@ -8,10 +8,21 @@ from explorer.facts import ModelFacts
 from explorer.trace import Candidate, LogitLens, Positional, QueryKeyLayer, Step, Trace
 
 
+def rotary_positional(n_tokens: int, dim: int, theta: float = 10000.0) -> Positional:
+    """Rotary positions over the whole head (rotate-half layout): the cos and sin tables [T, dim] a Llama uses."""
+    inv_freq = 1.0 / (theta ** (np.arange(0, dim, 2) / dim))
+    angles = np.arange(n_tokens)[:, None] * inv_freq[None, :]
+    angles = np.concatenate([angles, angles], -1)
+    return Positional("rotary", arrays={"cos": np.cos(angles).astype(np.float32), "sin": np.sin(angles).astype(np.float32),
+                                        "inv_freq": inv_freq.astype(np.float32)},
+                      params={"theta": theta, "rotary_dim": dim})
+
+
 def synthetic_trace(n_tokens: int, n_layers: int = 2, n_heads: int = 2, kv_heads: int = 1, dim: int = 8, *,
-                    sink: float = 4.0, seed: int = 0) -> Trace:
+                    sink: float = 4.0, seed: int = 0, rotary: bool = False) -> Trace:
     """A prompt-only trace of random float16 queries and keys. Key 0 is scaled by `sink` so that it draws much
-    attention, as a real model's first token does; sink=1 leaves the attention diffuse."""
+    attention, as a real model's first token does; sink=1 leaves the attention diffuse. rotary=True gives it rotary
+    positions (cos and sin tables, as a Llama's), so its queries and keys count as rotated and "no_position" works."""
     rng = np.random.default_rng(seed)
     layers = []
     for _ in range(n_layers):
@@ -20,14 +31,18 @@ def synthetic_trace(n_tokens: int, n_layers: int = 2, n_heads: int = 2, kv_heads
         key[:, 0] *= sink
         layers.append(QueryKeyLayer(query=query, key=key, scaling=dim**-0.5))
     return Trace(tokens=[f" t{i}" for i in range(n_tokens)], token_ids=list(range(n_tokens)), n_prompt=n_tokens,
-                 layers=layers, steps=[], positional=Positional("none"),
+                 layers=layers, steps=[],
+                 positional=rotary_positional(n_tokens, dim) if rotary else Positional("none"),
                  model=ModelFacts(name="synthetic", layers=n_layers, heads=n_heads, kv_heads=kv_heads))
 
 
-def smollm2_shaped_trace(n_tokens: int, *, sink: float = 4.0, seed: int = 0) -> Trace:
+def smollm2_shaped_trace(n_tokens: int, *, sink: float = 4.0, seed: int = 0, rotary: bool = False) -> Trace:
     """A synthetic trace of the default model's attention shapes: 30 layers, 9 query heads, 3 key/value heads,
-    64 dimensions a head."""
-    return synthetic_trace(n_tokens, n_layers=30, n_heads=9, kv_heads=3, dim=64, sink=sink, seed=seed)
+    64 dimensions a head (rotary=True: with SmolLM2's rotary tables, theta 100,000)."""
+    trace = synthetic_trace(n_tokens, n_layers=30, n_heads=9, kv_heads=3, dim=64, sink=sink, seed=seed)
+    if rotary:
+        trace.positional = rotary_positional(n_tokens, 64, theta=100000.0)
+    return trace
 
 
 def with_analysis(trace: Trace, *, n_generated: int = 0, lens: str | None = "steps", k: int = 5, seed: int = 0) -> Trace:

@@ -190,7 +190,7 @@ def _kinds_payload(trace: Trace, n: int) -> dict:
     b64 = lambda a: base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode("ascii")  # noqa: E731
     prefix = first_tokens(trace, n)
     return {
-        "kinds": [*trace.kinds, "rollout"],
+        "kinds": [*(k for k in trace.kinds if k != "no_position"), "rollout"],  # the page cannot take position out
         "norms": b64(trace.value_norms[:, :, :n]) if trace.value_norms is not None else None,
         "rollout": b64(prefix.attention_flow("rollout")),
     }

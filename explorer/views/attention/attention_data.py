@@ -35,6 +35,28 @@ def max_pool(matrix: np.ndarray, factor: int) -> np.ndarray:
     return padded.reshape(nr, factor, nc, factor).max(axis=(1, 3))
 
 
+def max_abs_pool(matrix: np.ndarray, factor: int) -> np.ndarray:
+    """Block value of largest size of a signed 2-D array (a difference), sign kept: max_pool of its positive and of
+    its negative part, whichever is larger in each block, so a one-pixel change of either sign stays visible."""
+    if factor == 1:
+        return np.asarray(matrix, dtype=np.float32)
+    high, low = max_pool(matrix, factor), -max_pool(-np.asarray(matrix, dtype=np.float32), factor)
+    return np.where(high >= -low, high, low)
+
+
+def quantise_signed(values: np.ndarray, scale: float, log_decades: float | None = None) -> np.ndarray:
+    """Signed values (a difference) as colour indices of a diverging scale (uint8): 0 is -scale, 128 is 0, 255 is
+    +scale. Linear: 128 + round(127 · v / scale). Log (log_decades=d): the size |v| as on the log scale over the d
+    decades below `scale`, the sign kept; sizes below scale·10^-d map to 128."""
+    v = np.asarray(values, dtype=np.float32)
+    scale = float(scale) if scale > 0 else 1.0
+    size = np.abs(v) / np.float32(scale)
+    if log_decades:
+        with np.errstate(divide="ignore"):
+            size = 1.0 + np.log10(np.maximum(size, TINY)) / np.float32(log_decades)
+    return (128 + np.sign(v) * np.rint(127 * np.clip(size, 0, 1))).astype(np.uint8)
+
+
 def quantise(weights: np.ndarray, scale: float, log_decades: float | None = None) -> np.ndarray:
     """Weights as colour indices 0..255 (uint8).
 
@@ -84,13 +106,14 @@ def pooled_head(trace, layer: int, head: int | None, factor: int, kind: str = "r
     return pooled(head_rows(trace, layer, head, kind), trace.n_tokens, factor)
 
 
-def pooled(rows: Rows, t: int, factor: int) -> np.ndarray:
-    """A T×T matrix given by its rows, max-pooled by `factor` a chunk of rows at a time, [ceil(T/f), ceil(T/f)]."""
+def pooled(rows: Rows, t: int, factor: int, pool: Callable[[np.ndarray, int], np.ndarray] = max_pool) -> np.ndarray:
+    """A T×T matrix given by its rows, max-pooled by `factor` a chunk of rows at a time, [ceil(T/f), ceil(T/f)]
+    (`pool`: max_abs_pool for a signed matrix)."""
     n = math.ceil(t / factor)
     out = np.zeros((n, n), dtype=np.float32)
     chunk = factor * max(1, CHUNK_ROWS // factor)  # a multiple of the block size, so blocks never straddle chunks
     for s in range(0, t, chunk):
-        block = max_pool(rows(s, min(t, s + chunk)), factor)
+        block = pool(rows(s, min(t, s + chunk)), factor)
         out[s // factor : s // factor + block.shape[0]] = block
     return out
 

@@ -6,8 +6,9 @@
 /** Paint a rows × cols matrix of colour indices onto `canvas`, cells above the diagonal (key after query) grey.
  * rowStart/colStart place the matrix in the whole sequence, in cells.
  * @param {HTMLCanvasElement} canvas @param {Uint8Array} u8 @param {number} rows @param {number} cols
- * @param {number} [rowStart] @param {number} [colStart] */
-export function paint(canvas, u8, rows, cols, rowStart = 0, colStart = 0) {
+ * @param {number} [rowStart] @param {number} [colStart] @param {Uint32Array} [lut] the colours (DIVERGING for a
+ * difference) */
+export function paint(canvas, u8, rows, cols, rowStart = 0, colStart = 0, lut = LUT) {
   const ctx = canvas.getContext("2d");
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   if (!rows || !cols || u8.length < rows * cols) return;
@@ -15,10 +16,26 @@ export function paint(canvas, u8, rows, cols, rowStart = 0, colStart = 0) {
   const out = new Uint32Array(img.data.buffer);
   for (let i = 0; i < rows; i++) {
     const q = rowStart + i;
-    for (let j = 0; j < cols; j++) out[i * cols + j] = colStart + j > q ? MASKED : LUT[u8[i * cols + j]];
+    for (let j = 0; j < cols; j++) out[i * cols + j] = colStart + j > q ? MASKED : lut[u8[i * cols + j]];
   }
   blit(ctx, canvas, img);
 }
+
+/** A diverging scale for a difference (index 128 is 0): blue below, white at 0, red above; packed as LUT is.
+ * @type {Uint32Array} */
+const DIVERGING = (() => {
+  const lut = new Uint32Array(256), blue = [33, 102, 172], white = [247, 247, 247], red = [178, 24, 43];
+  for (let i = 0; i < 256; i++) {
+    const [from, to, t] = i < 128 ? [blue, white, i / 128] : [white, red, (i - 128) / 127];
+    const [r, g, b] = from.map((c, k) => Math.round(c + (to[k] - c) * t));
+    lut[i] = (255 << 24) | (b << 16) | (g << 8) | r;
+  }
+  return lut;
+})();
+
+/** The colours of what the model draws: DIVERGING for a difference (`signed`), LUT otherwise.
+ * @param {Model} model @returns {Uint32Array} */
+const lutOf = (model) => (model.get("signed") ? DIVERGING : LUT);
 
 /** A weight for reading: 3 significant digits, exponent notation below 1e-3.
  * @param {number} w @returns {string} */
@@ -34,9 +51,11 @@ function select(options, onChange) {
   return s;
 }
 
-/** The legend: a vertical colour bar with tick values (linear or by decades), under `title`.
- * @param {HTMLElement} box @param {number} scale @param {boolean} log @param {number} decades @param {string} title */
-function drawLegend(box, scale, log, decades, title) {
+/** The legend: a vertical colour bar with tick values (linear or by decades), under `title`; `signed`: a
+ * diverging bar from +scale (top) through 0 to −scale.
+ * @param {HTMLElement} box @param {number} scale @param {boolean} log @param {number} decades @param {string} title
+ * @param {boolean} [signed] */
+function drawLegend(box, scale, log, decades, title, signed = false) {
   box.replaceChildren();
   const H = 200;
   const bar = h("canvas", { width: "14px", height: H + "px", display: "block" });
@@ -44,11 +63,16 @@ function drawLegend(box, scale, log, decades, title) {
   bar.height = 256;
   const img = new ImageData(1, 256);
   const out = new Uint32Array(img.data.buffer);
-  for (let i = 0; i < 256; i++) out[i] = LUT[255 - i];
+  for (let i = 0; i < 256; i++) out[i] = (signed ? DIVERGING : LUT)[255 - i];
   bar.getContext("2d").putImageData(img, 0, 0);
   const ticks = h("div", { position: "relative", height: H + "px", width: "64px", font: "11px sans-serif" });
   const n = log ? Math.round(decades) : 2;
-  for (let d = 0; d <= n; d++) {
+  const signedTicks = [[0, "+" + fmt(scale)], [0.5, "0"], [1, "−" + fmt(scale)]];
+  if (log && signed) signedTicks.splice(1, 1, [0.5 - 0.5 / decades, `±${fmt(scale * 10 ** -decades)}`]);
+  for (const [frac, label] of signed ? signedTicks : []) {
+    ticks.append(h("div", { position: "absolute", left: "4px", top: `${frac * H - 7}px` }, label));
+  }
+  for (let d = 0; d <= (signed ? -1 : n); d++) {
     const frac = d / n; // 0 at the top
     const value = log ? scale * 10 ** -d : scale * (1 - frac);
     const label = (log && d === n ? "≤ " : "") + String(Number(value.toPrecision(2)));
@@ -69,11 +93,18 @@ const KINDS = {
   norm: { label: "value-weighted", value: "α·‖vW_O‖",
     note: "Value-weighted: each weight times the size of what its key writes, ‖v_j W_O‖ (Kobayashi et al. 2020). "
       + "Not probabilities: colours scale to this head's largest value." },
+  no_position: { label: "position taken out", value: "weight without position",
+    note: "Position taken out: this head's pattern with its positional term removed, exactly, from the stored queries "
+      + "and keys (rotary undone with the layer's own cos/sin; ALiBi's distance bias dropped). What content alone "
+      + "would make this head attend to. The tooltip shows both weights." },
+  position_effect: { label: "position's effect (attention − taken out)", value: "attention − without position",
+    note: "What position does to this head: attention minus the same head with its positional term taken out. Red: "
+      + "position adds weight there; blue: it takes weight away. Colours scale to the largest change." },
   rollout: { label: "rollout (all layers)", value: "rollout",
     note: "Attention rollout (Abnar & Zuidema 2020): every layer's mean attention, with the residual stream, "
       + "multiplied through the model. One matrix for the whole model: the layer and head pickers do not apply." },
 };
-/** Why a kind is not offered. */
+/** Why a kind is not offered (value-weighted; kinds of position are left out of the picker instead). */
 const NO_NORMS = "This trace has no value norms, so no value-weighted attention: capture it again with this version "
   + "of attention-explorer (models whose attention it cannot read have none).";
 
@@ -118,8 +149,9 @@ function buildKindPicker(model) {
   if (!Array.isArray(kinds)) return null;
   const sel = select(Object.entries(KINDS).map(([k, d]) => [k, d.label]), (v) => save(model, [["kind", v]]));
   sel.title = "what the heatmap shows";
-  for (const option of sel.options) {
+  for (const option of [...sel.options]) {
     if (kinds.includes(option.value)) continue;
+    if (option.value !== "norm") { option.remove(); continue; } // no positional term of its own in any layer
     option.disabled = true;
     option.textContent += " (no norms)";
     option.title = NO_NORMS;
@@ -188,15 +220,117 @@ function build(model, el) {
     imageRendering: "pixelated", cursor: "crosshair" });
   canvas.classList.add("ae-window");
   const rowLabels = h("div"), colLabels = h("div");
-  grid.append(colLabels, rowLabels, canvas);
+  // each row's share on a learned sink (GPT-OSS), one more column right of the window, apart
+  const sink = h("canvas", { position: "absolute", top: LABEL_H + "px", imageRendering: "pixelated",
+    cursor: "crosshair", display: "none", border: "1px solid #888" });
+  sink.classList.add("ae-sink");
+  const sinkLabel = h("div", { position: "absolute", top: LABEL_H - 16 + "px", font: "11px sans-serif",
+    display: "none" }, "sink");
+  grid.append(colLabels, rowLabels, canvas, sink, sinkLabel);
   const legend = h("div", { marginTop: LABEL_H + "px", flexShrink: 0 });
   body.append(ovBox, grid, legend);
   const readout = h("div", { marginTop: "6px", minHeight: "16px" });
   readout.classList.add("ae-readout");
+  const profile = buildProfile();
   const tip = buildTip();
-  el.append(controls.box, controls.note, body, readout, tip);
-  return { model, el, T, controls, overview, ovCaption, grid, canvas, rowLabels, colLabels, legend, readout, tip,
-    draws: 0, cell: 10, labelKey: "", pending: false, asked: null };
+  el.append(controls.box, controls.note, body, readout, profile.box, tip);
+  return { model, el, T, controls, overview, ovCaption, grid, canvas, sink, sinkLabel, rowLabels, colLabels, legend,
+    readout, profile, tip, draws: 0, profileDraws: 0, cell: 10, labelKey: "", pending: false, asked: null };
+}
+
+/** The distance profile's size in CSS pixels, and its margins for the axes. */
+const PROFILE_W = 520, PROFILE_H = 170, PROFILE_M = { left: 46, right: 12, top: 10, bottom: 30 };
+/** The two lines of the distance profile: raw attention, and the head with its positional term taken out. */
+const PROFILE_LINES = [{ name: "attention", colour: "#1f4e99", dash: [] },
+  { name: "position taken out", colour: "#d9730d", dash: [5, 3] }];
+
+/** The box under the heatmap for the selected head's attention by distance: a title, a canvas, a legend line.
+ * @returns {{ box: HTMLDivElement, title: HTMLDivElement, canvas: HTMLCanvasElement, key: HTMLDivElement }} */
+function buildProfile() {
+  const box = h("div", { marginTop: "10px", width: PROFILE_W + "px" });
+  box.classList.add("ae-profile");
+  const title = h("div", { font: "12px sans-serif", marginBottom: "3px" });
+  const canvas = h("canvas", { width: PROFILE_W + "px", height: PROFILE_H + "px", display: "block" });
+  canvas.classList.add("ae-profile-chart");
+  const key = h("div", { font: "11px sans-serif", color: "#444", marginTop: "2px" });
+  key.classList.add("ae-profile-key");
+  box.append(title, canvas, key);
+  return { box, title, canvas, key };
+}
+
+/** The float32 values of a binary trait (little-endian), or an empty array.
+ * @param {any} bytes @returns {Float32Array} */
+function floats(bytes) {
+  if (!bytes || !bytes.byteLength) return new Float32Array(0);
+  const u8 = asU8(bytes), out = new Float32Array(u8.byteLength / 4), dv = new DataView(u8.buffer, u8.byteOffset, u8.byteLength);
+  for (let i = 0; i < out.length; i++) out[i] = dv.getFloat32(i * 4, true);
+  return out;
+}
+
+/** The selected head's mean weight by distance d = i − j (d = 0..D), raw and with position taken out, the first
+ * position's share written apart; hidden for the rollout and where there is no profile (the mean of heads).
+ * @param {HeatmapView} v */
+function drawProfile(v) {
+  const get = (k) => v.model.get(k), p = v.profile;
+  const n = get("profile_n") ?? 0, of = get("profile_of") ?? "";
+  if (!n || !of || kindOf(v.model) === "rollout") {
+    p.box.style.display = get("profile_n") === undefined || kindOf(v.model) === "rollout" ? "none" : "";
+    p.title.textContent = "attention by distance: pick one head (not the mean of heads) to see it";
+    p.canvas.style.display = p.key.style.display = "none";
+    return;
+  }
+  p.box.style.display = p.canvas.style.display = p.key.style.display = "";
+  const values = floats(get("profile")), lines = [values.subarray(0, n), values.subarray(n, 2 * n)];
+  const [layer, head] = of.split(" ");
+  p.title.textContent = `layer ${layer} head ${head}: mean weight on the key d tokens back (d = i − j), `
+    + "the first position apart";
+  const dpr = window.devicePixelRatio || 1, c = p.canvas, ctx = c.getContext("2d");
+  c.width = Math.round(PROFILE_W * dpr);
+  c.height = Math.round(PROFILE_H * dpr);
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, PROFILE_W, PROFILE_H);
+  const M = PROFILE_M, w = PROFILE_W - M.left - M.right, hgt = PROFILE_H - M.top - M.bottom;
+  let top = 0;
+  for (const line of lines) for (const x of line) if (Number.isFinite(x)) top = Math.max(top, x);
+  top = top || 1;
+  const X = (d) => M.left + (n > 1 ? (d / (n - 1)) * w : 0), Y = (y) => M.top + hgt * (1 - y / top);
+  ctx.strokeStyle = "#999";
+  ctx.lineWidth = 1;
+  ctx.strokeRect(M.left, M.top, w, hgt);
+  ctx.fillStyle = "#333";
+  ctx.font = "10px sans-serif";
+  ctx.textAlign = "center";
+  ctx.textBaseline = "top";
+  const step = n > 32 ? 16 : n > 8 ? 4 : 1;
+  for (let d = 0; d < n; d += step) ctx.fillText(String(d), X(d), M.top + hgt + 3);
+  ctx.fillText("distance d = i − j (tokens back)", M.left + w / 2, M.top + hgt + 16);
+  ctx.textAlign = "right";
+  ctx.textBaseline = "middle";
+  for (const f of [0, 0.5, 1]) ctx.fillText(fmt(top * f), M.left - 4, Y(top * f));
+  lines.forEach((line, k) => {
+    const style = PROFILE_LINES[k];
+    ctx.strokeStyle = style.colour;
+    ctx.lineWidth = 1.6;
+    ctx.setLineDash(style.dash);
+    ctx.beginPath();
+    let drawn = 0;
+    line.forEach((y, d) => {
+      if (!Number.isFinite(y)) return;
+      if (drawn++) ctx.lineTo(X(d), Y(y)); else ctx.moveTo(X(d), Y(y));
+    });
+    ctx.stroke();
+    ctx.setLineDash([]);
+  });
+  const first = get("profile_first") ?? [];
+  const has = (k) => Number.isFinite(lines[k][0]);
+  p.key.replaceChildren(...PROFILE_LINES.filter((_, k) => has(k)).map((style, k) => {
+    const e = h("span", { marginRight: "14px", color: style.colour }, `${k ? "╌╌" : "──"} ${style.name}`
+      + (first[k] == null ? "" : ` (on the first position: ${fmt(first[k])})`));
+    e.classList.add("ae-profile-line");
+    return e;
+  }), ...(has(1) ? [] : [h("span", {}, "(this layer has no positional term of its own to take out)")]));
+  v.profileDraws += 1;
+  Object.assign(v.el.dataset, { profileDrawCount: v.profileDraws, profileOf: of });
 }
 
 /** The whole head, with the window outlined in red, and its caption.
@@ -205,7 +339,7 @@ function drawOverview(v, r0, c0, dpr) {
   const get = (k) => v.model.get(k), { overview } = v;
   const f = get("overview_factor"), n = get("overview_n"), ws = get("window_size");
   overview.width = overview.height = Math.round(OVERVIEW_PX * dpr);
-  paint(overview, asU8(get("overview")), n, n);
+  paint(overview, asU8(get("overview")), n, n, 0, 0, lutOf(v.model));
   const ctx = overview.getContext("2d"), s = overview.width / n;
   ctx.strokeStyle = "#ff3b30";
   ctx.lineWidth = 2 * dpr;
@@ -225,14 +359,27 @@ function drawWindow(v, r0, c0, dpr) {
   canvas.style.height = rows * cell + "px";
   canvas.width = cols * cell * dpr;
   canvas.height = rows * cell * dpr;
-  paint(canvas, asU8(get("window")), rows, cols, r0, c0);
+  paint(canvas, asU8(get("window")), rows, cols, r0, c0, lutOf(v.model));
   const sel = get("selected_token");
   const w = canvas.getContext("2d"), px = cell * dpr;
   w.strokeStyle = "#ff3b30";
   w.lineWidth = Math.max(1, dpr);
   if (sel !== null && sel >= r0 && sel < r0 + rows) w.strokeRect(0, (sel - r0) * px, canvas.width, px);
   if (sel !== null && sel >= c0 && sel < c0 + cols) w.strokeRect((sel - c0) * px, 0, px, canvas.height);
-  v.grid.style.width = LABEL_W + cols * cell + "px";
+  const sinkBytes = get("window_sink"), hasSink = !!sinkBytes && sinkBytes.byteLength === rows;
+  const gap = hasSink ? 8 : 0, sinkW = hasSink ? Math.max(cell, 12) : 0;
+  for (const e of [v.sink, v.sinkLabel]) {
+    e.style.display = hasSink ? "" : "none";
+    e.style.left = LABEL_W + cols * cell + gap + "px";
+  }
+  if (hasSink) {
+    v.sink.style.width = sinkW + "px";
+    v.sink.style.height = rows * cell + "px";
+    v.sink.width = Math.round(sinkW * dpr);
+    v.sink.height = rows * cell * dpr;
+    paint(v.sink, asU8(sinkBytes), rows, 1, Infinity, 0, lutOf(v.model)); // a sink is never masked
+  }
+  v.grid.style.width = LABEL_W + cols * cell + gap + sinkW + 2 + "px";
   v.grid.style.height = LABEL_H + rows * cell + "px";
 }
 
@@ -282,9 +429,12 @@ function drawReadout(v) {
  * @param {HeatmapView} v */
 function drawNote(v) {
   const busy = v.model.get("busy") ?? "", note = KINDS[kindOf(v.model)]?.note ?? "";
-  v.controls.note.textContent = busy || note;
-  v.controls.note.style.display = busy || note ? "" : "none";
-  v.controls.note.style.color = busy ? "#b35900" : "#555";
+  const problem = v.model.get("problem") ?? "";
+  const text = busy || (problem ? `${problem}. Still showing what was drawn before.` : note);
+  v.controls.note.textContent = text;
+  v.controls.note.style.display = text ? "" : "none";
+  v.controls.note.style.color = busy ? "#b35900" : problem ? "#b00020" : "#555";
+  v.controls.note.classList.toggle("ae-problem", !busy && !!problem);
 }
 
 /** The pickers show the model's values, wherever they were changed.
@@ -315,12 +465,14 @@ function draw(v) {
   drawOverview(v, r0, c0, dpr);
   drawWindow(v, r0, c0, dpr);
   drawLabels(v, r0, c0);
-  drawLegend(v.legend, get("scale"), get("log_scale"), get("log_decades"), KINDS[kindOf(v.model)].value);
+  const [layer, head, kind] = get("shows") === "rollout" ? ["", "", "rollout"] : get("shows").split(" ");
+  drawLegend(v.legend, get("scale"), get("log_scale"), get("log_decades"), KINDS[kind ?? "raw"]?.value ?? "weight",
+    !!get("signed"));
   syncControls(v);
   drawNote(v);
   drawReadout(v);
+  drawProfile(v);
   v.draws += 1;
-  const [layer, head, kind] = get("shows") === "rollout" ? ["", "", "rollout"] : get("shows").split(" ");
   Object.assign(v.el.dataset, { drawCount: v.draws, drawnAt: performance.now(), drawMs: (performance.now() - t0).toFixed(1),
     layer, head, kind: kind ?? "raw", windowStart: r0, keyStart: c0 });
 }
@@ -364,12 +516,30 @@ function showCellTip(v, ev) {
   const c = windowCell(v, ev);
   if (!c) { v.tip.style.display = "none"; return; }
   const [i, j] = c, q = origin(v)[0] + i, k = origin(v)[1] + j;
-  const exact = v.model.get("window_exact"), cols = v.model.get("window_cols");
+  const exact = v.model.get("window_exact"), cols = v.model.get("window_cols"), raw = v.model.get("window_raw");
+  const at = (bytes) => new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getFloat32((i * cols + j) * 4, true);
+  const shown = (v.model.get("shows") ?? "").split(" ")[2] ?? kindOf(v.model);
   let text = `query ${token(v, q)}\nkey   ${token(v, k)}\n`;
   if (k > q) text += "masked: a token cannot attend to later tokens";
-  else text += KINDS[kindOf(v.model)].value + " " + fmt(new DataView(exact.buffer, exact.byteOffset, exact.byteLength)
-    .getFloat32((i * cols + j) * 4, true));
+  else if (raw && raw.byteLength === exact.byteLength && (shown === "no_position" || shown === "position_effect")) {
+    const a = at(raw), e = at(exact), free = shown === "no_position" ? e : a - e;
+    text += `weight               ${fmt(a)}\nwithout position     ${fmt(free)}\n`
+      + `position's effect    ${a - free >= 0 ? "+" : ""}${fmt(a - free)}`;
+  } else text += (KINDS[shown]?.value ?? "weight") + " " + fmt(at(exact));
   v.tip.textContent = text;
+  placeTip(v, ev);
+}
+
+/** The tooltip over the sink column: the row's query and its share on the learned sink.
+ * @param {HeatmapView} v @param {MouseEvent} ev */
+function showSinkTip(v, ev) {
+  const r = v.sink.getBoundingClientRect(), i = Math.floor((ev.clientY - r.top) / v.cell);
+  const exact = v.model.get("window_sink_exact");
+  if (!exact || i < 0 || i * 4 >= exact.byteLength) { v.tip.style.display = "none"; return; }
+  const share = new DataView(exact.buffer, exact.byteOffset, exact.byteLength).getFloat32(i * 4, true);
+  const what = { no_position: " (position taken out)", position_effect: " (position's effect)" }[kindOf(v.model)] ?? "";
+  v.tip.textContent = `query ${token(v, origin(v)[0] + i)}\nshare on the learned sink${what} ${fmt(share)}\n`
+    + "(one more logit in the softmax, over no key:\n the row's weights sum to 1 − this)";
   placeTip(v, ev);
 }
 
@@ -419,6 +589,8 @@ function listen(v) {
     if (c) save(v.model, [["selected_token", origin(v)[0] + c[0]]]);
   });
   v.overview.addEventListener("mousemove", (ev) => showBlockTip(v, ev));
+  v.sink.addEventListener("mousemove", (ev) => showSinkTip(v, ev));
+  v.sink.addEventListener("mouseleave", () => { v.tip.style.display = "none"; });
   v.overview.addEventListener("click", (ev) => moveWindowTo(v, ev));
   for (const e of [v.canvas, v.overview]) e.addEventListener("mouseleave", () => { v.tip.style.display = "none"; v.asked = null; });
 }
@@ -435,12 +607,19 @@ function connect(v) {
   for (const e of events) model.on(e, redraw);
   const picks = ["layer", "head", "kind"].map((k) => "change:" + k);
   const note = () => drawNote(v);
+  const profile = () => drawProfile(v);
   model.on("change:busy", note);
+  model.on("change:problem", note);
+  model.on("change:profile_of", profile);
+  model.on("change:profile", profile);
   for (const e of picks) model.on(e, sync);
   return () => {
     for (const e of events) model.off(e, redraw);
     for (const e of picks) model.off(e, sync);
     model.off("change:busy", note);
+    model.off("change:problem", note);
+    model.off("change:profile_of", profile);
+    model.off("change:profile", profile);
     model.off("msg:custom", onMsg);
   };
 }
