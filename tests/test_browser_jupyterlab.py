@@ -222,3 +222,25 @@ def test_nothing_went_to_the_network_and_nothing_logged_an_error(lab):
     assert log.console_errors == []
     assert log.page_errors == []
     assert log.dialogs == []
+
+
+def test_positions_strip_and_position_taken_out_fit_in_jupyterlab(lab, trace):
+    """The explorer's Positions tab: a click on layer 1 of the strip pictures layer 1; the heatmap cell drawn with
+    the positional term taken out; both inside the output area."""
+    page, log = lab
+    out = cell(page, SHOW)
+    out.scroll_into_view_if_needed()
+    out.locator(".explorer-view .lm-TabBar-tab", has_text="Positions").first.click()
+    out.locator(".explorer-view .ae-layer-strip .ae-layer-button").nth(1).click()
+    out.locator(".explorer-view .positional-view", has_text="layer 1: rotary").first.wait_for(timeout=30_000)
+    out.locator(".explorer-view .positional-view .js-plotly-plot .main-svg").first.wait_for(timeout=30_000)
+    out.screenshot(path=str(OUTPUT / "jupyterlab-positions-layer-1.png"))
+    assert past_the_right_edge(out) == []
+    heat = cell(page, HEATMAP)
+    heat.scroll_into_view_if_needed()
+    heat.locator(".ae-kind").select_option("no_position")
+    page.wait_for_function("() => [...document.querySelectorAll('.jp-CodeCell .ae-heatmap')]"
+                           ".some((h) => h.dataset.kind === 'no_position')", timeout=30_000)
+    heat.screenshot(path=str(OUTPUT / "jupyterlab-heatmap-no-position.png"))
+    assert past_the_right_edge(heat) == []
+    assert log.page_errors == []
