@@ -245,9 +245,10 @@ def _capturing_attention(module, query, key, value, attention_mask, **kwargs):
         recorder.record_weights(module, output[1])
     else:
         output = _original_attention(module, inner)(module, query, key, value, attention_mask, **kwargs)
-    if recorder is not None and recorder.layer_of.get(id(module)) not in recorder.weights:
-        recorder.record_query_key(module, query, key, value, kwargs)
-        if recorder.ablate:
+    if recorder is not None:
+        if recorder.layer_of.get(id(module)) not in recorder.weights:
+            recorder.record_query_key(module, query, key, value, kwargs)
+        if recorder.ablate:  # heads off in a layer kept as weights too
             output = (recorder.ablated(module, output[0]), *output[1:])
     return output
 
@@ -299,6 +300,7 @@ def recording(model, recorder: AttentionRecorder):
     """Run the model with `recorder` collecting attention; the model is left as it was afterwards."""
     token = _active.set(recorder)
     handles = []
+    asked = None  # the model's own output_attentions, while the hooks path sets it
     previous = model.config._attn_implementation
     try:
         if uses_attention_interface(model):
@@ -327,7 +329,7 @@ def recording(model, recorder: AttentionRecorder):
         _active.reset(token)
         for handle in handles:
             handle.remove()
-        if handles:
+        if asked is not None:
             model.config.output_attentions = asked
         if uses_attention_interface(model) and previous != IMPLEMENTATION:
             model.set_attn_implementation(previous)
