@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .shapes import text_config
+
 PROBE = [1, 2, 3, 4, 5]  # token ids every vocabulary has
 
 
@@ -41,7 +43,7 @@ def _tensor(x):
 
 
 def _n_layers(model) -> int | None:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model)
     n = getattr(config, "num_hidden_layers", None)
     return n if isinstance(n, int) else None
 

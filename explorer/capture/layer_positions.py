@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..rotary import unrotate
+from .shapes import text_config
 
 
 PROBE = [1, 2, 3, 4, 5, 6, 7, 8]
@@ -42,7 +43,7 @@ def _half_layout(out) -> tuple[torch.Tensor, torch.Tensor]:
 def rotary_tables(model) -> list[tuple[dict, Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]]]:
     """Every rotary table the model can make: (its parameters, fn(start, n) -> cos, sin [n, r] in half layout)."""
     out = []
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model)
     device = next(model.parameters()).device
     for module in model.modules():
         if "Rotary" not in type(module).__name__:
@@ -126,7 +127,7 @@ def _declared(config, layer: int) -> dict:
 def probe_layers(model, absolute: str | None) -> list[dict]:
     """One record a layer: {"kind": "rotary" | "alibi" | "none" | "absolute", "evidence": "measured" |
     "declared", and its parameters: table, rotary_dim, convention, theta, rope_type, slopes, layer_type}."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model)
     try:
         keys_a, slopes = _keys_and_biases(model, list(range(len(PROBE))))
         keys_b, _ = _keys_and_biases(model, list(range(SHIFT, SHIFT + len(PROBE))))

@@ -6,7 +6,7 @@ import torch
 
 from ..trace import Positional
 from .layer_positions import probe_layers, rotary_tables
-from .shapes import head_dim
+from .shapes import head_dim, text_config
 
 _LEARNED_NAMES = ("wpe", "position_embeddings", "embed_positions")
 
@@ -66,7 +66,7 @@ def read_positional(model: torch.nn.Module, n_tokens: int, layers: list[dict] | 
     used = sorted({layer["table"] for layer in layers if layer["kind"] == "rotary"})
     tables = rotary_tables(model)
     renumbered = {old: new for new, old in enumerate(used)}
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model)
     dim = head_dim(config)
     for old, new in renumbered.items():
         table_params, table = tables[old]
