@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,6 +20,7 @@ from safetensors.numpy import save, save_file
 
 from . import analysis
 from .facts import ModelFacts
+from .rotary import unrotate
 
 
 class Candidate(NamedTuple):
@@ -75,12 +76,16 @@ class Positional:
         return [{k: v for k, v in layer.items() if k != "kind"} for layer in self.layers]
 
     def layer(self, layer: int) -> dict:
-        """Layer `layer`'s record; a Positional made without records (by hand, a synthetic trace) gives every layer
-        the model-wide kind, rotary with the first table."""
+        """Layer `layer`'s record; a Positional made without records (an older file, by hand, a synthetic trace)
+        gives every layer the model-wide kind, as declared: rotary with the first table and the model's parameters."""
         if layer < len(self.layers):
             return self.layers[layer]
         kind = {"learned": "absolute", "sinusoidal": "absolute"}.get(self.kind, self.kind)
-        return {"kind": kind, "table": 0, "convention": "half"} if kind == "rotary" else {"kind": kind}
+        record = {"kind": kind, "evidence": "declared"}
+        if kind == "rotary":
+            record |= {"table": 0, "convention": "half", **{k: self.params.get(k) for k in
+                       ("rotary_dim", "theta", "rope_type", "attention_scaling", "head_dim")}}
+        return record
 
     def rotary_table(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
         """The cos and sin [T, rotary_dim] (rotate-half layout) that rotate layer `layer`'s queries and keys."""
@@ -326,10 +331,6 @@ class _AlibiFree:
 
 def _without_position(store: AttentionLayer, positional: Positional, layer: int) -> AttentionLayer:
     """What `trace.attention(..., kind="no_position")` reads for one layer; ValueError where it has no meaning."""
-    from dataclasses import replace
-
-    from .rotary import unrotate
-
     record = positional.layer(layer)
     kind = record["kind"]
     if kind == "rotary" and isinstance(store, QueryKeyLayer):

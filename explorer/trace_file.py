@@ -205,13 +205,7 @@ def _layer_positions(pos: dict, positional: Positional, n_layers: int) -> list[d
     """Each layer's positional record (version 3), or, for older files, the model-wide kind given to every layer."""
     layers = pos.get("layers")
     if layers is None:
-        kind = {"learned": "absolute", "sinusoidal": "absolute"}.get(positional.kind, positional.kind)
-        params = positional.params
-        record = {"kind": kind, "evidence": "declared"}
-        if kind == "rotary":
-            record |= {"table": 0, "convention": "half", **{k: params.get(k) for k in
-                       ("rotary_dim", "theta", "rope_type", "attention_scaling", "head_dim")}}
-        return [dict(record) for _ in range(n_layers)]
+        return [positional.layer(i) for i in range(n_layers)]
     if not isinstance(layers, list) or not all(isinstance(x, dict) and isinstance(x.get("kind"), str) for x in layers):
         raise ValueError("the positional layers are not a list of records with a kind")
     for i, layer in enumerate(layers):

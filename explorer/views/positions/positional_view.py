@@ -206,11 +206,8 @@ def positional_figure(trace: Trace, max_size: int = MAX_SIZE, seed: int = 0,
     pos = trace.positional
     layer = layer_shown(trace, layer)
     kind = pos.kind if layer is None else pos.layer(layer)["kind"]
-    if kind == "absolute":
-        kind = pos.kind if pos.kind in ("learned", "sinusoidal") else next(
-            (k for k in ("learned", "sinusoidal") if k in {"learned": "embeddings" in pos.arrays,
-                                                          "sinusoidal": "table" in pos.arrays} and
-             {"learned": "embeddings", "sinusoidal": "table"}[k] in pos.arrays), None)
+    if kind == "absolute":  # which table was added at the input (a mixed model's kind does not say)
+        kind = "learned" if "embeddings" in pos.arrays else "sinusoidal" if "table" in pos.arrays else None
     if kind == "rotary":
         fig = _rotary_figure(pos, trace.n_tokens, max_size, seed, layer)
         height = 680
