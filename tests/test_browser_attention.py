@@ -15,7 +15,7 @@ import pytest
 
 from explorer.views.export import standalone_html
 from explorer.views.frontend.tokens_html import visible
-from voila_harness import OUTPUT, browser, offline_page, voila_server, write_notebook
+from voila_harness import OUTPUT, browser, offline_page, served_page, write_notebook
 
 pytestmark = pytest.mark.browser
 
@@ -71,10 +71,7 @@ def page(trace, tmp_path_factory, chromium):
     folder = tmp_path_factory.mktemp("attention")
     trace.save(folder / "hostile.trace")
     notebook = write_notebook(folder / "attention.ipynb", [CELL.format(path=str(folder / "hostile.trace"))])
-    with voila_server(notebook) as url:
-        page, log = offline_page(chromium, viewport=(1300, 1400))
-        page.goto(url + "/", wait_until="domcontentloaded")
-        page.wait_for_selector(".ae-heatmap[data-draw-count]", timeout=180_000)
+    with served_page(chromium, notebook, ".ae-heatmap[data-draw-count]", viewport=(1300, 1400)) as (page, log):
         page.wait_for_selector(".ae-heads-map[data-draw-count]")
         page.wait_for_selector(".py-state")
         yield page, log
@@ -253,10 +250,7 @@ def test_moving_the_window_redraws_even_when_its_bytes_do_not_change(tmp_path, c
     trace.save(tmp_path / "long.trace")
     cell = ZERO_WINDOWS_CELL.format(path=str(tmp_path / "long.trace"))
     notebook = write_notebook(tmp_path / "zero_windows.ipynb", [cell])
-    with voila_server(notebook) as url:
-        page, log = offline_page(chromium, viewport=(1300, 1200))
-        page.goto(url + "/", wait_until="domcontentloaded")
-        page.wait_for_selector(".ae-heatmap[data-draw-count]", timeout=180_000)
+    with served_page(chromium, notebook, ".ae-heatmap[data-draw-count]", viewport=(1300, 1200)) as (page, log):
         box = page.locator(".ae-overview").bounding_box()
         n = trace.n_tokens  # one token an overview cell
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from voila_harness import OUTPUT, browser, offline_page, voila_server, write_notebook
+from voila_harness import OUTPUT, browser, served_page, write_notebook
 
 import explorer
 
@@ -47,10 +47,7 @@ def page(tiny_trace, tmp_path_factory, chromium):
     folder = tmp_path_factory.mktemp("position")
     tiny_trace.save(folder / "tiny.trace")
     notebook = write_notebook(folder / "position.ipynb", [CELL.format(path=str(folder / "tiny.trace"))])
-    with voila_server(notebook) as url:
-        page, log = offline_page(chromium, viewport=(1300, 1400))
-        page.goto(url + "/", wait_until="domcontentloaded")
-        page.wait_for_selector(".ae-heatmap[data-draw-count]", timeout=180_000)
+    with served_page(chromium, notebook, ".ae-heatmap[data-draw-count]", viewport=(1300, 1400)) as (page, log):
         page.wait_for_function(f"{DATA}.profileOf === '1 2'")
         yield page, log
 
@@ -145,10 +142,8 @@ def test_a_learned_sink_shows_as_its_own_column(tmp_path, chromium):
                                                for layer in trace.layers])
     trace.save(tmp_path / "sinks.trace")
     notebook = write_notebook(tmp_path / "sinks.ipynb", [SINK_CELL.format(path=str(tmp_path / "sinks.trace"))])
-    with voila_server(notebook) as url:
-        page, log = offline_page(chromium, viewport=(1300, 1000))
-        page.goto(url + "/", wait_until="domcontentloaded")
-        page.wait_for_selector(".ae-heatmap[data-draw-count] .ae-sink", timeout=180_000)
+    ready = ".ae-heatmap[data-draw-count] .ae-sink"
+    with served_page(chromium, notebook, ready, viewport=(1300, 1000)) as (page, log):
         assert page.locator(".ae-sink").is_visible() and page.evaluate(CANVAS_SUM, ".ae-sink") > 0
         sink, window = page.locator(".ae-sink").bounding_box(), page.locator(".ae-window").bounding_box()
         assert sink["x"] > window["x"] + window["width"] and abs(sink["height"] - window["height"]) <= 3

@@ -231,9 +231,12 @@ def test_positions_strip_and_position_taken_out_fit_in_jupyterlab(lab, trace):
     out = cell(page, SHOW)
     out.scroll_into_view_if_needed()
     out.locator(".explorer-view .lm-TabBar-tab", has_text="Positions").first.click()
+    plot = out.locator(".explorer-view .positional-view .js-plotly-plot .main-svg").first
+    shown = plot.element_handle(timeout=30_000)  # layer 0's picture, which layer 1's replaces
     out.locator(".explorer-view .ae-layer-strip .ae-layer-button").nth(1).click()
+    page.wait_for_function("el => !el.isConnected", arg=shown, timeout=30_000)
     out.locator(".explorer-view .positional-view", has_text="layer 1: rotary").first.wait_for(timeout=30_000)
-    out.locator(".explorer-view .positional-view .js-plotly-plot .main-svg").first.wait_for(timeout=30_000)
+    plot.wait_for(timeout=30_000)
     out.screenshot(path=str(OUTPUT / "jupyterlab-positions-layer-1.png"))
     assert past_the_right_edge(out) == []
     heat = cell(page, HEATMAP)

@@ -49,15 +49,19 @@ def test_the_layer_strip_switches_the_picture(tmp_path):
     with notebook_page(notebook, ".case-smollm .positional-view .ae-layer-strip button", viewport=(1200, 1600)) as (
             page, log):
         gemma = traces["gemma"].positional
+        plot = ".case-gemma .positional-view .main-svg"
         for layer in range(traces["gemma"].n_layers):
-            page.locator(".case-gemma .ae-layer-button").nth(layer).click()
+            if layer > 0:  # layer 0 shows first; another layer's picture replaces its plot
+                shown = page.locator(plot).first.element_handle()
+                page.locator(".case-gemma .ae-layer-button").nth(layer).click()
+                page.wait_for_function("el => !el.isConnected", arg=shown, timeout=30_000)
             theta = f"base {gemma.layer(layer)['theta']:g}"
             page.wait_for_function(
                 "([sel, text]) => document.querySelector(sel).innerText.includes(text)",
                 arg=[".case-gemma .positional-view", theta], timeout=30_000)
             page.locator(".case-gemma .positional-view .heatmaplayer image").first.wait_for(timeout=30_000)
             assert f"layer {layer}: rotary" in caption(page, "gemma")
-            inside(page, ".case-gemma .positional-view .main-svg")
+            inside(page, plot)
             page.locator(".case-gemma .positional-view").screenshot(path=str(OUTPUT / f"positions-gemma-{layer}.png"))
         kinds = traces["smollm"].positional.layer_kinds
         nope = kinds.index("none")

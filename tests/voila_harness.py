@@ -168,10 +168,18 @@ TRACEBACK = ".jp-OutputArea-output pre"
 
 @contextmanager
 def notebook_page(notebook: Path, ready: str, viewport=(1280, 1000)):
-    """`notebook` served by Voilà and opened offline in Chromium, once `ready` (a selector) shows: yields
-    (page, PageLog). A cell that failed makes this fail with its traceback instead of a timeout."""
-    with voila_server(notebook) as url, browser() as b:
-        page, log = offline_page(b, viewport=viewport)
+    """`notebook` served by Voilà and opened offline in a Chromium of its own, once `ready` (a selector) shows:
+    yields (page, PageLog). A cell that failed makes this fail with its traceback instead of a timeout."""
+    with browser() as b, served_page(b, notebook, ready, viewport) as opened:
+        yield opened
+
+
+@contextmanager
+def served_page(chromium, notebook: Path, ready: str, viewport=(1280, 1000)):
+    """`notebook` served by Voilà and opened offline in a new page of `chromium` (a browser a test module shares),
+    once `ready` shows: yields (page, PageLog). A cell that failed fails with its traceback."""
+    with voila_server(notebook) as url:
+        page, log = offline_page(chromium, viewport=viewport)
         page.goto(url + "/", wait_until="domcontentloaded")
         page.wait_for_selector(f"{ready}, {TRACEBACK}", timeout=180_000)
         errors = page.locator(TRACEBACK).all_inner_texts()

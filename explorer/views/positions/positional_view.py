@@ -270,7 +270,7 @@ class PositionalView(widgets.VBox):
                                     layout=widgets.Layout(width="34px", height="26px", padding="0", margin="1px"))
             button.style.button_color = KIND_COLOURS.get(kind, "#cccccc")
             button.add_class("ae-layer-button")
-            button.on_click(lambda _b, i=i: self.show_layer(i))
+            button.on_click(lambda _b, i=i: self.show_layer(i) if i != self.layer else None)  # shown: no redraw
             self.buttons.append(button)
         legend = " ".join(f"<span style='background:{KIND_COLOURS[k]};padding:0 6px;border-radius:3px;color:white'>"
                           f"{'NoPE' if k == 'none' else k}</span>" for k in KIND_COLOURS if k in pos.layer_kinds)
