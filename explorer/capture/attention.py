@@ -99,10 +99,10 @@ class AttentionRecorder:
     def record_query_key(self, module, query, key, value, kwargs) -> None:
         layer = self._layer(module)
         new = query.shape[2]  # the cache already holds earlier keys: the new ones are the last `new`
-        if key.shape[2] > self.keys.filled.get(layer, 0) + new:
-            raise CaptureError(f"{type(module).__name__} attends over {key.shape[2]} keys for "
-                               f"{self.keys.filled.get(layer, 0) + new} tokens (compressed or extra keys), so its "
-                               f"weights cannot be shown token by token")
+        tokens = self.keys.filled.get(layer, 0) + new
+        if key.shape[2] > tokens:
+            raise CaptureError(f"{type(module).__name__} attends over {key.shape[2]} keys for {tokens} tokens "
+                               f"(compressed or extra keys), so its weights cannot be shown token by token")
         self.queries.append(layer, query[0])
         self.keys.append(layer, key[0, :, -new:])
         if self.keep_values:

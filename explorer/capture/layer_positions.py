@@ -135,9 +135,9 @@ def probe_layers(model, absolute: str | None) -> list[dict]:
         keys_a, keys_b, slopes = {}, {}, {}
     tables = rotary_tables(model)
     computed = []
-    for params, table in tables:
+    for params, table in tables:  # each table at both probe offsets, as numpy, once for all layers
         try:
-            computed.append((params, table(0, len(PROBE)), table(SHIFT, len(PROBE))))
+            computed.append((params, *([t.cpu().numpy() for t in table(start, len(PROBE))] for start in (0, SHIFT))))
         except Exception:  # a rotary module called in a way we do not know: its layers stay unmeasured
             computed.append((params, None, None))
     n_layers = len(keys_a) or len(slopes) or getattr(config, "num_hidden_layers", 0)
@@ -149,7 +149,7 @@ def probe_layers(model, absolute: str | None) -> list[dict]:
         elif layer in keys_a:
             record |= _measured(keys_a[layer], keys_b[layer], computed, absolute)
         else:
-            record |= _fallback(record, tables, absolute)
+            record |= _fallback(record, computed, absolute)
         out.append(record)
     return out
 
@@ -163,7 +163,6 @@ def _measured(k_a: np.ndarray, k_b: np.ndarray, computed, absolute: str | None) 
         if table_a is None:
             continue
         (cos_a, sin_a), (cos_b, sin_b) = table_a, table_b
-        cos_a, sin_a, cos_b, sin_b = (t.cpu().numpy() for t in (cos_a, sin_a, cos_b, sin_b))
         if cos_a.shape[-1] > k_a.shape[-1]:
             continue
         for convention in CONVENTIONS:
@@ -177,22 +176,15 @@ def _measured(k_a: np.ndarray, k_b: np.ndarray, computed, absolute: str | None) 
     return {"kind": "unknown", "evidence": "measured"}
 
 
-def _fallback(record: dict, tables, absolute: str | None) -> dict:
+def _fallback(record: dict, computed, absolute: str | None) -> dict:
     """A layer that could not be measured: rotary if the config says so (or the model has one table), else
     absolute if positions are added at the input, else none."""
-    usable = [i for i, (_, table) in enumerate(tables) if _callable(table)]
+    usable = [i for i, (_, table_a, _) in enumerate(computed) if table_a is not None]
     if usable and record.get("rotary", True):
         layer_type = record.get("layer_type")
-        index = next((i for i in usable if tables[i][0]["layer_type"] == layer_type), usable[0])
-        params = tables[index][0]
+        index = next((i for i in usable if computed[i][0]["layer_type"] == layer_type), usable[0])
+        params = computed[index][0]
         return {"kind": "rotary", "table": index, "rotary_dim": 2 * len(params["inv_freq"]), "convention": "half",
                 "theta": params["theta"], "rope_type": params["rope_type"], "attention_scaling": 1.0}
     return {"kind": "absolute" if absolute else "none"}
 
-
-def _callable(table) -> bool:
-    try:
-        table(0, 2)
-        return True
-    except Exception:
-        return False
