@@ -140,11 +140,31 @@ def test_position_store_equals_concatenation_when_the_run_outgrows_or_undershoot
     torch.manual_seed(0)
     for capacity, n_layers in [(5, 2), (40, 4), (0, 0)]:  # too small, too large (trimmed copy), nothing announced
         store = PositionStore(torch.float32, capacity, n_layers)
-        chunks = {layer: [torch.randn(3, n, 4) for n in (7, 1, 1, 1)] for layer in range(3)}
+        chunks = {layer: [torch.randn(2, 3, n, 4) for n in (7, 1, 1, 1)] for layer in range(3)}  # 2 batch rows
         for step in range(4):
             for layer in range(3):
                 store.append(layer, chunks[layer][step])
         for layer in range(3):
-            got = store.take(layer)
-            np.testing.assert_array_equal(got, torch.cat(chunks[layer], dim=1).numpy())
-            assert got.shape == (3, 10, 4) and (got.base is None or capacity != 40)  # a big unused capacity is let go
+            whole = torch.cat(chunks[layer], dim=2).numpy()
+            for row in range(2):
+                got = store.take(layer, row)
+                np.testing.assert_array_equal(got, whole[row])
+                assert got.shape == (3, 10, 4) and got.base is None  # a batch row is its own copy
+            np.testing.assert_array_equal(store.take(layer, 1, start=2, stop=9), whole[1, :, 2:9])
+    one = PositionStore(torch.float32, 40, 1)  # one row: a view of the buffer while most of it is used
+    one.append(0, torch.randn(1, 3, 36, 4))
+    assert one.take(0).base is not None and one.take(0, stop=10).base is None
+
+
+def test_a_16_bit_model_keeps_its_dtype_on_the_device_and_the_trace_its_precision():
+    import torch
+
+    from explorer.capture.attention import PositionStore
+
+    x = torch.randn(1, 2, 5, 4).to(torch.bfloat16)
+    store = PositionStore(torch.float32, 5, 1)
+    store.append(0, x)
+    assert store.tensor.dtype == torch.bfloat16  # half the device memory, and exact: bf16 widens to float32
+    got = store.take(0)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, x[0].float().numpy())

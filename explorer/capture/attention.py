@@ -34,36 +34,59 @@ _active: ContextVar[AttentionRecorder | None] = ContextVar("attention_explorer_r
 
 
 class PositionStore:
-    """Every layer's queries (or keys, or values) in one numpy array [layers, heads, capacity, d], filled position
-    by position: no per-step tensors to concatenate, no copy at the end. One allocation, made at the first forward
-    pass and large enough for the C allocator to map it on its own: per-layer arrays of a few MB landed between
-    the forward pass's temporaries and fragmented the heap (+40 MB of peak at 1,024 tokens on SmolLM2)."""
+    """Every layer's queries (or keys, or values) of every batch row in one tensor [layers, rows, heads, capacity,
+    d] on the model's device, filled position by position: no per-step tensors to concatenate, and nothing copied
+    to the host until the run is over (`host`, once). One allocation, made at the first forward pass: per-layer
+    buffers of a few MB landed between the forward pass's temporaries and fragmented the heap (+40 MB of peak at
+    1,024 tokens on SmolLM2). On the CPU the host array is the same memory (no copy at all).
+
+    The device copy keeps a 16-bit model's own dtype where the trace will hold float32 (exact, half the memory);
+    otherwise it is kept in the trace's precision."""
 
     def __init__(self, dtype: torch.dtype, capacity: int, n_layers: int):
         self.dtype, self.capacity, self.n_layers = dtype, capacity, n_layers
+        self.tensor: torch.Tensor | None = None
         self.array: np.ndarray | None = None
         self.filled: dict[int, int] = {}
 
     def append(self, layer: int, x: torch.Tensor) -> None:
-        """Write x [heads, new, d] (batch row 0 of a forward pass) after what `layer` already holds."""
-        heads, new, dim = x.shape
+        """Write x [rows, heads, new, d] (a forward pass's new positions) after what `layer` already holds."""
+        rows, heads, new, dim = x.shape
         at = self.filled.get(layer, 0)
-        if self.array is None:
-            self.array = np.empty((max(self.n_layers, layer + 1), heads, max(self.capacity, new), dim),
-                                  dtype=_NUMPY[self.dtype])
-        if layer >= self.array.shape[0] or at + new > self.array.shape[2]:  # more than announced: grow (a copy)
-            layers = self.array.shape[0] if layer < self.array.shape[0] else 2 * (layer + 1)
-            positions = self.array.shape[2] if at + new <= self.array.shape[2] else 2 * (at + new)
-            grown = np.empty((layers, heads, positions, dim), dtype=self.array.dtype)
-            grown[: self.array.shape[0], :, : self.array.shape[2]] = self.array
-            self.array = grown
-        self.array[layer, :, at : at + new] = x.detach().to(self.dtype).cpu().numpy()
+        if self.tensor is None:
+            kept = x.dtype if x.dtype in (torch.float16, torch.bfloat16) and self.dtype == torch.float32 else self.dtype
+            self.tensor = torch.empty((max(self.n_layers, layer + 1), rows, heads, max(self.capacity, new), dim),
+                                      dtype=kept, device=x.device)
+        if layer >= self.tensor.shape[0] or at + new > self.tensor.shape[3]:  # more than announced: grow (a copy)
+            layers = self.tensor.shape[0] if layer < self.tensor.shape[0] else 2 * (layer + 1)
+            positions = self.tensor.shape[3] if at + new <= self.tensor.shape[3] else 2 * (at + new)
+            grown = self.tensor.new_empty((layers, rows, heads, positions, dim))
+            grown[: self.tensor.shape[0], :, :, : self.tensor.shape[3]] = self.tensor
+            self.tensor = grown
+        self.tensor[layer, :, :, at : at + new].copy_(x.detach())  # on the device: no synchronisation
         self.filled[layer] = at + new
 
-    def take(self, layer: int) -> np.ndarray:
-        """The positions `layer` holds: a view while little capacity went unused, else a trimmed copy."""
-        view = self.array[layer, :, : self.filled[layer]]
-        return view if 4 * view.shape[1] >= 3 * self.array.shape[2] else view.copy()
+    def host(self) -> np.ndarray | None:
+        """All of it as a numpy array in the trace's precision: the one device→host copy of a run (per layer, so
+        that a conversion never doubles the device buffer)."""
+        if self.array is None and self.tensor is not None:
+            if self.tensor.device.type == "cpu" and self.tensor.dtype == self.dtype:
+                self.array = self.tensor.numpy()
+            else:
+                self.array = np.empty(self.tensor.shape, dtype=_NUMPY[self.dtype])
+                for layer in range(self.tensor.shape[0]):
+                    self.array[layer] = self.tensor[layer].to(self.dtype).cpu().numpy()
+            self.tensor = None
+        return self.array
+
+    def take(self, layer: int, row: int = 0, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Positions start..stop-1 of what `layer` holds for batch row `row` (start skips its left padding, stop
+        drops what a row that ended early was fed after): a view while that is most of a one-row buffer, else a
+        copy (a trace must not keep a batch's buffer alive)."""
+        array = self.host()
+        view = array[layer, row, :, start : self.filled[layer] if stop is None else stop]
+        whole = array.shape[1] == 1 and 4 * view.shape[1] >= 3 * array.shape[3]
+        return view if whole else view.copy()
 
 
 _NUMPY = {torch.float16: np.float16, torch.float32: np.float32}
@@ -92,6 +115,7 @@ class AttentionRecorder:
         self.layer_meta: dict[int, dict] = {}
         self.norms = PositionStore(torch.float32, capacity, n_layers)  # ‖v_j^h W_O^h‖, [layers, heads, T, 1]
         self._grams: dict[int, torch.Tensor | None] = {}  # id(module) -> W_O^h W_O^hᵀ of each head, [H, d, d]
+        self._keep: dict[tuple, torch.Tensor] = {}  # (layer, dtype, device) -> 1 for a head kept, 0 for one off
 
     def _layer(self, module: torch.nn.Module) -> int:
         return self.layer_of.setdefault(id(module), len(self.layer_of))
@@ -103,11 +127,11 @@ class AttentionRecorder:
         if key.shape[2] > tokens:
             raise CaptureError(f"{type(module).__name__} attends over {key.shape[2]} keys for {tokens} tokens "
                                f"(compressed or extra keys), so its weights cannot be shown token by token")
-        self.queries.append(layer, query[0])
-        self.keys.append(layer, key[0, :, -new:])
+        self.queries.append(layer, query)
+        self.keys.append(layer, key[:, :, -new:])
         if self.keep_values:
-            self.values.append(layer, value[0, :, -new:])
-        self.record_values(module, value[0, :, -new:], query.shape[1])
+            self.values.append(layer, value[:, :, -new:])
+        self.record_values(module, value[:, :, -new:], query.shape[1])
         if layer not in self.layer_meta:
             scaling = kwargs.get("scaling")
             sinks = kwargs.get("s_aux", kwargs.get("sinks"))  # learned sink logits, one per head (GPT-OSS)
@@ -115,29 +139,33 @@ class AttentionRecorder:
                 "scaling": float(query.shape[-1] ** -0.5 if scaling is None else scaling),
                 "sliding_window": kwargs.get("sliding_window"),
                 "softcap": kwargs.get("softcap"),
-                "sinks": None if sinks is None else sinks.detach().float().reshape(-1).cpu().numpy(),
+                # a tensor until the run is over: reading it now would wait for the device
+                "sinks": None if sinks is None else sinks.detach().float().reshape(-1).clone(),
                 "chunk": _chunk_size(module, kwargs),
             }
 
     def ablated(self, module, output: torch.Tensor) -> torch.Tensor:
         """The attention output [batch, new, H, d] with the ablated heads of this module's layer zeroed."""
-        heads = self.ablate.get(self._layer(module))
-        if not heads:
+        layer = self._layer(module)
+        if layer not in self.ablate:
             return output
-        keep = torch.ones(output.shape[2], dtype=output.dtype, device=output.device)
-        keep[heads] = 0
-        return output * keep[:, None]
+        key = (layer, output.dtype, output.device)
+        if key not in self._keep:  # made once a layer: indexing a device tensor by a list copies from the host
+            keep = torch.ones(output.shape[2], dtype=output.dtype)
+            keep[self.ablate[layer]] = 0
+            self._keep[key] = keep.to(output.device)
+        return output * self._keep[key][:, None]
 
     def record_values(self, module, value: torch.Tensor, n_heads: int) -> None:
-        """Keep ‖v_j^h W_O^h‖ for the new positions of value [H_kv, new, d]: what each position writes through
-        each head (Kobayashi et al. 2020), from the Gram matrix of the head's slice of the output projection."""
+        """Keep ‖v_j^h W_O^h‖ for the new positions of value [rows, H_kv, new, d]: what each position writes
+        through each head (Kobayashi et al. 2020), from the Gram matrix of the head's slice of the output projection."""
         gram = self._gram(module, n_heads, value.shape[-1])
         if gram is None:
             return
-        groups, dim = value.shape[0], value.shape[-1]
-        v = value.float()[:, None]  # [H_kv, 1, new, d]: each group's values serve its heads, with no copy
+        rows, groups, dim = value.shape[0], value.shape[1], value.shape[-1]
+        v = value.float()[:, :, None]  # [rows, H_kv, 1, new, d]: each group's values serve its heads, no copy
         g = gram.reshape(groups, n_heads // groups, dim, dim)  # [H_kv, heads a group, d, d]
-        squared = ((v @ g) * v).sum(-1).reshape(n_heads, -1)  # v·G_h·vᵀ of each head and position, [H, new]
+        squared = ((v @ g) * v).sum(-1).reshape(rows, n_heads, -1)  # v·G_h·vᵀ of each head and position
         self.norms.append(self._layer(module), squared.clamp_(min=0).sqrt_()[..., None])
 
     def _gram(self, module, n_heads: int, dim: int) -> torch.Tensor | None:
@@ -150,52 +178,74 @@ class AttentionRecorder:
                 self._grams[id(module)] = heads @ heads.transpose(1, 2)
         return self._grams[id(module)]
 
-    def value_norms(self, n_tokens: int) -> np.ndarray | None:
-        """float32 [layers, heads, n_tokens], or None unless every layer's were recorded."""
+    def value_norms(self, n_tokens: int, row: int = 0, start: int = 0) -> np.ndarray | None:
+        """float32 [layers, heads, n_tokens] of batch row `row` from position `start` (after its padding), or None
+        unless every layer's were recorded."""
         n_layers = len(self.layer_of)
-        if self.norms.array is None or any(self.norms.filled.get(layer) != n_tokens for layer in range(n_layers)):
+        if self.norms.host() is None or any(self.norms.filled.get(layer, 0) < start + n_tokens
+                                            for layer in range(n_layers)):
             return None
-        return np.ascontiguousarray(self.norms.array[:n_layers, :, :n_tokens, 0])
+        return np.ascontiguousarray(self.norms.host()[:n_layers, row, :, start : start + n_tokens, 0])
 
     def record_weights(self, module, weights: torch.Tensor) -> None:
         layer = self._layer(module)
-        self.weights.setdefault(layer, []).append(weights.detach()[0].to(self.precision))
+        self.weights.setdefault(layer, []).append(weights.detach().to(self.precision))
 
-    def layers(self, n_tokens: int) -> list:
-        """The recorded layers as Trace storage, checked to cover exactly n_tokens positions."""
+    def layers(self, n_tokens: int, row: int = 0, start: int = 0, precision: torch.dtype | None = None,
+               total: int | None = None) -> list:
+        """The recorded layers of batch row `row` as Trace storage: its positions start..start+n_tokens-1 (start
+        skips its left padding; a row that ended early drops what came after), in `precision` (the recorder's own
+        by default). Each layer is checked to have read exactly `total` positions, the run's (start + n_tokens
+        unless given): a layer called twice a pass would hold twice as many."""
+        kind = _NUMPY[precision or self.precision]
+        total = start + n_tokens if total is None else total
         out = []
         for layer in range(len(self.layer_of)):
             if layer in self.queries.filled:
-                query = self.queries.take(layer)
-                key = self.keys.take(layer)
-                value = self.values.take(layer) if self.keep_values else None
-                if query.shape[1] != n_tokens or key.shape[1] != n_tokens:
-                    raise CaptureError(f"attention layer {layer} was called for {query.shape[1]} queries and "
-                                       f"{key.shape[1]} keys over {n_tokens} tokens (it attends more than once a "
-                                       f"pass, or over extra keys), so its weights cannot be shown per token")
-                out.append(QueryKeyLayer(query=query, key=key, value=value, **self.layer_meta[layer]))
+                if self.queries.filled[layer] != total or self.keys.filled[layer] != total:
+                    raise CaptureError(f"attention layer {layer} was called for {self.queries.filled[layer]} queries "
+                                       f"and {self.keys.filled[layer]} keys over {total} tokens (it attends more than "
+                                       f"once a pass, or over extra keys), so its weights cannot be shown per token")
+                stop = start + n_tokens
+                query = self.queries.take(layer, row, start, stop)
+                key = self.keys.take(layer, row, start, stop)
+                value = self.values.take(layer, row, start, stop) if self.keep_values else None
+                meta = self.layer_meta[layer]
+                if isinstance(meta["sinks"], torch.Tensor):
+                    meta["sinks"] = meta["sinks"].cpu().numpy()
+                out.append(QueryKeyLayer(query=_as(query, kind), key=_as(key, kind),
+                                         value=None if value is None else _as(value, kind), **meta))
             else:
-                out.append(WeightsLayer(packed=_pack_rows(self.weights[layer], n_tokens)))
+                out.append(WeightsLayer(packed=_pack_rows([w[row] for w in self.weights[layer]], n_tokens, start)
+                                        .astype(kind, copy=False)))
         return out
 
 
-def _pack_rows(chunks: list[torch.Tensor], n_tokens: int) -> np.ndarray:
+def _as(array: np.ndarray, kind) -> np.ndarray:
+    """`array` in numpy dtype `kind`, contiguous: itself when it already is (a view of a run's buffer)."""
+    return array if array.dtype == kind else array.astype(kind)
+
+
+def _pack_rows(chunks: list[torch.Tensor], n_tokens: int, start: int = 0) -> np.ndarray:
     """Concatenate weight chunks [H, q, kv] (one per forward pass) into packed causal rows [H, T(T+1)/2]. A chunk's
-    rows are the last q of kv positions; a model without a KV cache (MPT) sends all rows again each pass."""
+    rows are the last q of kv positions; a model without a KV cache (MPT) sends all rows again each pass. The first
+    `start` positions (a batch row's left padding) are dropped, rows and keys; rows past n_tokens too (a batch row
+    that ended early)."""
     heads = chunks[0].shape[0]
     packed = np.zeros((heads, n_tokens * (n_tokens + 1) // 2), dtype=np.dtype(str(chunks[0].dtype).split(".")[-1]))
     rows = 0
     for chunk in chunks:
         chunk = chunk.cpu().numpy()
-        first = chunk.shape[2] - chunk.shape[1]
-        if first < 0 or chunk.shape[2] > n_tokens:
-            raise CaptureError(f"an attention layer gave {chunk.shape[1]} rows over {chunk.shape[2]} keys, which do "
-                               f"not fit {n_tokens} tokens")
-        for r in range(chunk.shape[1]):
+        first = chunk.shape[2] - chunk.shape[1] - start  # the position of the chunk's first row, after padding
+        if first + start < 0:
+            raise CaptureError(f"an attention layer gave {chunk.shape[1]} rows over {chunk.shape[2]} keys")
+        for r in range(max(0, -first), chunk.shape[1]):
             row = first + r
+            if row >= n_tokens:
+                break
             offset = row * (row + 1) // 2
-            packed[:, offset : offset + row + 1] = chunk[:, r, : row + 1]
-        rows = max(rows, chunk.shape[2])
+            packed[:, offset : offset + row + 1] = chunk[:, r, start : start + row + 1]
+            rows = max(rows, row + 1)
     if rows != n_tokens:
         raise CaptureError(f"recorded {rows} attention rows, expected {n_tokens}")
     return packed
@@ -343,7 +393,7 @@ def _values_hook(recorder: AttentionRecorder, attention: torch.nn.Module):
     n_heads = model_heads(attention)
 
     def hook(module, args, output):
-        heads = output[0].reshape(output.shape[1], n_heads, -1).transpose(0, 1)  # [H, new, d]
+        heads = output.reshape(*output.shape[:2], n_heads, -1).transpose(1, 2)  # [rows, H, new, d]
         recorder.record_values(attention, heads, n_heads)
 
     return hook

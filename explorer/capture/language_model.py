@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -9,7 +10,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, set_seed
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, set_seed
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 from transformers.generation.streamers import BaseStreamer
 
 from ..errors import CaptureError, ExplorerError, ModelLoadError, SettingsError
@@ -25,16 +27,21 @@ from .probabilities import build_steps
 from .settings import GenerationSettings, check_length
 
 PRECISIONS = {"float16": torch.float16, "float32": torch.float32}
+_WIDTH = {"float16": 2, "float32": 4}
 # precision="auto" keeps queries and keys in float32 (eager-exact) while they fit this budget, else float16
 AUTO_FLOAT32_BUDGET = 100_000_000
 
 
 class _Progress(BaseStreamer):
-    """Counts tokens as `generate` produces them: a tqdm bar and an optional callback(done, total, token text)."""
+    """Counts tokens as `generate` produces them: a tqdm bar and an optional callback. For one prompt the callback
+    is called (done, total, token text); for a batch (`names`: each row's index in the caller's list) it is called
+    (name, done, total, token text) for each row still going. `generate` hands over tokens it already copied to
+    the host: nothing here waits for the device."""
 
-    def __init__(self, total: int, show: bool, callback: Callable[[int, int, str], None] | None,
-                 decode: Callable[[int], str]):
+    def __init__(self, total: int, show: bool, callback: Callable | None, decode: Callable[[int], str],
+                 names: list[int] | None = None, eos: set[int] = frozenset()):
         self.total, self.done, self.callback, self.decode = total, 0, callback, decode
+        self.names, self.eos, self.finished = names, eos, set()
         self.bar = tqdm(total=total, desc="generating", unit="tok", disable=not show)
         self._prompt_seen = False
 
@@ -44,13 +51,96 @@ class _Progress(BaseStreamer):
             return
         self.done += 1
         self.bar.update(1)
-        if self.callback is not None:
+        if self.callback is None:
+            return
+        if self.names is None:
             self.callback(self.done, self.total, self.decode(int(value.reshape(-1)[0])))
+            return
+        for row, token in enumerate(value.reshape(-1)):
+            if row in self.finished:
+                continue
+            token = int(token)
+            if token in self.eos:
+                self.finished.add(row)
+            self.callback(self.names[row], self.done, self.total, self.decode(token))
 
     def end(self):
         self.bar.total = self.bar.n  # an end-of-text token may stop it early: that is done, not failed
         self.bar.refresh()
         self.bar.close()
+
+
+class _Batch:
+    """Prompts (token ids) as one left-padded batch: ids and mask [rows, width] on `device`, and each row's
+    padding. Left padding puts every row's last prompt token at the same position, where generation starts."""
+
+    def __init__(self, rows: list[list[int]], pad_id: int | None, device):
+        self.width = max(map(len, rows))
+        self.pads = [self.width - len(ids) for ids in rows]
+        self.pad_id = pad_id if pad_id is not None or not any(self.pads) else 0
+        fill = 0 if self.pad_id is None else self.pad_id
+        self.ids = torch.tensor([[fill] * pad + ids for pad, ids in zip(self.pads, rows)], device=device)
+        self.mask = torch.tensor([[0] * pad + [1] * len(ids) for pad, ids in zip(self.pads, rows)], device=device)
+
+
+class _RowSampler(LogitsProcessor):
+    """Samples every batch row from its own generator seeded with the seed, so that a prompt's draws are those
+    of its single call whatever batch it is in (one generator for the batch would hand each row other numbers).
+    It comes last, after the sampling warpers; it keeps their scores (the distribution sampled from) and returns
+    scores where only the drawn token is possible, which `generate`'s greedy step then takes."""
+
+    def __init__(self, seed: int, rows: int, device):
+        self.generators = [torch.Generator(device=device).manual_seed(seed) for _ in range(rows)]
+        self.scores: list[torch.Tensor] = []
+
+    @classmethod
+    def replacing(cls, settings: GenerationSettings, kwargs: dict, rows: int, device) -> _RowSampler | None:
+        """For seeded sampling: a sampler, with `kwargs` (for `generate`) changed to decode through it; else
+        None and `kwargs` as they were."""
+        if settings.greedy or settings.seed is None:
+            return None
+        sampler = cls(settings.seed, rows, device)
+        warpers = []  # transformers' own order: temperature, top-k, top-p
+        if settings.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(float(settings.temperature)))
+        if settings.top_k:
+            warpers.append(TopKLogitsWarper(int(settings.top_k)))
+        if settings.top_p is not None and settings.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(float(settings.top_p)))
+        kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), *warpers, sampler])
+        kwargs |= {"do_sample": False, "temperature": None, "top_k": None, "top_p": None}
+        return sampler
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.scores.append(scores)
+        probs = torch.softmax(scores.float(), dim=-1)
+        drawn = torch.cat([torch.multinomial(probs[row : row + 1], 1, generator=generator)
+                           for row, generator in enumerate(self.generators)])
+        return torch.full_like(scores, -torch.inf).scatter_(1, drawn, 0.0)
+
+
+# sampling settings of transformers that the row sampler does not apply: with them, transformers samples
+_OTHER_WARPERS = ("min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h")
+
+
+def _foreign_warpers(model, settings: GenerationSettings, generate_kwargs: dict) -> bool:
+    """Whether a seeded sampling uses warpers the row sampler does not apply (set here or in the model's own
+    generation config)."""
+    if settings.greedy or settings.seed is None:
+        return False
+    config = model.generation_config
+    defaults = {"typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
+    return any(generate_kwargs.get(name, getattr(config, name, None)) not in (None, defaults.get(name))
+               for name in _OTHER_WARPERS)
+
+
+def _until_end(generated: list[int], eos: set[int]) -> int:
+    """How many of a batch row's generated tokens are its own: up to and with its first end-of-text token (after
+    it, `generate` pads the row while the others go on)."""
+    for i, token in enumerate(generated):
+        if token in eos:
+            return i + 1
+    return len(generated)
 
 
 def _context_length(config) -> int | None:
@@ -148,7 +238,7 @@ class LanguageModel:
 
     def generate(
         self,
-        prompt: str,
+        prompt: str | list[str],
         max_new_tokens: int = 20,
         temperature: float = 0.0,
         top_k: int | None = None,
@@ -161,11 +251,12 @@ class LanguageModel:
         ablate: list[tuple[int, int]] | None = None,
         precision: str = "auto",
         keep_values: bool = False,
+        batch_size: int = 8,
         progress: bool = True,
-        on_token: Callable[[int, int, str], None] | None = None,
+        on_token: Callable | None = None,
         on_status: Callable[[str], None] | None = None,
         **generate_kwargs,
-    ) -> Trace:
+    ) -> Trace | list[Trace]:
         """Generate from `prompt` and capture attention, positions and probabilities of every step.
 
         temperature=0 decodes greedily; otherwise tokens are sampled (reproducibly when `seed` is set).
@@ -179,14 +270,60 @@ class LanguageModel:
         with each new token and `on_status(sentence)` says what is happening. Other keyword arguments
         (min_new_tokens, repetition_penalty, eos_token_id, ...) go to transformers' `generate` unchanged; a
         `do_sample` that contradicts `temperature` raises SettingsError.
+
+        A list of prompts gives a list of traces, in the same order. They are generated `batch_size` at a time
+        (prompts of similar length together), left-padded, each row with its own positions and mask, and each
+        trace equals the one its prompt alone gives: the same tokens, attention, steps, lens and surprisal. A row
+        that reaches its end-of-text token stops there. `on_token(prompt_index, done, total, text)` then names the
+        prompt. The same seed means the same trace: with a seed, every prompt is sampled from its own random
+        generator seeded with `seed`, so a prompt's trace does not depend on the batch it was read in (each
+        prompt of a list gets the same seed; give prompts their own seeds by calling for each one).
         """
         settings, ablate = self._checked(GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed),
                                          generate_kwargs, candidates, lens, ablate)
-        ids = self.encode(prompt, chat=chat)
-        check_length(len(ids), max_new_tokens, self.context_length, self.name)
-        return self._generate_ids(ids, settings, generate_kwargs, chat=chat, candidates=candidates,
-                                  lens=lens, precision=precision, keep_values=keep_values, ablate=ablate,
-                                  progress=progress, on_token=on_token, on_status=on_status)
+        prompts = self._prompts(prompt, chat, max_new_tokens)
+        traces = self._in_batches(prompts, batch_size, settings, generate_kwargs, on_token, on_status, chat=chat,
+                                  candidates=candidates, lens=lens, precision=precision, keep_values=keep_values,
+                                  ablate=ablate, progress=progress)
+        return traces if isinstance(prompt, (list, tuple)) else traces[0]
+
+    def _prompts(self, prompt, chat: bool, max_new_tokens: int) -> list[list[int]]:
+        """The token ids of a prompt or of each prompt of a list, each checked to fit the context."""
+        if not isinstance(prompt, (list, tuple)):
+            ids = self.encode(prompt, chat=chat)
+            check_length(len(ids), max_new_tokens, self.context_length, self.name)
+            return [ids]
+        if not prompt:
+            raise SettingsError("the list of prompts is empty: give at least one")
+        out = []
+        for i, text in enumerate(prompt):
+            try:
+                ids = self.encode(text, chat=chat)
+                check_length(len(ids), max_new_tokens, self.context_length, self.name)
+            except SettingsError as e:
+                raise SettingsError(f"prompt {i}: {e}") from None
+            out.append(ids)
+        return out
+
+    def _in_batches(self, prompts: list[list[int]], batch_size, settings: GenerationSettings, generate_kwargs: dict,
+                    on_token, on_status, **options) -> list[Trace]:
+        """Generate after each prompt, `batch_size` rows at a time, prompts of similar length together; the traces
+        come back in the prompts' order."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise SettingsError(f"batch_size must be a whole number ≥ 1, not {batch_size!r}")
+        if _foreign_warpers(self.model, settings, generate_kwargs):  # sampled by transformers: one at a time keeps
+            batch_size = 1  # each prompt's draws its own
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        traces: list[Trace | None] = [None] * len(prompts)
+        for first in range(0, len(order), batch_size):
+            rows = order[first : first + batch_size]
+            if on_status is not None and len(prompts) > 1:
+                on_status(f"generating prompts {first + 1}–{first + len(rows)} of {len(prompts)}")
+            made = self._generate_rows([prompts[i] for i in rows], settings, generate_kwargs, on_token=on_token,
+                                       on_status=on_status, names=rows if len(prompts) > 1 else None, **options)
+            for i, trace in zip(rows, made):
+                traces[i] = trace
+        return traces
 
     def generate_from_ids(self, token_ids: list[int], max_new_tokens: int = 20, temperature: float = 0.0,
                           top_k: int | None = None, top_p: float | None = None, seed: int | None = None, *,
@@ -199,87 +336,108 @@ class LanguageModel:
         it, before generation goes on; `max_new_tokens` counts it. What a branch is made of."""
         settings, ablate = self._checked(GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed),
                                          generate_kwargs, candidates, lens, ablate)
+        token_ids = self._checked_ids(token_ids)
+        forced = None if forced is None else self._token_id(forced)
+        check_length(len(token_ids), max_new_tokens, self.context_length, self.name)
+        return self._generate_rows([token_ids], settings, generate_kwargs, chat=chat, candidates=candidates,
+                                   lens=lens, precision=precision, keep_values=keep_values, ablate=ablate,
+                                   progress=progress, on_token=on_token, on_status=on_status, forced=forced)[0]
+
+    def _checked_ids(self, token_ids) -> list[int]:
         vocab = self.model.get_output_embeddings().weight.shape[0]
         if not isinstance(token_ids, (list, tuple)) or not token_ids or any(
                 isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab for i in token_ids):
             raise SettingsError(f"token_ids must be a non-empty list of token ids 0..{vocab - 1}")
-        forced = None if forced is None else self._token_id(forced)
-        check_length(len(token_ids), max_new_tokens, self.context_length, self.name)
-        return self._generate_ids(list(token_ids), settings, generate_kwargs, chat=chat, candidates=candidates,
-                                  lens=lens, precision=precision, keep_values=keep_values, ablate=ablate,
-                                  progress=progress, on_token=on_token, on_status=on_status, forced=forced)
+        return list(token_ids)
 
-    def _generate_ids(self, ids: list[int], settings: GenerationSettings, generate_kwargs: dict, *,
-                      chat: bool, candidates: int, lens: str | None, precision: str, keep_values: bool,
-                      ablate: list[tuple[int, int]], progress: bool, on_token=None, on_status=None,
-                      forced: int | None = None) -> Trace:
-        """Generate after the prompt `ids` with capture; `forced`, when given, is the first new token."""
-        n_prompt, n_new = len(ids), settings.max_new_tokens
-        fed = ids + ([forced] if forced is not None else [])  # what the model reads before generating
-        remaining = n_new - (len(fed) - n_prompt)
-        precision = self._choose_precision(precision, n_prompt + n_new, keep_values)
-        recorder = self._recorder(precision, n_prompt + n_new, keep_values, ablate)
-        covered = {"all": n_prompt + n_new, "steps": n_new + 1}.get(lens, 0)
+    def _generate_rows(self, prompts: list[list[int]], settings: GenerationSettings, generate_kwargs: dict, *,
+                       chat: bool, candidates: int, lens: str | None, precision: str, keep_values: bool,
+                       ablate: list[tuple[int, int]], progress: bool, on_token=None, on_status=None,
+                       forced: int | None = None, names: list[int] | None = None) -> list[Trace]:
+        """Generate after each of `prompts` (token ids) in one left-padded batch, with capture; `forced`, when
+        given (one prompt only), is the first new token. `names`: each row's index for on_token, in a list."""
+        n_new = settings.max_new_tokens
+        fed = [ids + ([forced] if forced is not None else []) for ids in prompts]  # what the model reads first
+        batch = _Batch(fed, _pad_token_id(self), self.device)
+        remaining = n_new - (1 if forced is not None else 0)
+        precisions = [self._choose_precision(precision, len(ids) + n_new, keep_values) for ids in prompts]
+        # one device buffer for the batch, in the widest precision a row needs; each trace gets its own
+        recorder = self._recorder(max(precisions, key=_WIDTH.get), batch.width + n_new, keep_values, ablate)
+        covered = {"all": batch.width + n_new, "steps": n_new + 1}.get(lens, 0)
         # the prompt's surprisal costs an unembedding row per prompt token (~0.9 s at 1,024 tokens here): it comes
         # with the lens; lens=None is the bare capture, as fast as plain generate
         notes = self._lens_notes(lens)
-        hidden = HiddenStates(self.anatomy, lens, n_prompt, prompt_states=lens is not None or forced is not None,
+        hidden = HiddenStates(self.anatomy, lens, batch.width, prompt_states=lens is not None or forced is not None,
                               capacity=covered)
         raised: list[BaseException] = []  # what the caller's own callbacks raise goes through as it is
         on_token, on_status = _noted(on_token, raised), _noted(on_status, raised)
-        streamer = _Progress(remaining, progress, on_token, self.decode_token)
+        eos = self._eos_ids(generate_kwargs)
+        streamer = _Progress(remaining, progress, on_token, self.decode_token, names, eos)
         if on_status is not None:
-            on_status(f"reading the prompt ({len(fed)} tokens)")
+            on_status(f"reading the prompt ({len(fed[0])} tokens)" if len(fed) == 1 else
+                      f"reading {len(fed)} prompts ({min(map(len, fed))}–{batch.width} tokens)")
         started = time.perf_counter()
         with _foreign_errors(self.name, raised), torch.inference_mode(), recording(self.model, recorder), \
                 hidden.hooked():
             if settings.seed is not None:
                 set_seed(settings.seed)  # python, numpy and torch (all devices), as transformers' own examples do
             if remaining > 0:
-                out = self.model.generate(
-                    torch.tensor([fed], device=self.device),
-                    attention_mask=torch.ones((1, len(fed)), dtype=torch.long, device=self.device),
-                    return_dict_in_generate=True,
-                    output_logits=True,
-                    output_scores=True,
-                    streamer=streamer,
-                    **({"pad_token_id": _pad_token_id(self)} | settings.generate_kwargs()
-                       | {"max_new_tokens": remaining} | generate_kwargs),
-                )
+                kwargs = ({"pad_token_id": batch.pad_id} | settings.generate_kwargs() | {"max_new_tokens": remaining}
+                          | generate_kwargs)
+                sampler = _RowSampler.replacing(settings, kwargs, len(fed), self.device)
+                out = self.model.generate(batch.ids, attention_mask=batch.mask, return_dict_in_generate=True,
+                                          output_logits=True, output_scores=sampler is None, streamer=streamer,
+                                          **kwargs)
                 generated_at = time.perf_counter()
                 hidden.paused = True  # the last token predicts no step
-                self._read_last_token(out)
+                self._read_last_token(out, batch)
                 hidden.paused = False
-                token_ids, logits, scores = out.sequences[0].tolist(), list(out.logits), list(out.scores)
+                read = out.sequences.shape[1]  # positions every layer has read
+                sequences, logits = out.sequences.tolist(), out.logits
+                scores = out.scores if sampler is None else sampler.scores
                 del out  # its KV cache (48 MB at 1,024 tokens) is not needed by what follows
             else:  # only the forced token: nothing is generated after it
-                self.model(torch.tensor([fed], device=self.device), use_cache=False, logits_to_keep=1)
+                self.model(batch.ids, attention_mask=batch.mask, use_cache=False, logits_to_keep=1)
                 generated_at = time.perf_counter()
-                token_ids, logits, scores = fed, [], []
+                read, sequences, logits, scores = batch.width, batch.ids.tolist(), (), ()
                 streamer.end()
-            surprisal = self._surprisal(hidden.prompt, token_ids, len(fed), logits)  # the forced one's from the states
-            if forced is not None:  # the forced token's distribution is the model's at the position before it
-                if hidden.prompt is None:
-                    raise SettingsError(f"cannot branch {self.name}: its decoder blocks or final norm were not found")
-                row = final_logits(self.model, hidden.prompt[n_prompt - 1 : n_prompt], self.anatomy)
-                only = torch.full_like(row, -torch.inf)
-                only[0, forced] = 0.0
-                logits, scores = [row, *logits], [only, *scores]
-            steps = build_steps(token_ids, n_prompt, logits, scores, self.decode_token, candidates)
-            if forced is not None:  # sampled from a distribution that was all on the forced token
-                steps[0].sampling_top_k = steps[0].sampling_top_k[:1]
-            if on_status is not None and lens:
-                on_status("reading the logit lens")
-            analysed = self._analyse(hidden, token_ids, candidates, progress)
+            traces = []
+            for row in range(len(fed)):
+                n_prompt, n_fed, pad = len(prompts[row]), len(fed[row]), batch.pads[row]
+                token_ids = sequences[row][pad:]
+                token_ids = token_ids[: n_fed + _until_end(token_ids[n_fed:], eos)]
+                n_steps = len(token_ids) - n_fed
+                row_logits = [step[row : row + 1] for step in logits[:n_steps]]
+                row_scores = [step[row : row + 1] for step in scores[:n_steps]]
+                prompt = None if hidden.prompt is None else hidden.prompt[row, pad:]
+                surprisal = self._surprisal(prompt, token_ids, n_fed, row_logits)  # the forced one's from the states
+                if forced is not None:  # the forced token's distribution is the model's at the position before it
+                    if prompt is None:
+                        raise SettingsError(f"cannot branch {self.name}: its decoder blocks or final norm were not "
+                                            f"found")
+                    first = final_logits(self.model, prompt[n_prompt - 1 : n_prompt], self.anatomy)
+                    only = torch.full_like(first, -torch.inf)
+                    only[0, forced] = 0.0
+                    row_logits, row_scores = [first, *row_logits], [only, *row_scores]
+                steps = build_steps(token_ids, n_prompt, row_logits, row_scores, self.decode_token, candidates)
+                if forced is not None:  # sampled from a distribution that was all on the forced token
+                    steps[0].sampling_top_k = steps[0].sampling_top_k[:1]
+                if on_status is not None and lens:
+                    on_status("reading the logit lens" + (f" ({row + 1} of {len(fed)})" if len(fed) > 1 else ""))
+                analysed = self._analyse(hidden, row, pad, token_ids, candidates, progress)
+                traces.append((token_ids, n_prompt, steps, surprisal, analysed, pad, precisions[row]))
         if hidden.reread and lens:
             notes.append(f"No logit lens: {self.name} reads the whole text again at every step (it keeps no KV "
                          f"cache), so its positions are not followed.")
-        used = settings.as_dict() | {"chat": chat, "candidates": candidates, "lens": lens, "precision": precision,
+        used = settings.as_dict() | {"chat": chat, "candidates": candidates, "lens": lens,
                                      "ablate": [list(pair) for pair in ablate]}
         used |= {k: v for k, v in generate_kwargs.items() if isinstance(v, (int, float, str, bool, list))}
         timings = {"generate": generated_at - started, "lens": time.perf_counter() - generated_at,
                    "total": time.perf_counter() - started}
-        return self._build_trace(token_ids, n_prompt, recorder, steps, used, timings, surprisal, analysed, notes)
+        return [self._build_trace(token_ids, n_prompt, recorder, steps, used | {"precision": row_precision},
+                                  timings, surprisal, analysed, list(notes), row=row, start=pad, read=read,
+                                  precision=row_precision)
+                for row, (token_ids, n_prompt, steps, surprisal, analysed, pad, row_precision) in enumerate(traces)]
 
     def branch(self, trace: Trace, step: int, token, *, progress: bool = True, on_token=None,
                on_status=None) -> Trace:
@@ -341,32 +499,71 @@ class LanguageModel:
             pairs.append((layer, head))
         return sorted(set(pairs))
 
-    def trace(self, text: str, *, chat: bool = False, lens: str | None = None, candidates: int = 10,
+    def trace(self, text: str | list[str], *, chat: bool = False, lens: str | None = None, candidates: int = 10,
               ablate: list[tuple[int, int]] | None = None, precision: str = "auto", keep_values: bool = False,
-              progress: bool = True) -> Trace:
+              batch_size: int = 8, progress: bool = True) -> Trace | list[Trace]:
         """Read `text` in one forward pass and capture its attention, positions and surprisal (no generated
-        steps); lens="all" adds a logit lens at every position, `ablate` switches (layer, head) pairs off."""
+        steps); lens="all" adds a logit lens at every position, `ablate` switches (layer, head) pairs off.
+        A list of texts gives a list of traces, read `batch_size` at a time (left-padded), each equal to the trace
+        of its text alone."""
+        prompts = self._prompts(text, chat, 0)
+        made = self.trace_ids(prompts, lens=lens, candidates=candidates, ablate=ablate, precision=precision,
+                              keep_values=keep_values, batch_size=batch_size, progress=progress, chat=chat)
+        return made if isinstance(text, (list, tuple)) else made[0]
+
+    def trace_ids(self, token_ids: list[int] | list[list[int]], *, lens: str | None = None, candidates: int = 10,
+                  ablate: list[tuple[int, int]] | None = None, precision: str = "auto", keep_values: bool = False,
+                  batch_size: int = 8, progress: bool = True, chat: bool = False) -> Trace | list[Trace]:
+        """`trace` of token ids instead of a text (all of them are read as they are, with no special tokens
+        added), or of a list of such lists (a list of traces)."""
         check_lens(lens, generating=False)
         _check_candidates(candidates)
         ablate = self._check_ablate(ablate)
-        ids = self.encode(text, chat=chat)
-        check_length(len(ids), 0, self.context_length, self.name)
-        precision = self._choose_precision(precision, len(ids), keep_values)
-        recorder = self._recorder(precision, len(ids), keep_values, ablate)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise SettingsError(f"batch_size must be a whole number ≥ 1, not {batch_size!r}")
+        many = isinstance(token_ids, (list, tuple)) and bool(token_ids) and isinstance(token_ids[0], (list, tuple))
+        rows = [self._checked_ids(ids) for ids in token_ids] if many else [self._checked_ids(token_ids)]
+        for ids in rows:
+            check_length(len(ids), 0, self.context_length, self.name)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        traces: list[Trace | None] = [None] * len(rows)
+        options = {"lens": lens, "candidates": candidates, "ablate": ablate, "precision": precision,
+                   "keep_values": keep_values, "progress": progress, "chat": chat}
+        for first in range(0, len(order), batch_size):
+            chunk = order[first : first + batch_size]
+            for i, trace in zip(chunk, self._read_rows([rows[i] for i in chunk], **options)):
+                traces[i] = trace
+        return traces if many else traces[0]
+
+    def _read_rows(self, rows: list[list[int]], *, lens, candidates, ablate, precision, keep_values, progress,
+                   chat) -> list[Trace]:
+        """Read each of `rows` (token ids) in one left-padded forward pass, with capture."""
+        batch = _Batch(rows, _pad_token_id(self), self.device)
+        precisions = [self._choose_precision(precision, len(ids), keep_values) for ids in rows]
+        recorder = self._recorder(max(precisions, key=_WIDTH.get), batch.width, keep_values, ablate)
         notes = self._lens_notes(lens) or ([] if self.anatomy.found else
                                            [f"No prompt surprisal: {self.anatomy.problem}."])
-        hidden = HiddenStates(self.anatomy, lens, len(ids), prompt_states=True, capacity=len(ids) if lens else 0)
+        hidden = HiddenStates(self.anatomy, lens, batch.width, prompt_states=True,
+                              capacity=batch.width if lens else 0)
         started = time.perf_counter()
+        made = []
         with _foreign_errors(self.name), torch.inference_mode(), recording(self.model, recorder), hidden.hooked():
             # logits at the last position only: all of them would be T × vocabulary floats (400 MB at 2,048)
-            self.model(torch.tensor([ids], device=self.device), use_cache=False, logits_to_keep=1)
+            self.model(batch.ids, attention_mask=batch.mask, use_cache=False, logits_to_keep=1,
+                       **self._positions(batch, batch.mask))
             forward_at = time.perf_counter()
-            surprisal = self._surprisal(hidden.prompt, ids, len(ids), [])
-            analysed = self._analyse(hidden, ids, candidates, progress)
+            for row, ids in enumerate(rows):
+                pad = batch.pads[row]
+                prompt = None if hidden.prompt is None else hidden.prompt[row, pad:]
+                surprisal = self._surprisal(prompt, ids, len(ids), [])
+                made.append((ids, surprisal, self._analyse(hidden, row, pad, ids, candidates, progress), pad,
+                             precisions[row]))
         timings = {"forward": forward_at - started, "lens": time.perf_counter() - forward_at}
-        settings = {"chat": chat, "candidates": candidates, "lens": lens, "precision": precision,
-                    "ablate": [list(pair) for pair in ablate]}
-        return self._build_trace(ids, len(ids), recorder, [], settings, timings, surprisal, analysed, notes)
+        settings = {"chat": chat, "candidates": candidates, "lens": lens, "ablate": [list(pair) for pair in ablate]}
+        return [self._build_trace(ids, len(ids), recorder, [], settings | {"precision": row_precision}, timings,
+                                  surprisal, analysed, list(notes), row=row, start=pad, read=batch.width,
+                                  precision=row_precision)
+                for row, (ids, surprisal, analysed, pad, row_precision) in enumerate(made)]
 
     def _surprisal(self, prompt_states, token_ids: list[int], n_prompt: int, step_logits) -> np.ndarray:
         """-ln p(token_i | tokens before i), float32 [T], NaN at 0: the prompt's from the last block's states,
@@ -383,9 +580,16 @@ class LanguageModel:
             out[n_prompt : n_prompt + len(logits)] = -log_probs.cpu().numpy()
         return out
 
-    def _analyse(self, hidden: HiddenStates, token_ids: list[int], k: int, progress: bool):
-        """The logit lens of what `hidden` kept, or None when no lens was asked for."""
+    def _analyse(self, hidden: HiddenStates, row: int, pad: int, token_ids: list[int], k: int, progress: bool):
+        """The logit lens of what `hidden` kept of batch row `row` (`pad` positions of left padding), or None when
+        no lens was asked for. A row keeps its own positions: none of its padding, none after its last token (and
+        for "steps", not its last token, which predicts no step)."""
         if hidden.reread or not hidden.positions:
+            return None
+        last = len(token_ids) - (2 if hidden.lens == "steps" else 1)
+        own = [p - pad for p in hidden.positions]
+        keep = [i for i, p in enumerate(own) if 0 <= p <= last]
+        if not keep:
             return None
         bar = tqdm(total=1, desc="logit lens", unit="row", disable=not progress)
 
@@ -394,8 +598,8 @@ class LanguageModel:
             bar.update(done - bar.n)
 
         try:
-            return build_lens(self.model, self.anatomy, hidden.states(), hidden.positions, token_ids, k,
-                              self.decode_token, advance)
+            return build_lens(self.model, self.anatomy, hidden.states(row)[:, keep[0] : keep[-1] + 1],
+                              own[keep[0] : keep[-1] + 1], token_ids, k, self.decode_token, advance)
         finally:
             bar.close()
 
@@ -404,18 +608,34 @@ class LanguageModel:
         return AttentionRecorder(PRECISIONS[precision], keep_values, capacity=n_positions,
                                  n_layers=self.model.config.num_hidden_layers, ablate=ablate)
 
-    def _read_last_token(self, out) -> None:
+    def _positions(self, batch: _Batch, mask: torch.Tensor, last: int | None = None) -> dict:
+        """position_ids for a left-padded batch (each row counts from its first token), as `generate` makes them;
+        nothing for a batch without padding, or a model that takes none (ALiBi models read the mask)."""
+        if not any(batch.pads) or not self._takes_positions:
+            return {}
+        positions = (mask.long().cumsum(-1) - 1).clamp_(min=0)
+        return {"position_ids": positions if last is None else positions[:, -last:]}
+
+    @property
+    def _takes_positions(self) -> bool:
+        return "position_ids" in inspect.signature(self.model.forward).parameters
+
+    def _eos_ids(self, generate_kwargs: dict) -> set[int]:
+        """The end-of-text token ids a generation stops at."""
+        eos = generate_kwargs.get("eos_token_id", self.model.generation_config.eos_token_id)
+        if isinstance(eos, torch.Tensor):
+            eos = eos.tolist()
+        return set(eos) if isinstance(eos, (list, tuple, set)) else set() if eos is None else {int(eos)}
+
+    def _read_last_token(self, out, batch: _Batch) -> None:
         """The last generated token was never read by the model: one more step gives its attention row."""
-        sequence = out.sequences[0]
+        sequence = out.sequences
+        mask = torch.cat([batch.mask, batch.mask.new_ones((len(sequence), sequence.shape[1] - batch.width))], dim=1)
         if out.past_key_values is None:  # a model that keeps no KV cache (MPT) reads the whole sequence again
-            self.model(sequence[None, :], attention_mask=torch.ones_like(sequence[None, :]), use_cache=False)
+            self.model(sequence, attention_mask=mask, use_cache=False, **self._positions(batch, mask))
             return
-        self.model(
-            sequence[None, -1:],
-            attention_mask=torch.ones_like(sequence[None, :]),
-            past_key_values=out.past_key_values,
-            use_cache=True,
-        )
+        self.model(sequence[:, -1:], attention_mask=mask, past_key_values=out.past_key_values, use_cache=True,
+                   **self._positions(batch, mask, last=1))
 
     def _choose_precision(self, precision: str, n_tokens: int, keep_values: bool) -> str:
         if precision == "auto":
@@ -428,12 +648,15 @@ class LanguageModel:
         return precision
 
     def _build_trace(self, token_ids, n_prompt, recorder, steps, settings, timings, surprisal, lens,
-                     notes: list[str]) -> Trace:
+                     notes: list[str], *, row: int = 0, start: int = 0, read: int | None = None,
+                     precision: str | None = None) -> Trace:
+        """The trace of batch row `row`, whose tokens start after `start` positions of padding; `read` is how
+        many positions every layer read in the run."""
         return Trace(
             tokens=[self.decode_token(i) for i in token_ids],
             token_ids=token_ids,
             n_prompt=n_prompt,
-            layers=recorder.layers(len(token_ids)),
+            layers=recorder.layers(len(token_ids), row, start, PRECISIONS.get(precision), read),
             steps=steps,
             positional=read_positional(self.model, len(token_ids), self.layer_positions),
             model=self.info(),
@@ -442,7 +665,7 @@ class LanguageModel:
             pieces=self.tokenizer.convert_ids_to_tokens(token_ids),
             surprisal=surprisal,
             lens=lens,
-            value_norms=recorder.value_norms(len(token_ids)),
+            value_norms=recorder.value_norms(len(token_ids), row, start),
             notes=notes,
         )
 

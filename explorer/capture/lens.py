@@ -36,7 +36,8 @@ class HiddenStates:
 
     `covers(start, stop)` says which positions of a forward pass over start..stop-1 to keep; the last block also
     keeps the prompt's positions when `prompt_states` is set (the prompt's surprisal needs them, and `generate`
-    computes logits only at the last position).
+    computes logits only at the last position). Positions count from the start of a left-padded batch: every
+    row's prompt ends at n_prompt - 1. The states stay on the model's device, in its dtype, until the run is over.
     """
 
     def __init__(self, anatomy: Anatomy, lens: str | None, n_prompt: int, prompt_states: bool, capacity: int = 0):
@@ -45,7 +46,7 @@ class HiddenStates:
         self.anatomy, self.lens, self.n_prompt, self.prompt_states = anatomy, lens, n_prompt, prompt_states
         self.n_layers = len(anatomy.blocks) if anatomy.found else 0
         self.seen = [0] * self.n_layers
-        # the covered rows of every block in one tensor [layers, capacity, d], allocated at the first pass: a
+        # the covered rows of every block in one tensor [layers, batch, capacity, d], allocated at the first pass: a
         # small tensor kept per block and step lands between the passes' temporaries and fragments the heap
         # (peaks of +200 MB on a 1,024-token prompt, one run in three)
         self.capacity = capacity
@@ -66,6 +67,7 @@ class HiddenStates:
         return range(0)
 
     def record(self, layer: int, hidden: torch.Tensor) -> None:
+        """Keep what the lens covers of block `layer`'s output [batch, new, d]."""
         new = hidden.shape[1]
         start = self.seen[layer]
         if start and new > 1 and self.lens != "all":  # the whole text again: a model without a KV cache (MPT)
@@ -74,16 +76,16 @@ class HiddenStates:
         self.seen[layer] = start + new
         keep = self.covered(start, start + new)
         if len(keep):  # copied: a view would keep the whole pass's output alive (70 MB for a 1,024-token prompt)
-            rows = hidden[0, keep.start - start : keep.stop - start].detach()
-            at = self.filled[layer]
-            if self.kept is None or at + len(rows) > self.kept.shape[1]:
-                self._grow(at + len(rows), rows)
-            self.kept[layer, at : at + len(rows)] = rows
-            self.filled[layer] = at + len(rows)
+            rows = hidden[:, keep.start - start : keep.stop - start].detach()
+            at, n = self.filled[layer], rows.shape[1]
+            if self.kept is None or at + n > self.kept.shape[2]:
+                self._grow(at + n, rows)
+            self.kept[layer, :, at : at + n] = rows
+            self.filled[layer] = at + n
             if layer == 0:
                 self.positions.extend(keep)
         if self.prompt_states and layer == self.n_layers - 1 and start == 0:
-            self.prompt = hidden[0].detach().float()
+            self.prompt = hidden.detach().clone()  # [batch, n_prompt, d]; the model may reuse its output buffer
 
     @contextmanager
     def hooked(self):
@@ -107,16 +109,16 @@ class HiddenStates:
     def _grow(self, needed: int, rows: torch.Tensor) -> None:
         """Room for `needed` rows a block: the announced capacity, or twice what is needed beyond it (a copy)."""
         size = max(self.capacity, needed) if self.kept is None else 2 * needed
-        grown = torch.empty((self.n_layers, size, rows.shape[-1]), dtype=torch.float32, device=rows.device)
+        grown = torch.empty((self.n_layers, rows.shape[0], size, rows.shape[-1]), dtype=rows.dtype, device=rows.device)
         if self.kept is not None:
-            grown[:, : self.kept.shape[1]] = self.kept
+            grown[:, :, : self.kept.shape[2]] = self.kept
         self.kept = grown
 
-    def states(self) -> torch.Tensor:
-        """[layers, positions, d]"""
+    def states(self, row: int = 0) -> torch.Tensor:
+        """[layers, positions, d] of batch row `row`, at `self.positions`"""
         if len(set(self.filled)) != 1:
             raise RuntimeError(f"the blocks kept different numbers of positions: {self.filled}")
-        return self.kept[:, : self.filled[0]]
+        return self.kept[:, row, : self.filled[0]]
 
 
 def _logits(model, normed: torch.Tensor, out: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
