@@ -7,6 +7,7 @@ alternating the two so that a noisy shared machine hurts both alike.
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -87,6 +88,58 @@ def overhead(lm, prompt_tokens: int, new_tokens: int, repeats: int) -> tuple[flo
         captured.append(_captured_generate(lm, text, new_tokens))
     p, c = statistics.median(plain), statistics.median(captured)
     return p, c, c / p
+
+
+# eight prompts of different lengths, as a class or a researcher's list would have them
+_PROMPTS = [
+    "The capital of France is",
+    "Two plus two is",
+    "Once upon a time, in a small village by the sea, there lived an old fisherman who",
+    "The best way to learn a new language is",
+    "Photosynthesis is the process by which plants",
+    "In 1969, the first people to walk on the moon were",
+    "A haiku about autumn leaves:",
+    "The three primary colours are red, blue and",
+]
+
+
+def _plain_batch(lm, prompts: list[str], new_tokens: int) -> float:
+    """Seconds of plain transformers generate over `prompts` as one left-padded batch."""
+    tokenizer = lm.tokenizer
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        inputs = tokenizer(prompts, return_tensors="pt", padding=True).to(lm.device)
+    finally:
+        tokenizer.padding_side = side
+    started = time.perf_counter()
+    with torch.inference_mode():
+        lm.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                          pad_token_id=tokenizer.pad_token_id)
+    return time.perf_counter() - started
+
+
+def batching(lm, repeats: int, new_tokens: int = 20) -> dict[str, list[float]]:
+    """Seconds for the 8 prompts: plain one by one, plain as one batch, captured one by one and as one batch
+    (lens=None and the default lens), interleaved runs."""
+    prompts = _PROMPTS
+    lm.generate(prompts[:2], max_new_tokens=2, progress=False)  # warm-up
+
+    def captured(lens, batch_size):
+        started = time.perf_counter()
+        lm.generate(prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens, lens=lens, batch_size=batch_size,
+                    progress=False)
+        return time.perf_counter() - started
+
+    runs = {"plain one by one": lambda: sum(_plain_generate(lm, p, new_tokens) for p in prompts),
+            "plain batch": lambda: _plain_batch(lm, prompts, new_tokens),
+            "captured one by one": lambda: captured(None, 1),
+            "captured batch": lambda: captured(None, 8),
+            "captured batch, lens": lambda: captured("steps", 8)}
+    out: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            out[name].append(run())
+    return out
 
 
 def memory(lm, n_tokens: int) -> tuple[int, int, float, str, int]:
@@ -262,10 +315,25 @@ def run_benchmark(repeats: int = 3) -> None:
         added = statistics.median(t["lens steps"]) / statistics.median(t["no lens"]) - 1
         print(f"    {prompt_tokens:<8}{span['plain']:>14}{span['no lens']:>14}{span['lens steps']:>14}{added:>+11.0%}")
 
+    print(f"\n(g) batches: the {len(_PROMPTS)} prompts above x 20 new tokens, greedy, {repeats} interleaved runs "
+          f"(min-max s)")
+    t = batching(lm, repeats)
+    for name, values in t.items():
+        print(f"    {name:<24}{min(values):>6.2f}-{max(values):.2f}")
+    med = {k: statistics.median(v) for k, v in t.items()}
+    print(f"    captured batch vs captured one by one: {med['captured one by one'] / med['captured batch']:.2f}x "
+          f"the throughput   target >= 3.5x")
+    print(f"    capture overhead at batch 8 (lens=None) vs plain batch: {med['captured batch'] / med['plain batch']:.3f}x"
+          f"   target <= 1.10x; with the default lens {med['captured batch, lens'] / med['plain batch']:.3f}x")
+
     print(f"\nbench took {time.perf_counter() - started:.0f} s")
 
 
-if __name__ == "__main__":  # python -m explorer.bench peak KIND PROMPT_TOKENS NEW_TOKENS: one measurement, as JSON
+if __name__ == "__main__" and sys.argv[1:2] == ["batching"]:  # python -m explorer.bench batching: (g) alone
+    _lm = load_model(progress=False)
+    for _name, _values in batching(_lm, 3).items():
+        print(f"{_name:<24}{min(_values):>6.2f}-{max(_values):.2f}")
+elif __name__ == "__main__":  # python -m explorer.bench peak KIND PROMPT_TOKENS NEW_TOKENS: one measurement, as JSON
     import json
     import sys
 
