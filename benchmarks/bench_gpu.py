@@ -65,12 +65,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
+import numpy as np
+import torch
+import transformers
+from tiny_models import Ids, tiny_model
 
-from explorer.models import load_model, wrap  # noqa: E402  (the model side only: no views)
-from tiny_models import Ids, tiny_model  # noqa: E402
+from explorer.models import load_model, wrap  # the model side only: no views
 
 FAMILIES = {"llama": "GQA", "mistral": "sliding window", "gemma2": "soft-cap, sliding", "gpt2": "learned positions",
             "qwen3": "q/k norm", "bloom": "ALiBi"}
@@ -81,12 +81,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # capture is within 4e-2 of eager bfloat16, while eager bfloat16 is 0.19 from the same weights run in float32.
 TOLERANCE = {"float32": 1e-4, "bfloat16": 1e-1}
 SIZES = {  # prompts and new tokens per run of each step
-    "cuda": dict(parity_new=16, short=40, long=4096, new=64, repeats=5,
-                 batch=(24, 40, 56, 72, 96, 128, 160, 200), batch_new=64, batch_repeats=2),
-    "cpu": dict(parity_new=8, short=40, long=512, new=16, repeats=3,
-                batch=(8, 12, 16, 24, 32, 40, 48, 64), batch_new=16, batch_repeats=2),
-    "quick": dict(parity_new=6, short=12, long=64, new=4, repeats=1,
-                  batch=(4, 5, 6, 7, 8, 9, 10, 12), batch_new=4, batch_repeats=1),
+    "cuda": {"parity_new": 16, "short": 40, "long": 4096, "new": 64, "repeats": 5,
+             "batch": (24, 40, 56, 72, 96, 128, 160, 200), "batch_new": 64, "batch_repeats": 2},
+    "cpu": {"parity_new": 8, "short": 40, "long": 512, "new": 16, "repeats": 3,
+            "batch": (8, 12, 16, 24, 32, 40, 48, 64), "batch_new": 16, "batch_repeats": 2},
+    "quick": {"parity_new": 6, "short": 12, "long": 64, "new": 4, "repeats": 1,
+              "batch": (4, 5, 6, 7, 8, 9, 10, 12), "batch_new": 4, "batch_repeats": 1},
 }
 PROMPT = [5, 9, 14, 3, 22, 7, 30, 11, 4, 17, 2, 40]  # a tiny model's prompt (token ids)
 TEXT = ("The old lighthouse keeper climbed the spiral stairs every evening to light the lamp, counting the steps as "
@@ -135,11 +135,11 @@ def tiny_lm(family: str, device: torch.device, dtype: torch.dtype):
 
 def random_llama(device: torch.device, dtype: torch.dtype, smollm2_shape: bool):
     """A random Llama made from a config: SmolLM2's shape on a GPU (its timings are SmolLM2's), small on a CPU."""
-    sizes = (dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                  num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True)
+    sizes = ({"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+              "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True}
              if smollm2_shape else
-             dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False))
+             {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "vocab_size": 512, "tie_word_embeddings": False})
     config = transformers.LlamaConfig(**sizes, max_position_embeddings=8192, rms_norm_eps=1e-5,
                                       rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
                                       bos_token_id=1, eos_token_id=None, pad_token_id=0)
@@ -277,7 +277,7 @@ def batch(lm, lengths: tuple[int, ...], new: int, repeats: int) -> dict:
     width, pad = max(map(len, encoded)), pad_id(lm)
     ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
     mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
-    settings = dict(max_new_tokens=new, min_new_tokens=new, progress=False)
+    settings = {"max_new_tokens": new, "min_new_tokens": new, "progress": False}
 
     def together(lens):
         return lm.generate(prompts, batch_size=len(prompts), lens=lens, **settings)
@@ -328,7 +328,7 @@ def memory(lm, n_prompt: int, new: int) -> dict:
     out: dict[str, float | str] = {"prompt": n_prompt, "new": new}
     out["plain"], _ = peak_mb(device, lambda: plain_generate(lm, ids, new))
     for lens in (None, "steps"):
-        out[f"capture lens={lens}"], trace = peak_mb(device, lambda: captured(lm, ids, new, lens))
+        out[f"capture lens={lens}"], trace = peak_mb(device, lambda lens=lens: captured(lm, ids, new, lens))
         out[f"trace lens={lens}"] = trace.nbytes / 2**20
         out["precision"] = trace.settings["precision"]
         del trace
