@@ -463,8 +463,17 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = SIZES["quick" if args.quick else "cuda" if device.type == "cuda" else "cpu"]
     use_smollm2 = device.type == "cuda" if args.smollm2 is None else args.smollm2
     why_not = "--no-smollm2" if args.smollm2 is False else "cpu: add --smollm2"
-    warnings.filterwarnings("ignore")
+    verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():  # generate's advice on settings it ignores is not the benchmark's
+            warnings.simplefilter("ignore")
+            return run(args, device, sizes, use_smollm2, why_not, started)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def run(args, device: torch.device, sizes: dict, use_smollm2: bool, why_not: str, started: float) -> dict:
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     results: dict = {"device": str(device), "where": where, "torch": torch.__version__,
