@@ -199,15 +199,19 @@ class LanguageModel:
         it, before generation goes on; `max_new_tokens` counts it. What a branch is made of."""
         settings, ablate = self._checked(GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed),
                                          generate_kwargs, candidates, lens, ablate)
+        token_ids = self._checked_ids(token_ids)
+        forced = None if forced is None else self._token_id(forced)
+        check_length(len(token_ids), max_new_tokens, self.context_length, self.name)
+        return self._generate_ids(token_ids, settings, generate_kwargs, chat=chat, candidates=candidates,
+                                  lens=lens, precision=precision, keep_values=keep_values, ablate=ablate,
+                                  progress=progress, on_token=on_token, on_status=on_status, forced=forced)
+
+    def _checked_ids(self, token_ids) -> list[int]:
         vocab = self.model.get_output_embeddings().weight.shape[0]
         if not isinstance(token_ids, (list, tuple)) or not token_ids or any(
                 isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab for i in token_ids):
             raise SettingsError(f"token_ids must be a non-empty list of token ids 0..{vocab - 1}")
-        forced = None if forced is None else self._token_id(forced)
-        check_length(len(token_ids), max_new_tokens, self.context_length, self.name)
-        return self._generate_ids(list(token_ids), settings, generate_kwargs, chat=chat, candidates=candidates,
-                                  lens=lens, precision=precision, keep_values=keep_values, ablate=ablate,
-                                  progress=progress, on_token=on_token, on_status=on_status, forced=forced)
+        return list(token_ids)
 
     def _generate_ids(self, ids: list[int], settings: GenerationSettings, generate_kwargs: dict, *,
                       chat: bool, candidates: int, lens: str | None, precision: str, keep_values: bool,
@@ -346,10 +350,18 @@ class LanguageModel:
               progress: bool = True) -> Trace:
         """Read `text` in one forward pass and capture its attention, positions and surprisal (no generated
         steps); lens="all" adds a logit lens at every position, `ablate` switches (layer, head) pairs off."""
+        return self.trace_ids(self.encode(text, chat=chat), lens=lens, candidates=candidates, ablate=ablate,
+                              precision=precision, keep_values=keep_values, progress=progress, chat=chat)
+
+    def trace_ids(self, token_ids: list[int], *, lens: str | None = None, candidates: int = 10,
+                  ablate: list[tuple[int, int]] | None = None, precision: str = "auto", keep_values: bool = False,
+                  progress: bool = True, chat: bool = False) -> Trace:
+        """`trace` of token ids instead of a text: all of them are read as they are, with no special tokens added
+        (`chat` is only recorded in the trace's settings)."""
         check_lens(lens, generating=False)
         _check_candidates(candidates)
         ablate = self._check_ablate(ablate)
-        ids = self.encode(text, chat=chat)
+        ids = self._checked_ids(token_ids)
         check_length(len(ids), 0, self.context_length, self.name)
         precision = self._choose_precision(precision, len(ids), keep_values)
         recorder = self._recorder(precision, len(ids), keep_values, ablate)
