@@ -11,6 +11,7 @@ from .errors import ExplorerError, ModelLoadError, SettingsError, TraceFileError
 from .trace import Candidate, LogitLens, Positional, Step, Trace, save_traces
 from .trace_file import load_trace, load_traces
 from . import whatif  # noqa: F401  (explorer.whatif: branch_request, graft, rescore; torch-free)
+from .atlas import HeadAtlasOverTexts, head_atlas, repeated_random_tokens
 
 __version__ = "0.1.0"
 
@@ -43,6 +44,7 @@ __all__ = [
     "Candidate",
     "LogitLens",
     "ExplorerError",
+    "HeadAtlasOverTexts",
     "LanguageModel",
     "ModelLoadError",
     "Positional",
@@ -51,9 +53,11 @@ __all__ = [
     "Trace",
     "TraceFileError",
     "compare",
+    "head_atlas",
     "load_model",
     "load_trace",
     "load_traces",
+    "repeated_random_tokens",
     "save_traces",
     "show",
     "wrap",

@@ -1,8 +1,8 @@
 """The head atlas and the heatmap's kinds in Voilà, in headless Chromium, offline.
 
 One Voilà page for the module: the explorer of a 1,200-token, 12-layer read trace with value norms (its head scores take
-a few seconds, so the progress bar shows), a label that prints the Python selection and the open tab, and a heatmap
-of a trace without value norms. Tests type queries, sort, click a row and switch the heatmap's kind, and compare
+a few seconds, so the progress bar shows), a label that prints the Python selection and the open tab, a heatmap
+of a trace without value norms, and an atlas over texts (means ± their standard deviation, from a file of arrays). Tests type queries, sort, click a row and switch the heatmap's kind, and compare
 what the browser shows with the trace's own arrays, computed here, outside the kernel.
 """
 
@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 
+from explorer.analysis import SCORES
 from synthetic import synthetic_trace, with_analysis
 from test_browser_attention import js_fmt
 from voila_harness import OUTPUT, notebook_page, write_notebook
@@ -40,9 +41,18 @@ ex.tabs.observe(report, "selected_index")
 report()
 display(case("norms", ex, state))
 display(case("plain", heatmap(explorer.load_trace(PLAIN), layer=1, head=0)))
+
+import numpy as np
+from explorer import HeadAtlasOverTexts, analysis, views
+with np.load(TEXTS, allow_pickle=False) as f:
+    parts = {part: {n: f[part + "_" + n] for n in analysis.SCORES} for part in ("mean", "std", "n")}
+over = HeadAtlasOverTexts(**parts, n_texts=32, n_layers=6, n_heads=3, n_tokens=[101] * 32, model="made-up",
+                          source="32 sequences of 50 random tokens, each read twice (seed 0)")
+display(case("texts", views.head_atlas(over)))
 """
 
 ATLAS = ".case-norms .ae-atlas"
+TEXTS = ".case-texts .ae-atlas"
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +73,21 @@ def scores(traces):
 
 
 @pytest.fixture(scope="module")
-def page(traces):
+def over_texts(traces) -> dict[str, dict[str, np.ndarray]]:
+    """Made-up scores over 32 texts, 6 layers × 3 heads, saved for the page: induction in 30 of the texts."""
+    rng = np.random.default_rng(4)
+    parts = {"mean": {n: rng.random((6, 3)).astype(np.float32) for n in SCORES},
+             "std": {n: (0.3 * rng.random((6, 3))).astype(np.float32) for n in SCORES},
+             "n": {n: np.full((6, 3), 30 if n == "induction" else 32) for n in SCORES}}
+    np.savez(traces[0] / "texts.npz", **{f"{part}_{n}": a for part, values in parts.items() for n, a in values.items()})
+    return parts
+
+
+@pytest.fixture(scope="module")
+def page(traces, over_texts):
     folder, _ = traces
     paths = "\n".join(f"{name.upper()} = {str(folder / f'{name}.trace')!r}" for name in ["norms", "plain"])
+    paths += f"\nTEXTS = {str(folder / 'texts.npz')!r}"
     notebook = write_notebook(folder / "atlas.ipynb", [paths, CELL])
     with notebook_page(notebook, ".case-plain .ae-heatmap[data-draw-count]", viewport=(1280, 1100)) as (page, log):
         yield page, log
@@ -230,6 +252,39 @@ def test_without_value_norms_value_weighted_is_greyed_out_saying_why(page):
     assert "(no norms)" in option.inner_text() and "no value norms" in option.get_attribute("title")
     assert "no value norms" in page.locator(".case-plain .ae-kind").get_attribute("title")
     page.locator(".case-plain .ae-heatmap").screenshot(path=str(OUTPUT / "head-atlas-heatmap-plain.png"))
+
+
+def test_an_atlas_over_texts_says_so_and_shows_each_mean_with_its_spread(page, over_texts):
+    page, _ = page
+    page.wait_for_selector(f"{TEXTS}[data-ready='1']")
+    title = page.locator(f"{TEXTS} .ae-atlas-title")
+    assert title.is_visible()
+    assert title.inner_text() == "Head scores over 32 texts: 32 sequences of 50 random tokens, each read twice (seed 0)"
+    assert "over 32 texts" not in page.locator(".case-norms").inner_text()  # one trace: no such title
+    assert not page.locator(f"{ATLAS} .ae-atlas-title").is_visible()
+    assert "standard deviation over the texts" in page.locator(f"{TEXTS} .ae-atlas-help").inner_text()
+    mean, std = over_texts["mean"], over_texts["std"]
+    found = page.locator(f"{TEXTS} tr[data-layer]").evaluate_all(
+        "els => els.map(e => [+e.dataset.layer, +e.dataset.head, ...[...e.children].slice(2).map(td => "
+        "[td.firstChild.textContent, td.querySelector('.ae-atlas-spread')?.textContent, td.title])])")
+    assert [tuple(r[:2]) for r in found] == [(l, h) for l in range(6) for h in range(3)]
+    for layer, head, *cells in found:
+        for name, (shown, spread, tip) in zip(SCORES, cells):
+            m, s = float(mean[name][layer, head]), float(std[name][layer, head])
+            assert float(shown) == pytest.approx(m, abs=5.1e-4)
+            assert spread.startswith(" ±") and float(spread[2:]) == pytest.approx(s, abs=5.1e-4)
+            over = "30 of 32 texts (the others have no row for it)" if name == "induction" else "32 texts"
+            assert tip == f"{name}: mean {shown}, standard deviation {spread[2:]} over {over}"
+    page.locator(f"{TEXTS} th[data-key='induction']").click()  # sorting reads the means
+    page.wait_for_function(f"document.querySelector('{TEXTS}').dataset.sortBy === 'induction'")
+    order = sorted(((l, h) for l in range(6) for h in range(3)), key=lambda lh: (-mean["induction"][lh], lh))
+    assert [tuple(r) for r in page.locator(f"{TEXTS} tr[data-layer]").evaluate_all(
+        "els => els.map(e => [+e.dataset.layer, +e.dataset.head])")] == order
+    outside = page.locator(TEXTS).evaluate("""el => { const r = document.querySelector('.case-texts').getBoundingClientRect();
+      return [...el.querySelectorAll('*')].filter(e => e.offsetParent !== null)
+        .filter(e => e.getBoundingClientRect().right - r.right > 0.5).map(e => e.className || e.tagName); }""")
+    assert outside == []  # the ± columns fit
+    page.locator(".case-texts").screenshot(path=str(OUTPUT / "head-atlas-over-texts.png"))
 
 
 def test_nothing_is_cut_off_and_nothing_went_wrong(page):

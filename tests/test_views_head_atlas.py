@@ -1,6 +1,6 @@
 """The head atlas: its table against trace.head_scores(), its queries against numpy masks and sorts against
-sorted(), malformed queries refused, a click opening the head in the explorer's Heatmap tab, and the score
-computation in its thread (progress, closing, failure)."""
+sorted(), malformed queries refused, a click opening the head in the explorer's Heatmap tab, the score
+computation in its thread (progress, closing, failure), and an atlas over many texts (means with their spread)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import threading
 import numpy as np
 import pytest
 
+import explorer
 from conftest import make_tiny_lm, run_without_torch
-from explorer import analysis
+from explorer import HeadAtlasOverTexts, analysis
 from explorer.trace import WeightsLayer
 from explorer.views import Selection
 from explorer.views.explorer_view import ExplorerView
@@ -239,4 +240,73 @@ def test_the_atlas_imports_no_torch(tiny_trace, tmp_path):
         "from explorer.views import head_atlas\n"
         "a = head_atlas(trace, in_background=False); a.query = 'layer < 1 and head >= 2'\n"
         "assert a.ready and len(a.shown) == trace.n_heads - 2, a.shown"
+    ))
+
+
+def atlas_over_texts(n_layers: int = 5, n_heads: int = 3, n_texts: int = 12, seed: int = 2) -> HeadAtlasOverTexts:
+    """Scores over texts made up: every score but two has all texts; induction 9 of them; duplicate_token none."""
+    rng = np.random.default_rng(seed)
+    shape = (n_layers, n_heads)
+    mean = {name: rng.random(shape).astype(np.float32) for name in SCORES}
+    std = {name: (0.2 * rng.random(shape)).astype(np.float32) for name in SCORES}
+    n = {name: np.full(shape, n_texts) for name in SCORES}
+    n["induction"][:] = 9
+    mean["duplicate_token"][:], std["duplicate_token"][:], n["duplicate_token"][:] = np.nan, np.nan, 0
+    return HeadAtlasOverTexts(mean=mean, std=std, n=n, n_texts=n_texts, n_layers=n_layers, n_heads=n_heads,
+                              n_tokens=[101] * n_texts, model="made-up", source="12 made-up texts")
+
+
+def test_an_atlas_over_texts_shows_each_mean_with_its_spread():
+    over = atlas_over_texts()
+    sel, opened = Selection(), []
+    atlas = head_atlas(over, sel, on_open=lambda layer, head: opened.append((layer, head)))
+    assert atlas.ready and atlas._worker is None and atlas.failure == ""  # nothing to compute
+    assert (atlas.n_texts, atlas.source, atlas.n_tokens) == (12, "12 made-up texts", 12 * 101)
+    assert atlas.trace is None and atlas.over_texts is over and atlas.scores is over.mean
+    assert len(atlas.table) == len(atlas.spread) == len(atlas.counts) == 15
+    for (layer, head, *means), stds, counts in zip(atlas.table, atlas.spread, atlas.counts):
+        for i, name in enumerate(SCORES):
+            if name == "duplicate_token":
+                assert means[i] is None and stds[i] is None and counts[i] == 0
+                continue
+            assert means[i] == pytest.approx(float(over.mean[name][layer, head]), abs=1e-6)
+            assert stds[i] == pytest.approx(float(over.std[name][layer, head]), abs=1e-6)
+            assert counts[i] == (9 if name == "induction" else 12)
+    threshold = float(np.median(over.mean["induction"]))  # queries and sorting read the means
+    atlas.query = f"induction > {threshold} and layer >= 1"
+    layer, _ = np.indices(over.mean["induction"].shape)
+    assert set(shown_heads(atlas)) == heads_where((over.mean["induction"] > threshold) & (layer >= 1))
+    atlas.query, atlas.sort_by, atlas.descending = "", "previous_token", True
+    order = sorted(((l, h) for l in range(5) for h in range(3)), key=lambda lh: -over.mean["previous_token"][lh])
+    assert shown_heads(atlas) == order
+    atlas._on_msg(atlas, {"kind": "open", "layer": 4, "head": 2}, [])  # a click selects the head
+    assert opened == [(4, 2)] and (sel.layer, sel.head) == (4, 2)
+    atlas._on_msg(atlas, {"kind": "open", "layer": 5, "head": 0}, [])  # no such layer: ignored
+    assert opened == [(4, 2)]
+    assert "over 12 texts" in repr(atlas)
+
+
+def test_a_single_trace_atlas_has_no_spread(atlas):
+    assert atlas.n_texts == 0 and atlas.source == "" and atlas.spread == [] and atlas.counts == []
+    assert atlas.over_texts is None
+
+
+def test_an_atlas_over_texts_of_a_model_is_shown_as_computed():
+    lm = make_tiny_lm("llama")
+    over = explorer.head_atlas(lm, explorer.repeated_random_tokens(lm, n=4, length=10), progress=False)
+    atlas = head_atlas(over, in_background=False)
+    assert atlas.n_texts == 4 and atlas.source == ""
+    for (layer, head, *means), stds in zip(atlas.table, atlas.spread):
+        assert means == pytest.approx([float(over.mean[n][layer, head]) for n in SCORES], abs=1e-6)
+        assert stds == pytest.approx([float(over.std[n][layer, head]) for n in SCORES], abs=1e-6)
+
+
+def test_an_atlas_over_texts_needs_no_torch(tiny_trace, tmp_path):
+    run_without_torch(tiny_trace, tmp_path, (
+        "import numpy as np\nfrom explorer import HeadAtlasOverTexts, analysis\nfrom explorer.views import head_atlas\n"
+        "m = {n: np.full((2, 3), 0.5, np.float32) for n in analysis.SCORES}\n"
+        "c = {n: np.full((2, 3), 4) for n in analysis.SCORES}\n"
+        "over = HeadAtlasOverTexts(m, m, c, 4, 2, 3, [9] * 4, 'x', '')\n"
+        "a = head_atlas(over); a.query = 'layer = 1'\n"
+        "assert a.ready and a.n_texts == 4 and len(a.shown) == 3, a.shown"
     ))

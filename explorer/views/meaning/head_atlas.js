@@ -1,5 +1,6 @@
 // The head atlas: a table of every head's scores. A query box and the column headers ask Python (head_atlas.py)
 // for the heads to show and their order (`shown`); a click on a row asks Python to open that head.
+// Over many texts (n_texts > 0), each score is a mean over the texts, shown with ± its standard deviation (`spread`).
 // h comes from prelude.js, put in front of this file by the frontend loader. Text is only written with textContent.
 
 /** A score for reading: 3 decimals, "–" where the head has none.
@@ -19,7 +20,7 @@ const TYPING_PAUSE = 300;
 /** One atlas view: its model, its elements and what its drawing and events share.
  * scrolledTo is the head whose row was last scrolled into view; timer the pending query's.
  * @typedef {{ model: Model, el: HTMLElement, input: HTMLInputElement, count: HTMLSpanElement,
- *   message: HTMLDivElement, progress: HTMLDivElement, bar: HTMLProgressElement, progressText: HTMLSpanElement,
+ *   title: HTMLDivElement, help: HTMLDivElement, message: HTMLDivElement, progress: HTMLDivElement, bar: HTMLProgressElement, progressText: HTMLSpanElement,
  *   scroller: HTMLDivElement, table: HTMLTableElement, draws: number, pending: boolean, scrolledTo: string,
  *   timer: number | undefined }} AtlasView */
 
@@ -31,10 +32,34 @@ function sendQuery(v) {
   v.model.save_changes();
 }
 
-/** Build the view's elements in `el`: the query box and count, the message line, the progress bar, the table.
+/** What a click on a row does: one trace's head opens in the Heatmap tab; over texts there is no trace to open.
+ * @param {Model} model @returns {string} */
+const opens = (model) => (model.get("n_texts") > 0 ? "select that head" : "open that head in the Heatmap tab");
+
+/** What the scores are means of, for the help line under the table.
+ * @param {Model} model @returns {string} */
+function scoresAre(model) {
+  return model.get("n_texts") > 0
+    ? "Each score is a mean over one text's rows, then a mean over the texts; ± is the standard deviation over the "
+      + "texts (hover a cell for how many texts have the score); – : no text has a row for it."
+    : "Scores are means over the rows of the trace; – : no row for it.";
+}
+
+/** The line above the table of an atlas over texts: how many, and what they were.
+ * @param {Model} model @returns {string} */
+function titleText(model) {
+  const n = model.get("n_texts"), source = model.get("source");
+  return n > 0 ? `Head scores over ${n} text${n === 1 ? "" : "s"}${source ? ": " + source : ""}` : "";
+}
+
+/** Build the view's elements in `el`: the title over texts, the query box and count, the message line, the progress
+ * bar, the table.
  * @param {Model} model @param {HTMLElement} el @returns {AtlasView} */
 function build(model, el) {
   el.classList.add("ae-atlas");
+  const title = h("div", {}, titleText(model));
+  title.className = "ae-atlas-title";
+  title.style.display = model.get("n_texts") > 0 ? "" : "none";
   const bar = h("div", {});
   bar.className = "ae-atlas-bar";
   const input = Object.assign(h("input"), { type: "search", value: model.get("query"), spellcheck: false,
@@ -59,10 +84,10 @@ function build(model, el) {
   scroller.append(table);
   const help = h("div", {}, "Filter: compare columns with numbers (< <= > >= = !=), joined by and, or, not and "
     + "( ), e.g. previous_token > 0.5 or self > 0.4. Click a column header to sort (again: the other way); click a "
-    + "row to open that head in the Heatmap tab. Scores are means over the rows of the trace; – : no row for it.");
+    + `row to ${opens(model)}. ` + scoresAre(model));
   help.className = "ae-atlas-help";
-  el.append(bar, message, progress, scroller, help);
-  return { model, el, input, count, message, progress, bar: progressBar, progressText, scroller, table,
+  el.append(title, bar, message, progress, scroller, help);
+  return { model, el, input, count, title, help, message, progress, bar: progressBar, progressText, scroller, table,
     draws: 0, pending: false, scrolledTo: "", timer: undefined };
 }
 
@@ -88,20 +113,39 @@ function header(v) {
   return tr;
 }
 
-/** One head's row: its numbers, the selected head marked; a click (or Enter) opens it.
- * @param {AtlasView} v @param {Array<number | null>} row [layer, head, ...scores] @returns {HTMLTableRowElement} */
-function tableRow(v, row) {
+/** A score's cell over texts: the mean, then ± its standard deviation in a lighter span, and a tooltip that says
+ * both and over how many texts.
+ * @param {HTMLTableCellElement} td @param {string} name @param {number | null} mean @param {number | null} std
+ * @param {number} n texts that have the score @param {number} nTexts */
+function withSpread(td, name, mean, std, n, nTexts) {
+  if (mean === null) {
+    td.title = `${name}: no text has a row for it`;
+    return;
+  }
+  const spread = h("span", {}, ` ±${fmt(std)}`);
+  spread.className = "ae-atlas-spread";
+  td.append(spread);
+  const over = n === nTexts ? `${n} texts` : `${n} of ${nTexts} texts (the others have no row for it)`;
+  td.title = `${name}: mean ${fmt(mean)}, standard deviation ${fmt(std)} over ${over}`;
+}
+
+/** One head's row: its numbers (over texts: ± their spread), the selected head marked; a click (or Enter) opens it.
+ * @param {AtlasView} v @param {Array<number | null>} row [layer, head, ...scores]
+ * @param {Array<number | null> | undefined} spread [...standard deviations], over texts
+ * @param {number[] | undefined} counts [...texts with the score], over texts @returns {HTMLTableRowElement} */
+function tableRow(v, row, spread, counts) {
   const columns = v.model.get("columns"), [layer, head] = row;
   const tr = h("tr");
   tr.dataset.layer = String(layer);
   tr.dataset.head = String(head);
   tr.tabIndex = 0;
-  tr.title = `open layer ${layer}, head ${head} in the Heatmap tab`;
+  tr.title = `layer ${layer}, head ${head}: click to ${opens(v.model)}`;
   if (layer === v.model.get("layer") && head === v.model.get("head")) tr.classList.add("selected");
   columns.forEach((k, i) => {
     const value = row[i];
     const td = h("td", {}, i < 2 ? String(value) : fmt(value));
     if (WEIGHTS.has(k) && value !== null) td.style.background = shade(value);
+    if (i >= 2 && spread && counts) withSpread(td, k, value, spread[i - 2], counts[i - 2], v.model.get("n_texts"));
     tr.append(td);
   });
   const open = () => v.model.send({ kind: "open", layer, head });
@@ -113,7 +157,8 @@ function tableRow(v, row) {
 /** The table of the heads Python chose, in its order; the selected head's row brought into view once.
  * @param {AtlasView} v */
 function drawTable(v) {
-  const table = v.model.get("table"), rows = v.model.get("shown").map((i) => tableRow(v, table[i]));
+  const table = v.model.get("table"), spread = v.model.get("spread"), counts = v.model.get("counts");
+  const rows = v.model.get("shown").map((i) => tableRow(v, table[i], spread[i], counts[i]));
   v.table.replaceChildren(header(v), ...rows);
   const sel = `${v.model.get("layer")} ${v.model.get("head")}`;
   const shown = rows.find((tr) => `${tr.dataset.layer} ${tr.dataset.head}` === sel);
@@ -156,6 +201,7 @@ function draw(v) {
   v.draws += 1;
   const [query, sortBy, descending] = v.model.get("shown_for");
   Object.assign(v.el.dataset, { drawCount: v.draws, ready: v.model.get("ready") ? "1" : "0",
+    nTexts: v.model.get("n_texts"),
     shown: v.model.get("shown").length, error: v.model.get("error") ? "1" : "0",
     query: query ?? "", sortBy: sortBy ?? "", descending: descending ? "1" : "0" });
 }

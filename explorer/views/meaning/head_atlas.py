@@ -1,7 +1,9 @@
-"""The head atlas: every head of every layer in one table of its six head scores, to sort, filter and open.
+"""The head atlas: every head of every layer in one table of its seven head scores, to sort, filter and open.
 
 The scores (explorer/analysis.py) take ~7 s at 2,048 tokens and 30 layers, so they are computed once, in a thread
 started when the view is built (the tab is first shown), with a progress bar; the table arrives when they are done.
+An atlas over many texts (`explorer.head_atlas(lm, texts)`, a HeadAtlasOverTexts) comes with its scores: the table
+shows their means, each with its standard deviation over the texts.
 The browser sends a query such as `induction >= 0.3 and layer < 10`; it is parsed here, never evaluated as Python:
 
     query      := or ;  or := and ("or" and)* ;  and := not ("and" not)* ;  not := "not" not | "(" or ")" | comparison
@@ -25,6 +27,7 @@ import numpy as np
 import traitlets
 
 from ... import analysis
+from ...atlas import HeadAtlasOverTexts
 from .. import frontend
 from ..selection import FollowsSelection, Selection
 
@@ -208,6 +211,10 @@ class HeadAtlasView(FollowsSelection, anywidget.AnyWidget):
     ready = traitlets.Bool(False).tag(sync=True)  # the scores are in `table`
     failure = traitlets.Unicode("").tag(sync=True)  # why the scores could not be computed
     table = traitlets.List().tag(sync=True)  # a row a head, layer-major: [layer, head, *scores] (None for NaN)
+    n_texts = traitlets.Int(0).tag(sync=True)  # an atlas over this many texts; 0: the scores of one trace
+    source = traitlets.Unicode("").tag(sync=True)  # what the texts were, in words
+    spread = traitlets.List().tag(sync=True)  # over texts: a row a head as in `table`, [*standard deviations]
+    counts = traitlets.List().tag(sync=True)  # over texts: a row a head, [*how many texts have the score]
     query = traitlets.Unicode("").tag(sync=True)
     sort_by = traitlets.Unicode("layer").tag(sync=True)
     descending = traitlets.Bool(False).tag(sync=True)
@@ -219,7 +226,10 @@ class HeadAtlasView(FollowsSelection, anywidget.AnyWidget):
 
     def __init__(self, trace, selection: Selection | None = None, on_open: Callable[[int, int], None] | None = None,
                  in_background: bool = True, **kwargs):
-        self.trace = trace
+        """`trace`: a Trace (its scores are computed here), or a HeadAtlasOverTexts (scores over many texts)."""
+        over_texts = trace if isinstance(trace, HeadAtlasOverTexts) else None
+        self.trace = None if over_texts else trace
+        self.over_texts = over_texts
         self.selection = selection if selection is not None else Selection()
         self.on_open = on_open
         self.scores: dict[str, np.ndarray] | None = None  # name -> [layers, heads], once computed
@@ -227,12 +237,19 @@ class HeadAtlasView(FollowsSelection, anywidget.AnyWidget):
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._worker: threading.Thread | None = None
-        super().__init__(n_layers=trace.n_layers, n_heads=trace.n_heads, n_tokens=trace.n_tokens, **kwargs)
+        if over_texts:
+            kwargs |= {"n_texts": over_texts.n_texts, "source": over_texts.source, "progress": over_texts.n_layers,
+                       "n_tokens": sum(over_texts.n_tokens)}
+        else:
+            kwargs |= {"n_tokens": trace.n_tokens}
+        super().__init__(n_layers=trace.n_layers, n_heads=trace.n_heads, **kwargs)
         self._follow_selection()
         self.follow(self.selection, self._follow_selection, ["layer", "head"])
         self.observe(self._apply, ["query", "sort_by", "descending"])
         self.on_msg(self._on_msg)
-        if in_background:
+        if over_texts:
+            self._show(over_texts.mean, over_texts.std, over_texts.n)
+        elif in_background:
             self._worker = threading.Thread(target=self._compute, name="head-atlas-scores", daemon=True)
             self._worker.start()
         else:
@@ -252,13 +269,20 @@ class HeadAtlasView(FollowsSelection, anywidget.AnyWidget):
         except Exception as e:  # shown in the widget: a thread's exception would otherwise go unseen
             self.failure = f"the head scores could not be computed: {type(e).__name__}: {e}"
             return
+        if not self._closed.is_set():
+            self._show(scores)
+
+    def _show(self, scores: dict[str, np.ndarray], spread: dict[str, np.ndarray] | None = None,
+              counts: dict[str, np.ndarray] | None = None) -> None:
+        """Put the scores in the table (with their spread and counts over texts, when given) and show it."""
         with self._lock:
             self.scores, self._columns = scores, head_columns(scores)
-        if self._closed.is_set():
-            return
         with self.hold_sync():
-            self.table = [[int(layer), int(head), *(None if math.isnan(v) else round(float(v), 6) for v in values)]
+            self.table = [[int(layer), int(head), *map(_number, values)]
                           for layer, head, *values in zip(*(self._columns[c] for c in COLUMNS))]
+            if spread is not None and counts is not None:
+                self.spread = [list(map(_number, row)) for row in _per_head(spread)]
+                self.counts = [[int(n) for n in row] for row in _per_head(counts)]
             self._apply()
             self.ready = True
 
@@ -293,7 +317,7 @@ class HeadAtlasView(FollowsSelection, anywidget.AnyWidget):
 
     def open_head(self, layer: int, head: int) -> None:
         """Select head `head` of layer `layer` in the shared selection, then call on_open (the explorer shows it)."""
-        if not (0 <= layer < self.trace.n_layers and 0 <= head < self.trace.n_heads):
+        if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
             return
         with self.selection.hold_trait_notifications():
             self.selection.layer, self.selection.head = layer, head
@@ -314,7 +338,19 @@ class HeadAtlasView(FollowsSelection, anywidget.AnyWidget):
 
     def __repr__(self) -> str:
         state = "ready" if self.ready else f"{self.progress} of {self.n_layers} layers computed"
+        if self.n_texts:
+            state = f"over {self.n_texts} texts"
         return f"HeadAtlasView({self.n_layers} layers x {self.n_heads} heads, {state}, query={self.query!r})"
+
+
+def _number(value) -> float | None:
+    """A score as JSON: 6 decimals, None for NaN (no row for it)."""
+    return None if math.isnan(value) else round(float(value), 6)
+
+
+def _per_head(arrays: dict[str, np.ndarray]) -> list[list]:
+    """Each head's values of every score, layer-major, in the order of analysis.SCORES."""
+    return np.stack([arrays[name].astype(float).ravel() for name in analysis.SCORES], 1).tolist()
 
 
 class _Closed(Exception):
@@ -325,7 +361,8 @@ def head_atlas(trace, selection: Selection | None = None, on_open: Callable[[int
                in_background: bool = True) -> HeadAtlasView:
     """Every head's scores in a table to sort, filter (`induction > 0.3 and layer < 10`) and click open.
 
-    The scores are computed in a thread (in_background) or before this returns; on_open(layer, head) is called
-    after a click has selected a head.
+    `trace` is a Trace, or the scores over many texts of `explorer.head_atlas(lm, texts)` (means, ± their standard
+    deviation). A trace's scores are computed in a thread (in_background) or before this returns; on_open(layer,
+    head) is called after a click has selected a head.
     """
     return HeadAtlasView(trace, selection=selection, on_open=on_open, in_background=in_background)
