@@ -202,7 +202,8 @@ class _Rows:
         self.targets, self.k, self.reference = targets, k, reference
         self.chosen = torch.zeros(g, dtype=torch.float32, device=device)
         self.above = torch.zeros(g, dtype=torch.int64, device=device) if rank else None
-        self.top: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.values: torch.Tensor | None = None  # [g, up to k] the largest logits so far, largest first
+        self.ids: torch.Tensor | None = None
         self.normaliser: torch.Tensor | None = None
 
     def add(self, v0: int, tile: torch.Tensor) -> None:
@@ -213,27 +214,42 @@ class _Rows:
             self.chosen[inside] = tile[inside, self.targets[inside] - v0]
         if self.above is not None:  # a whole row in one tile ranks against its own logit
             reference = self.chosen if self.reference is None else self.reference
-            self.above += (tile > reference[:, None]).sum(-1)
+            self.above += (tile > reference[:, None]).sum(-1, dtype=torch.int32)
+        top = tile.amax(dim=-1, keepdim=True)
         if self.k:
-            values, ids = torch.topk(tile, min(self.k, width))  # sorted: values[:, :1] is the tile's maximum
-            self.top.append((values, ids.add_(v0)))
-            top = values[:, :1]
-        else:
-            top = tile.amax(dim=-1, keepdim=True)
+            self._top_k(v0, tile, top[:, 0])
         normaliser = top[:, 0] + tile.sub_(top).exp_().sum(dim=-1).log_()  # overwrites the tile: last
         self.normaliser = normaliser if self.normaliser is None else torch.logaddexp(self.normaliser, normaliser)
+
+    def _top_k(self, v0: int, tile: torch.Tensor, top: torch.Tensor) -> None:
+        """Merge the tile's largest logits into the rows' lists, only in rows where the tile's maximum beats the
+        k-th so far: ids are roughly in order of frequency, so after the first block few rows have a new
+        candidate (3 % of SmolLM2's tiles), and a top-k of every row of every tile took 0.09 s of 0.67 s."""
+        if self.values is None or self.values.shape[1] < self.k:
+            rows = None
+        else:
+            rows = (top > self.values[:, -1]).nonzero()[:, 0]
+            if not len(rows):
+                return
+        part = tile if rows is None else tile[rows]
+        values, ids = torch.topk(part, min(self.k, tile.shape[1]))
+        ids.add_(v0)
+        if self.values is None:
+            self.values, self.ids = values, ids
+            return
+        kept_values, kept_ids = (self.values, self.ids) if rows is None else (self.values[rows], self.ids[rows])
+        values, at = torch.topk(torch.cat([kept_values, values], dim=1), min(self.k, kept_values.shape[1] + ids.shape[1]))
+        ids = torch.cat([kept_ids, ids], dim=1).gather(1, at)
+        if rows is None:
+            self.values, self.ids = values, ids
+        else:
+            self.values[rows], self.ids[rows] = values, ids
 
     def finish(self):
         """(log-normaliser [g], target logit [g], count above it [g] or None, top logits [g, k], their ids)."""
         if self.above is not None and self.reference is not None:  # the target itself, if its block put it above
             self.above -= (self.chosen > self.reference).long()
-        values = ids = None
-        if self.k:
-            values, ids = (torch.cat(parts, dim=1) for parts in zip(*self.top))
-            if len(self.top) > 1:
-                values, at = torch.topk(values, self.k)
-                ids = ids.gather(1, at)
-        return self.normaliser, self.chosen, self.above, values, ids
+        return self.normaliser, self.chosen, self.above, self.values, self.ids
 
 
 def _row_stats(model, anatomy: Anatomy, states: torch.Tensor, targets: torch.Tensor, k: int, rank: bool,
