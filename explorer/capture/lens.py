@@ -209,9 +209,9 @@ class _Rows:
     def add(self, v0: int, tile: torch.Tensor) -> None:
         """Logits of ids v0..v0 + width - 1; `tile` is overwritten (its exponentials)."""
         width = tile.shape[1]
-        inside = ((self.targets >= v0) & (self.targets < v0 + width)).nonzero()[:, 0]
-        if len(inside):
-            self.chosen[inside] = tile[inside, self.targets[inside] - v0]
+        at = self.targets - v0  # the targets in this block (a gather and a select: no sync on a GPU)
+        inside = (at >= 0) & (at < width)
+        self.chosen = torch.where(inside, tile.gather(1, at.clamp(0, width - 1)[:, None])[:, 0], self.chosen)
         if self.above is not None:  # a whole row in one tile ranks against its own logit
             reference = self.chosen if self.reference is None else self.reference
             self.above += (tile > reference[:, None]).sum(-1, dtype=torch.int32)
