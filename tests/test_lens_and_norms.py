@@ -35,18 +35,56 @@ def test_lens_matches_the_models_own_output_and_its_hidden_states(arch):
         assert lens.next_token_prob(last, step.position - 1) == pytest.approx(step.prob, rel=1e-4, abs=1e-6)
         assert lens.next_token_rank(last, step.position - 1) == step.rank
         assert [c.token_id for c in lens.top_k(last, step.position - 1)] == [c.token_id for c in step.top_k[:5]]
+    assert_lens_matches_hidden_states(lm, trace, 5)
+
+
+def assert_lens_matches_hidden_states(lm, trace, k: int):
+    """Every covered cell of the lens against a plain float32 softmax of transformers' own hidden states."""
+    lens, last = trace.lens, trace.n_layers - 1
     states = hidden_states(lm, trace.token_ids)
     for layer in range(trace.n_layers):
         for position in lens.positions.tolist():
             probs = lens_probs(lm, states[layer + 1][0, position], normed=layer == last)
-            top_p, top_i = torch.topk(probs, 5)
+            top_p, top_i = torch.topk(probs, k)
             got = lens.top_k(layer, position)
             assert [c.token_id for c in got] == top_i.tolist()
             np.testing.assert_allclose([c.prob for c in got], top_p.numpy(), rtol=1e-4, atol=1e-6)
+            if position + 1 == trace.n_tokens:
+                continue
             nxt = trace.token_ids[position + 1]
             assert lens.next_token_prob(layer, position) == pytest.approx(float(probs[nxt]), rel=1e-4, abs=1e-6)
             assert lens.next_token_rank(layer, position) == int((probs > probs[nxt]).sum()) + 1
             assert got[0].token == lm.decode_token(got[0].token_id)
+
+
+def expected_surprisal(lm, trace) -> np.ndarray:
+    """-ln p(token i | before it), i >= 1, from the log-softmax of a separate forward pass."""
+    with torch.no_grad():
+        logits = lm.model(torch.tensor([trace.token_ids])).logits[0].float()
+    cap = getattr(lm.model.config, "final_logit_softcapping", None)
+    logits = cap * torch.tanh(logits / cap) if cap else logits
+    return -torch.log_softmax(logits, -1)[torch.arange(trace.n_tokens - 1), trace.token_ids[1:]].numpy()
+
+
+@pytest.mark.parametrize("arch", ["llama", "llama with a biased lm_head", "gpt2", "gemma2"])
+def test_lens_and_surprisal_read_in_tiles_match_whole_rows(arch, monkeypatch):
+    """The unembedding read a few rows against a few vocabulary ids at a time, as SmolLM2's 49,152 ids are (blocks
+    narrower than k, a last block shorter than the others, several row groups): the same top-k, probabilities,
+    ranks and surprisal as a plain float32 softmax of whole rows."""
+    from explorer.capture import lens as lens_module
+
+    monkeypatch.setattr(lens_module, "GROUP_ROWS", 4)
+    monkeypatch.setattr(lens_module, "TILE_FLOATS", 1)
+    monkeypatch.setattr(lens_module, "BLOCK_MIN", 7)  # 96 ids: 13 blocks of 7 and one of 5
+    lm = make_tiny_lm(arch.split()[0])
+    if "bias" in arch:
+        lm.model.lm_head.bias = torch.nn.Parameter(torch.randn(lm.model.config.vocab_size))
+    trace = lm.generate("Lens in tiles", max_new_tokens=6, candidates=8, progress=False)
+    assert_lens_matches_hidden_states(lm, trace, 8)
+    np.testing.assert_allclose(trace.surprisal[1:], expected_surprisal(lm, trace), rtol=1e-4, atol=1e-4)
+    read = lm.trace("Every position, in tiles", lens="all", candidates=3, progress=False)
+    assert_lens_matches_hidden_states(lm, read, 3)
+    np.testing.assert_allclose(read.surprisal[1:], expected_surprisal(lm, read), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt_neo"])

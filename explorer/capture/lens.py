@@ -19,9 +19,11 @@ from ..trace import LogitLens
 from .anatomy import Anatomy
 
 LENS_MODES = ("steps", "all", None)
-CHUNK_ROWS = 64  # rows of the unembedding at once: 64 × 49,152 float32 logits = 12 MB, one buffer reused
-# chunk after chunk (32 rows ran slower: the lens +53 % of generate; 128 raised the peak of a 1,024-token capture)
-TOPK_ROWS = 16  # rows a top-k at once: its buffers (values and int64 indices of whole rows) stay ~10 MB
+CHUNK_ROWS = 64  # rows of the unembedding at once where it is not read block by block (a head that is not a plain
+# float32 nn.Linear): 64 × 49,152 float32 logits = 12 MB, one buffer reused chunk after chunk
+GROUP_ROWS = 2048  # rows read against one sweep over the unembedding's vocabulary blocks
+TILE_FLOATS = 1 << 21  # logits of one tile (rows × a block of the vocabulary): 8 MB float32, one buffer reused
+BLOCK_MIN = 256  # the narrowest vocabulary block
 
 
 def check_lens(lens, *, generating: bool) -> None:
@@ -121,6 +123,14 @@ class HiddenStates:
         return self.kept[:, row, : self.filled[0]]
 
 
+def _finish(model, logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """The model's constant logit scale and final soft-cap, in place, on float32 logits."""
+    if scale != 1.0:
+        logits.mul_(scale)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return logits.div_(cap).tanh_().mul_(cap) if cap else logits
+
+
 def _logits(model, normed: torch.Tensor, out: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
     """The unembedding of already-normed states, with the model's final soft-cap where it has one, float32; written
     into `out` (rows × vocabulary) when given, so that chunk after chunk reuses one buffer instead of allocating."""
@@ -129,21 +139,12 @@ def _logits(model, normed: torch.Tensor, out: torch.Tensor | None = None, scale:
         logits = torch.matmul(normed, head.weight.t(), out=out[: len(normed)])
     else:
         logits = head(normed.to(head.weight.dtype)).float()
-    if scale != 1.0:
-        logits.mul_(scale)
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    return logits.div_(cap).tanh_().mul_(cap) if cap else logits
+    return _finish(model, logits, scale)
 
 
 def final_logits(model, states: torch.Tensor, anatomy: Anatomy) -> torch.Tensor:
     """The model's output logits [n, vocabulary] at states [n, d] of the last block (before the final norm)."""
     return _logits(model, anatomy.final(states.to(model.dtype)), scale=anatomy.logit_scale)
-
-
-def _log_normaliser(logits: torch.Tensor) -> torch.Tensor:
-    """logsumexp of each row, [n, 1]; overwrites `logits` (its exponentials, in place: no second buffer)."""
-    top = logits.max(dim=-1, keepdim=True).values
-    return top + logits.sub_(top).exp_().sum(dim=-1, keepdim=True).log_()
 
 
 def _chunks(model, anatomy: Anatomy, states: torch.Tensor, rows: int):
@@ -158,13 +159,157 @@ def _chunks(model, anatomy: Anatomy, states: torch.Tensor, rows: int):
         yield start, stop, _logits(model, norm(states[start:stop].to(model.dtype)), buffer, anatomy.logit_scale)
 
 
+def _plain_head(model, states: torch.Tensor) -> torch.nn.Linear | None:
+    """lm_head when the unembedding can be read a block of the vocabulary at a time: a plain float32 nn.Linear
+    (logits = x·Wᵀ + b) on float32 states; None otherwise (a subclass may compute something else)."""
+    head = model.get_output_embeddings()
+    if type(head) is torch.nn.Linear and head.weight.dtype == torch.float32 and model.dtype == torch.float32 \
+            and states.dtype == torch.float32:
+        return head
+    return None
+
+
+def _block_logits(model, head: torch.nn.Linear, normed: torch.Tensor, v0: int, v1: int, out: torch.Tensor,
+                  scale: float) -> torch.Tensor:
+    """Logits of vocabulary ids v0..v1-1 of normed rows [g, d], float32, written into `out` [g, v1 - v0]."""
+    weight = head.weight[v0:v1].t()
+    if head.bias is None:
+        logits = torch.matmul(normed, weight, out=out)
+    else:
+        logits = torch.addmm(head.bias[v0:v1], normed, weight, out=out)
+    return _finish(model, logits, scale)
+
+
+def _target_logits(model, head: torch.nn.Linear, normed: torch.Tensor, targets: torch.Tensor,
+                   scale: float) -> torch.Tensor:
+    """Row i's logit of targets[i], [g], by one dot product a row (its rounding may differ from the blocks' matrix
+    product in the last bits: what the rank counts against; the reported probability uses the product's own)."""
+    out = torch.empty(len(normed), dtype=torch.float32, device=normed.device)
+    for at in range(0, len(normed), 256):  # the gathered rows of the unembedding stay ~0.6 MB
+        rows = slice(at, at + 256)
+        weight = head.weight[targets[rows]]
+        out[rows] = torch.bmm(normed[rows, None, :], weight[:, :, None])[:, 0, 0]
+        if head.bias is not None:
+            out[rows] += head.bias[targets[rows]]
+    return _finish(model, out, scale)
+
+
+class _Rows:
+    """Running statistics of a group of rows over the vocabulary, fed one tile (rows × block of ids) at a time:
+    the log-normaliser, the logit of each row's target, how many logits are above `reference` (the target's
+    logit as the rank counts it), and the k largest logits with their ids."""
+
+    def __init__(self, targets: torch.Tensor, k: int, rank: bool, reference: torch.Tensor | None = None):
+        g, device = len(targets), targets.device
+        self.targets, self.k, self.reference = targets, k, reference
+        self.chosen = torch.zeros(g, dtype=torch.float32, device=device)
+        self.above = torch.zeros(g, dtype=torch.int64, device=device) if rank else None
+        self.values: torch.Tensor | None = None  # [g, up to k] the largest logits so far, largest first
+        self.ids: torch.Tensor | None = None
+        self.normaliser: torch.Tensor | None = None
+
+    def add(self, v0: int, tile: torch.Tensor) -> None:
+        """Logits of ids v0..v0 + width - 1; `tile` is overwritten (its exponentials)."""
+        width = tile.shape[1]
+        at = self.targets - v0  # the targets in this block (a gather and a select: no sync on a GPU)
+        inside = (at >= 0) & (at < width)
+        self.chosen = torch.where(inside, tile.gather(1, at.clamp(0, width - 1)[:, None])[:, 0], self.chosen)
+        if self.above is not None:  # a whole row in one tile ranks against its own logit
+            reference = self.chosen if self.reference is None else self.reference
+            self.above += (tile > reference[:, None]).sum(-1, dtype=torch.int32)
+        top = tile.amax(dim=-1, keepdim=True)
+        if self.k:
+            self._top_k(v0, tile, top[:, 0])
+        normaliser = top[:, 0] + tile.sub_(top).exp_().sum(dim=-1).log_()  # overwrites the tile: last
+        self.normaliser = normaliser if self.normaliser is None else torch.logaddexp(self.normaliser, normaliser)
+
+    def _top_k(self, v0: int, tile: torch.Tensor, top: torch.Tensor) -> None:
+        """Merge the tile's largest logits into the rows' lists, only in rows where the tile's maximum beats the
+        k-th so far: ids are roughly in order of frequency, so after the first block few rows have a new
+        candidate (3 % of SmolLM2's tiles), and a top-k of every row of every tile took 0.09 s of 0.67 s."""
+        if self.values is None or self.values.shape[1] < self.k:
+            rows = None
+        else:
+            rows = (top > self.values[:, -1]).nonzero()[:, 0]
+            if not len(rows):
+                return
+        part = tile if rows is None else tile[rows]
+        values, ids = torch.topk(part, min(self.k, tile.shape[1]))
+        ids.add_(v0)
+        if self.values is None:
+            self.values, self.ids = values, ids
+            return
+        kept_values, kept_ids = (self.values, self.ids) if rows is None else (self.values[rows], self.ids[rows])
+        values, at = torch.topk(torch.cat([kept_values, values], dim=1), min(self.k, kept_values.shape[1] + ids.shape[1]))
+        ids = torch.cat([kept_ids, ids], dim=1).gather(1, at)
+        if rows is None:
+            self.values, self.ids = values, ids
+        else:
+            self.values[rows], self.ids[rows] = values, ids
+
+    def finish(self):
+        """(log-normaliser [g], target logit [g], count above it [g] or None, top logits [g, k], their ids)."""
+        if self.above is not None and self.reference is not None:  # the target itself, if its block put it above
+            self.above -= (self.chosen > self.reference).long()
+        return self.normaliser, self.chosen, self.above, self.values, self.ids
+
+
+def _row_stats(model, anatomy: Anatomy, states: torch.Tensor, targets: torch.Tensor, k: int, rank: bool,
+               progress=None):
+    """Over the final norm + unembedding of `states` [n, d] (last-block outputs before the final norm): each row's
+    log-normaliser (logsumexp), its logit of targets[i], how many of its logits are above that one (rank=True)
+    and its k largest logits with their ids, all float32 / int64 [n] or [n, k].
+
+    A plain float32 lm_head is read in tiles: up to GROUP_ROWS rows against one block of the vocabulary at a time,
+    the block kept in cache while all the rows use it (a 64-row chunk against the whole 113 MB unembedding of
+    SmolLM2 streamed it from memory for every chunk: twice the time of the product itself). Any other head is read
+    in chunks of CHUNK_ROWS rows against the whole vocabulary."""
+    n, device = len(states), states.device
+    normaliser = torch.empty(n, dtype=torch.float32, device=device)
+    chosen = torch.empty(n, dtype=torch.float32, device=device)
+    above = torch.empty(n, dtype=torch.int64, device=device) if rank else None
+    top_logits = torch.empty((n, k), dtype=torch.float32, device=device)
+    top_ids = torch.empty((n, k), dtype=torch.int64, device=device)
+
+    def keep(start: int, stop: int, rows: _Rows) -> None:
+        normaliser[start:stop], chosen[start:stop], counted, values, ids = rows.finish()
+        if rank:
+            above[start:stop] = counted
+        if k:
+            top_logits[start:stop], top_ids[start:stop] = values, ids
+
+    head = _plain_head(model, states)
+    if head is None or n == 0:
+        for start, stop, logits in _chunks(model, anatomy, states, CHUNK_ROWS):
+            rows = _Rows(targets[start:stop], k, rank)
+            rows.add(0, logits)
+            keep(start, stop, rows)
+            if progress is not None:
+                progress(stop, n)
+        return normaliser, chosen, above, top_logits, top_ids
+    vocab = head.weight.shape[0]
+    group = min(n, GROUP_ROWS)
+    block = min(vocab, max(BLOCK_MIN, TILE_FLOATS // max(group, 1) // 64 * 64))
+    buffer = torch.empty(group * block, dtype=torch.float32, device=device)
+    for start in range(0, n, group):
+        stop = min(start + group, n)
+        normed = anatomy.final(states[start:stop])
+        reference = _target_logits(model, head, normed, targets[start:stop], anatomy.logit_scale) if rank else None
+        rows = _Rows(targets[start:stop], k, rank, reference)
+        for v0 in range(0, vocab, block):
+            v1 = min(v0 + block, vocab)
+            out = buffer[: (stop - start) * (v1 - v0)].view(stop - start, v1 - v0)
+            rows.add(v0, _block_logits(model, head, normed, v0, v1, out, anatomy.logit_scale))
+            if progress is not None:
+                progress(start + (stop - start) * v1 // vocab, n)
+        keep(start, stop, rows)
+    return normaliser, chosen, above, top_logits, top_ids
+
+
 def next_token_log_probs(model, anatomy: Anatomy, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """ln p(targets[i]) under the model's output at states[i] ([n, d], the last block's output), float32 [n]."""
-    out = torch.empty(len(states), dtype=torch.float32, device=states.device)
-    for start, stop, logits in _chunks(model, anatomy, states, CHUNK_ROWS):
-        chosen = logits.gather(1, targets[start:stop, None])
-        out[start:stop] = (chosen - _log_normaliser(logits))[:, 0]
-    return out
+    normaliser, chosen, _, _, _ = _row_stats(model, anatomy, states, targets, 0, rank=False)
+    return chosen - normaliser
 
 
 def build_lens(model, anatomy: Anatomy, states: torch.Tensor, positions: list[int], token_ids: list[int], k: int,
@@ -177,26 +322,11 @@ def build_lens(model, anatomy: Anatomy, states: torch.Tensor, positions: list[in
     nxt = torch.tensor([token_ids[p + 1] if p + 1 < len(token_ids) else 0 for p in positions], device=states.device)
     flat = states.reshape(n_layers * n_pos, -1)
     targets = nxt.repeat(n_layers)
-    top_ids = torch.empty((len(flat), k), dtype=torch.int64, device=states.device)
-    top_probs = torch.empty((len(flat), k), dtype=torch.float32, device=states.device)
-    next_prob = torch.empty(len(flat), dtype=torch.float32, device=states.device)
-    next_rank = torch.empty(len(flat), dtype=torch.int64, device=states.device)
-    above = None  # one boolean buffer for the rank's comparison, reused chunk after chunk
-    for start, stop, logits in _chunks(model, anatomy, flat, CHUNK_ROWS):
-        top_logits = torch.empty((stop - start, k), dtype=torch.float32, device=logits.device)
-        for at in range(0, stop - start, TOPK_ROWS):  # topk's own buffers grow with its rows × vocabulary
-            top_logits[at : at + TOPK_ROWS], top_ids[start + at : start + at + TOPK_ROWS] = torch.topk(
-                logits[at : at + TOPK_ROWS], k)  # the order of the logits is that of the probabilities
-        chosen = logits.gather(1, targets[start:stop, None])
-        if above is None:
-            above = torch.empty(logits.shape, dtype=torch.bool, device=logits.device)
-        torch.gt(logits, chosen, out=above[: stop - start])
-        next_rank[start:stop] = above[: stop - start].sum(-1) + 1  # ranked by logits, as the steps are
-        normaliser = _log_normaliser(logits)  # overwrites the logits: last
-        top_probs[start:stop] = (top_logits - normaliser).exp_()
-        next_prob[start:stop] = (chosen - normaliser).exp_()[:, 0]
-        if progress is not None:
-            progress(stop, len(flat))
+    normaliser, chosen, above, top_logits, top_ids = _row_stats(model, anatomy, flat, targets, k, rank=True,
+                                                                progress=progress)
+    top_probs = top_logits.sub_(normaliser[:, None]).exp_()  # the order of the logits is that of the probabilities
+    next_prob = chosen.sub_(normaliser).exp_()
+    next_rank = above.add_(1)  # ranked by logits, as the steps are
     shape = (n_layers, n_pos)
     next_prob = next_prob.reshape(shape).cpu().numpy()
     next_rank = next_rank.reshape(shape).cpu().numpy().astype(np.int32)
