@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zmq
 
-from explorer.errors import ServiceError, SettingsError
+from explorer.errors import CaptureError, ServiceError, SettingsError
 from explorer.service import GenerationRequest, Limits, RemoteModel
 from explorer.service import protocol as p
 from explorer.service.server import FairQueue
@@ -46,9 +46,10 @@ def running_service(*args: str, key: str = "k3y"):
 
 
 @contextmanager
-def service_in_this_process(load, key: str = ""):
+def service_in_this_process(load, key: str = "", **options):
     """A GenerationService on a free port in a thread of this process, its model loading replaced by `load(service)`
-    (no torch needed) and no cached first trace: yields (address, service); stops it afterwards."""
+    (no torch needed) and no cached first trace: yields (address, service); stops it afterwards. `options` go to
+    the service (limits, batch_size)."""
     import threading
 
     from explorer.service.server import GenerationService
@@ -61,7 +62,7 @@ def service_in_this_process(load, key: str = ""):
             self.first_trace = None
 
     address = f"tcp://127.0.0.1:{free_port()}"
-    service = Service(address, key=key)
+    service = Service(address, key=key, **options)
     threading.Thread(target=service.run, daemon=True).start()
     try:
         yield address, service
@@ -173,7 +174,20 @@ def test_the_queue_serves_clients_in_arrival_order_one_request_each():
         queue.put(b"d", "r", request, max_waiting=3)
     queue.forget(b"b")  # a page closed
     assert [(c, ahead) for c, _, ahead in queue.places()] == [(b"a", 0), (b"c", 1)]
-    assert queue.take()[0] == b"a" and queue.take()[0] == b"c" and len(queue) == 0
+    assert queue.take()[0].client == b"a" and queue.take()[0].client == b"c" and len(queue) == 0
+
+
+def test_the_queue_gives_a_batch_of_waiting_requests_that_share_settings_in_arrival_order():
+    queue = FairQueue()
+    greedy, longer, branch = GenerationRequest("x", 8), GenerationRequest("x", 9), GenerationRequest(
+        token_ids=[1, 2], forced=3)
+    for client, request in [(b"a", greedy), (b"b", longer), (b"c", GenerationRequest("y", 8)), (b"d", branch),
+                            (b"e", GenerationRequest("z", 8)), (b"f", GenerationRequest("w", 8))]:
+        queue.put(client, "r", request, None)
+    assert [w.client for w in queue.take(limit=3)] == [b"a", b"c", b"e"]  # the oldest and two like it, in order
+    assert [w.client for w in queue.take(limit=3)] == [b"b"]  # nothing else asks for 9 new tokens
+    assert [w.client for w in queue.take(limit=3)] == [b"d"]  # a branch goes alone
+    assert [w.client for w in queue.take(limit=1)] == [b"f"] and len(queue) == 0
 
 
 def test_requests_and_limits_are_checked_without_a_model():
@@ -334,3 +348,181 @@ def test_malformed_messages_are_refused_and_the_service_keeps_serving():
         assert answer["kind"] == p.ERROR and answer["error"] == "SettingsError", answer
         raw.close(0)
         assert RemoteModel(address, "k").status(timeout=5).state == "loading"  # still answering
+
+
+# --- batches: the requests waiting when the model comes free go through one generate call
+def until(condition, what: str, timeout: float = 30) -> None:
+    """Wait for a state (never for a time): poll `condition` until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def assert_same_trace(got, want) -> None:
+    """A trace from the service against the same prompt generated alone here: tokens, every head, the steps."""
+    assert got.token_ids == want.token_ids and got.tokens == want.tokens and got.n_prompt == want.n_prompt
+    for layer in range(want.n_layers):
+        for head in range(want.n_heads):
+            np.testing.assert_allclose(got.attention(layer, head), want.attention(layer, head), atol=1e-5)
+    assert [s.prob for s in got.steps] == pytest.approx([s.prob for s in want.steps], abs=1e-5)
+    np.testing.assert_allclose(got.surprisal, want.surprisal, atol=1e-4)
+
+
+@contextmanager
+def batching_service(after_token=None, broken: str | None = None, **options):
+    """A tiny Llama behind a service in this process, whose model becomes ready only on `release.set()`, so that
+    requests can wait for it together; every call of its `lm.generate` is recorded, and `after_token(row, done,
+    total, text)`, when given, runs after each token the service heard. A call with the prompt `broken` fails as
+    a model would (alone or in a batch). Yields (address, service, release, calls, lm); `calls` gets each call's
+    prompt (a list for a batch). `options` go to the service."""
+    import threading
+
+    from conftest import make_tiny_lm
+
+    release, calls = threading.Event(), []
+    lm = make_tiny_lm("llama")
+    plain = lm.generate
+
+    def counted(prompt, *args, on_token=None, **kwargs):
+        calls.append(prompt)
+        if broken is not None and broken in (prompt if isinstance(prompt, list) else [prompt]):
+            raise CaptureError(f"tiny-llama failed while its attention was captured ({broken!r})")
+        if on_token is not None and after_token is not None:
+            def heard(*token):
+                on_token(*token)
+                after_token(*token)
+            return plain(prompt, *args, on_token=heard, **kwargs)
+        return plain(prompt, *args, on_token=on_token, **kwargs)
+
+    def load(service):
+        service._stage(40, "loading the model")
+        release.wait(60)
+        service.lm = lm
+        service.status.model = lm.info().to_dict()
+        service.first_trace = lm.generate("abc", 3, progress=False).to_bytes()
+        lm.generate = counted
+        service._stage(100, "ready")
+        service.status.state = "ready"
+
+    with service_in_this_process(load, **options) as (address, service):
+        try:
+            yield address, service, release, calls, lm
+        finally:
+            release.set()
+            lm.generate = plain
+
+
+def ask_in_threads(address: str, asks: list[dict]) -> tuple[list, list[list[str]], list]:
+    """Each of `asks` (keywords of RemoteModel.generate) from a client of its own, at once: (threads, tokens heard
+    by each, results: a Trace or the error raised)."""
+    import threading
+
+    heard, results = [[] for _ in asks], [None] * len(asks)
+
+    def ask(i: int) -> None:
+        try:
+            results[i] = RemoteModel(address).generate(on_token=lambda d, t, text: heard[i].append(text), **asks[i])
+        except Exception as e:  # noqa: BLE001 (checked by the test)
+            results[i] = e
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(asks))]
+    for thread in threads:
+        thread.start()
+    return threads, heard, results
+
+
+def test_requests_waiting_together_go_through_one_generate_call_and_each_gets_its_own_trace():
+    asks = [{"prompt": text, "max_new_tokens": 6} for text in ("The cat", "A much longer prompt here", "Hi!")]
+    with batching_service(limits=Limits.for_class(3)) as (address, service, release, calls, lm):
+        threads, heard, results = ask_in_threads(address, asks)
+        until(lambda: len(service.queue) == 3, "the three requests did not all wait for the model")
+        release.set()
+        for thread in threads:
+            thread.join(60)
+        assert len(calls) == 1 and sorted(calls[0]) == sorted(a["prompt"] for a in asks), calls  # one batch of 3
+        for ask, got, tokens in zip(asks, results, heard):
+            want = lm.generate(ask["prompt"], 6, keep_values=True, progress=False)
+            assert_same_trace(got, want)
+            assert "".join(tokens) == want.generated_text  # each page heard its own tokens, in order
+
+
+def test_a_viewer_that_leaves_its_batch_does_not_stop_the_others():
+    asks = [{"prompt": "Stay here", "max_new_tokens": 6}, {"prompt": "Me too, please", "max_new_tokens": 6}]
+    services, noticed = [], []
+
+    def hold(row, done, total, text):
+        """The batch waits after its second token until the service has noticed that the page left."""
+        if done == 2 and not noticed:
+            until(lambda: services[0]._gone, "the service did not notice that the page left")
+            noticed.append(True)
+
+    with batching_service(after_token=hold, limits=Limits.for_class(3)) as (address, service, release, calls, lm):
+        services.append(service)
+        leaving = zmq.Context.instance().socket(zmq.DEALER)
+        leaving.setsockopt(zmq.LINGER, 0)
+        leaving.connect(address)
+        leaving.send(p.encode({"kind": p.GENERATE, "id": "leaving", "key": "",
+                               "request": GenerationRequest("Bye now", 6).to_json()}))
+        threads, heard, results = ask_in_threads(address, asks)
+        until(lambda: len(service.queue) == 3, "the three requests did not all wait for the model")
+        release.set()
+        heard_first = False
+        while not heard_first:  # its row is running in the batch ...
+            assert leaving.poll(30_000), "the leaving page heard no token"
+            heard_first = p.decode(leaving.recv_multipart()[0])["kind"] == p.TOKEN
+        leaving.close(0)  # ... and its page closes
+        for thread in threads:
+            thread.join(60)
+        assert noticed == [True]
+        assert len(calls) == 1 and sorted(calls[0]) == sorted(["Bye now", "Stay here", "Me too, please"]), calls
+        for ask, got, tokens in zip(asks, results, heard):
+            want = lm.generate(ask["prompt"], 6, keep_values=True, progress=False)
+            assert_same_trace(got, want)
+            assert "".join(tokens) == want.generated_text
+
+
+def test_requests_with_other_settings_are_not_mixed_and_a_bad_prompt_gets_its_own_error():
+    asks = [{"prompt": "The cat", "max_new_tokens": 5},
+            {"prompt": "word " * 60, "max_new_tokens": 5},  # 301 tokens: more than the class's 256
+            {"prompt": "A dog", "max_new_tokens": 5},
+            {"prompt": "A dog", "max_new_tokens": 4},
+            {"prompt": "A bird", "max_new_tokens": 5, "temperature": 0.8, "seed": 3},
+            {"prompt": "x" * 125, "max_new_tokens": 5},  # 126 tokens + 5 do not fit the tiny model's 128
+            {"prompt": "A fish", "max_new_tokens": 5, "ablate": [(1, 2)]}]
+    with batching_service(limits=Limits.for_class(len(asks))) as (address, service, release, calls, lm):
+        threads, heard, results = ask_in_threads(address, asks)
+        until(lambda: len(service.queue) == len(asks), "the requests did not all wait for the model")
+        release.set()
+        for thread in threads:
+            thread.join(60)
+        # the three greedy 5-token requests that can be generated share one call; every other setting its own
+        batched = [c for c in calls if isinstance(c, list)]
+        assert len(calls) == 4 and len(batched) == 1 and sorted(batched[0]) == ["A dog", "The cat"], calls
+        assert sorted(c for c in calls if isinstance(c, str)) == ["A bird", "A dog", "A fish"], calls
+        assert isinstance(results[1], SettingsError) and "this class allows at most 256" in str(results[1])
+        assert isinstance(results[5], SettingsError) and "at most 2 new tokens fit" in str(results[5])
+        for ask, got, tokens in zip(asks, results, heard):
+            if isinstance(got, Exception):
+                assert not tokens
+                continue
+            settings = {k: v for k, v in ask.items() if k != "prompt"}
+            want = lm.generate(ask["prompt"], keep_values=True, progress=False, **settings)
+            assert_same_trace(got, want)
+            assert "".join(tokens) == want.generated_text
+
+
+def test_a_batch_that_fails_goes_again_one_by_one_and_only_the_failing_request_gets_the_error():
+    asks = [{"prompt": text, "max_new_tokens": 5} for text in ("Fine", "Breaks the model", "Also fine")]
+    with batching_service(broken="Breaks the model", limits=Limits.for_class(3)) as (address, service, release,
+                                                                                     calls, lm):
+        threads, _, results = ask_in_threads(address, asks)
+        until(lambda: len(service.queue) == 3, "the three requests did not all wait for the model")
+        release.set()
+        for thread in threads:
+            thread.join(60)
+        assert len(calls) == 4 and sorted(calls[0]) == sorted(a["prompt"] for a in asks), calls  # then each alone
+        assert sorted(calls[1:]) == sorted(a["prompt"] for a in asks), calls
+        assert isinstance(results[1], ServiceError) and "failed while its attention was captured" in str(results[1])
+        for i in (0, 2):
+            assert_same_trace(results[i], lm.generate(asks[i]["prompt"], 5, keep_values=True, progress=False))
