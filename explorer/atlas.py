@@ -110,9 +110,10 @@ def head_atlas(lm, texts: Sequence[Text] | None = None, batch_size: int = 16, *,
 
 
 def read_batch(lm, texts: Sequence[Text]) -> list:
-    """The traces of a batch of texts, in order, each read in one forward pass without a lens."""
-    return [lm.trace(text, lens=None, progress=False) if isinstance(text, str)
-            else lm.trace_ids(text, lens=None, progress=False) for text in texts]
+    """The traces of a batch of texts, in order, read as one left-padded forward pass without a lens (strings are
+    encoded as `lm.trace` encodes them; each trace equals its text's own)."""
+    rows = [lm.encode(text) if isinstance(text, str) else list(text) for text in texts]
+    return lm.trace_ids(rows, lens=None, progress=False, batch_size=max(1, len(rows)))
 
 
 def _checked_texts(texts) -> list[Text]:
