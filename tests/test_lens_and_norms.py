@@ -66,19 +66,32 @@ def expected_surprisal(lm, trace) -> np.ndarray:
     return -torch.log_softmax(logits, -1)[torch.arange(trace.n_tokens - 1), trace.token_ids[1:]].numpy()
 
 
-@pytest.mark.parametrize("arch", ["llama", "llama with a biased lm_head", "gpt2", "gemma2"])
+class SubclassedHead(torch.nn.Linear):
+    """An lm_head that is not a plain nn.Linear (as quantised layers are): read whole rows, in chunks."""
+
+
+@pytest.mark.parametrize("arch", ["llama", "llama with a biased lm_head", "gpt2", "gemma2",
+                                  "llama with a subclassed lm_head"])
 def test_lens_and_surprisal_read_in_tiles_match_whole_rows(arch, monkeypatch):
     """The unembedding read a few rows against a few vocabulary ids at a time, as SmolLM2's 49,152 ids are (blocks
-    narrower than k, a last block shorter than the others, several row groups): the same top-k, probabilities,
-    ranks and surprisal as a plain float32 softmax of whole rows."""
+    narrower than k, a last block shorter than the others, several row groups), or, for a head that is not a
+    plain nn.Linear, a few whole rows at a time: the same top-k, probabilities, ranks and surprisal as a plain
+    float32 softmax of whole rows."""
     from explorer.capture import lens as lens_module
 
     monkeypatch.setattr(lens_module, "GROUP_ROWS", 4)
     monkeypatch.setattr(lens_module, "TILE_FLOATS", 1)
     monkeypatch.setattr(lens_module, "BLOCK_MIN", 7)  # 96 ids: 13 blocks of 7 and one of 5
+    monkeypatch.setattr(lens_module, "CHUNK_ROWS", 5)
+    monkeypatch.setattr(lens_module, "TOPK_ROWS", 2)
     lm = make_tiny_lm(arch.split()[0])
     if "bias" in arch:
         lm.model.lm_head.bias = torch.nn.Parameter(torch.randn(lm.model.config.vocab_size))
+    if "subclassed" in arch:
+        plain = lm.model.lm_head
+        lm.model.lm_head = SubclassedHead(plain.in_features, plain.out_features, bias=False)
+        lm.model.lm_head.weight = plain.weight
+        assert lens_module._plain_head(lm.model, torch.zeros(1, plain.in_features)) is None
     trace = lm.generate("Lens in tiles", max_new_tokens=6, candidates=8, progress=False)
     assert_lens_matches_hidden_states(lm, trace, 8)
     np.testing.assert_allclose(trace.surprisal[1:], expected_surprisal(lm, trace), rtol=1e-4, atol=1e-4)

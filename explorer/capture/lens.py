@@ -2,9 +2,10 @@
 
 During the run, forward hooks on the decoder blocks keep the hidden states at the positions the lens covers
 (and the last block's at every prompt position, for surprisal). After it, one batched final norm + unembedding
-over all layers × positions, in chunks, turns them into top-k lists and the next token's probability and rank.
-Doing it inside the decoding loop would cost a decode step per layer and position (the unembedding is the
-biggest matrix of a small model); batched afterwards it is a few large matrix products.
+over all layers × positions, in tiles (a group of rows against a block of the vocabulary), turns them into top-k
+lists and the next token's probability and rank, in float32 like the model's own output. Doing it inside the
+decoding loop would cost a decode step per layer and position (the unembedding is the biggest matrix of a small
+model); batched afterwards it is a few large matrix products, which are most of its cost.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .anatomy import Anatomy
 LENS_MODES = ("steps", "all", None)
 CHUNK_ROWS = 64  # rows of the unembedding at once where it is not read block by block (a head that is not a plain
 # float32 nn.Linear): 64 × 49,152 float32 logits = 12 MB, one buffer reused chunk after chunk
+TOPK_ROWS = 16  # rows of such a chunk a top-k at once: its buffers (values and int64 indices of whole rows) stay small
 GROUP_ROWS = 2048  # rows read against one sweep over the unembedding's vocabulary blocks
 TILE_FLOATS = 1 << 21  # logits of one tile (rows × a block of the vocabulary): 8 MB float32, one buffer reused
 BLOCK_MIN = 256  # the narrowest vocabulary block
@@ -240,7 +242,8 @@ class _Rows:
             self.values, self.ids = values, ids
             return
         kept_values, kept_ids = (self.values, self.ids) if rows is None else (self.values[rows], self.ids[rows])
-        values, at = torch.topk(torch.cat([kept_values, values], dim=1), min(self.k, kept_values.shape[1] + ids.shape[1]))
+        merged = torch.cat([kept_values, values], dim=1)
+        values, at = torch.topk(merged, min(self.k, merged.shape[1]))
         ids = torch.cat([kept_ids, ids], dim=1).gather(1, at)
         if rows is None:
             self.values, self.ids = values, ids
@@ -281,9 +284,10 @@ def _row_stats(model, anatomy: Anatomy, states: torch.Tensor, targets: torch.Ten
     head = _plain_head(model, states)
     if head is None or n == 0:
         for start, stop, logits in _chunks(model, anatomy, states, CHUNK_ROWS):
-            rows = _Rows(targets[start:stop], k, rank)
-            rows.add(0, logits)
-            keep(start, stop, rows)
+            for at in range(start, stop, TOPK_ROWS):
+                rows = _Rows(targets[at : min(at + TOPK_ROWS, stop)], k, rank)
+                rows.add(0, logits[at - start : at - start + TOPK_ROWS])
+                keep(at, min(at + TOPK_ROWS, stop), rows)
             if progress is not None:
                 progress(stop, n)
         return normaliser, chosen, above, top_logits, top_ids
@@ -315,7 +319,7 @@ def next_token_log_probs(model, anatomy: Anatomy, states: torch.Tensor, targets:
 def build_lens(model, anatomy: Anatomy, states: torch.Tensor, positions: list[int], token_ids: list[int], k: int,
                decode, progress=None) -> LogitLens:
     """The lens of `states` [L, P, d] (block outputs before the final norm) at `positions`: top-k, and the
-    probability and rank of the token at position + 1, by one batched norm + unembedding in chunks."""
+    probability and rank of the token at position + 1, by one batched norm + unembedding in tiles."""
     n_layers, n_pos, _ = states.shape
     k = min(k, model.get_output_embeddings().weight.shape[0])
     ends = torch.tensor([p + 1 >= len(token_ids) for p in positions], device=states.device)
