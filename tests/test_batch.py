@@ -104,6 +104,22 @@ def test_a_batch_reports_progress_per_prompt_and_keeps_the_order():
         assert seen[row] == [s.token for s in trace.steps]
 
 
+def test_each_trace_of_a_batch_is_handed_over_as_soon_as_its_lens_is_read():
+    lm = _lm("llama")
+    events: list = []
+    traces = lm.generate(PROMPTS[:3], max_new_tokens=4, batch_size=3, progress=False,
+                         on_status=lambda said: events.append(said) if "logit lens" in said else None,
+                         on_trace=lambda row, trace: events.append((row, trace)))
+    # the lens of one row, then its trace, before the next row's lens: nobody waits for the whole batch's lenses
+    assert [e if isinstance(e, str) else "trace" for e in events] == [
+        "reading the logit lens (1 of 3)", "trace", "reading the logit lens (2 of 3)", "trace",
+        "reading the logit lens (3 of 3)", "trace"]
+    handed = dict(e for e in events if not isinstance(e, str))
+    assert sorted(handed) == [0, 1, 2] and all(handed[row] is trace for row, trace in enumerate(traces))
+    alone = []
+    assert lm.generate(PROMPTS[0], max_new_tokens=4, progress=False, on_trace=alone.append) is alone[0]
+
+
 def test_a_padded_batch_leaves_no_padding_in_any_trace():
     lm = _lm("llama")
     short, long = lm.generate([PROMPTS[1], PROMPTS[3]], max_new_tokens=3, progress=False)

@@ -370,10 +370,11 @@ def assert_same_trace(got, want) -> None:
 
 
 @contextmanager
-def batching_service(after_token=None, broken: str | None = None, **options):
+def batching_service(after_token=None, after_trace=None, broken: str | None = None, **options):
     """A tiny Llama behind a service in this process, whose model becomes ready only on `release.set()`, so that
     requests can wait for it together; every call of its `lm.generate` is recorded, and `after_token(row, done,
-    total, text)`, when given, runs after each token the service heard. A call with the prompt `broken` fails as
+    total, text)` and `after_trace(row, trace)`, when given, run after each token and trace the service got from a
+    batch. A call with the prompt `broken` fails as
     a model would (alone or in a batch). Yields (address, service, release, calls, lm); `calls` gets each call's
     prompt (a list for a batch). `options` go to the service."""
     import threading
@@ -384,16 +385,12 @@ def batching_service(after_token=None, broken: str | None = None, **options):
     lm = make_tiny_lm("llama")
     plain = lm.generate
 
-    def counted(prompt, *args, on_token=None, **kwargs):
+    def counted(prompt, *args, on_token=None, on_trace=None, **kwargs):
         calls.append(prompt)
         if broken is not None and broken in (prompt if isinstance(prompt, list) else [prompt]):
             raise CaptureError(f"tiny-llama failed while its attention was captured ({broken!r})")
-        if on_token is not None and after_token is not None:
-            def heard(*token):
-                on_token(*token)
-                after_token(*token)
-            return plain(prompt, *args, on_token=heard, **kwargs)
-        return plain(prompt, *args, on_token=on_token, **kwargs)
+        return plain(prompt, *args, on_token=_then(on_token, after_token), on_trace=_then(on_trace, after_trace),
+                     **kwargs)
 
     def load(service):
         service._stage(40, "loading the model")
@@ -411,6 +408,18 @@ def batching_service(after_token=None, broken: str | None = None, **options):
         finally:
             release.set()
             lm.generate = plain
+
+
+def _then(callback, after):
+    """`callback`, then `after` with the same arguments (either may be None)."""
+    if callback is None or after is None:
+        return callback
+
+    def both(*args):
+        callback(*args)
+        after(*args)
+
+    return both
 
 
 def ask_in_threads(address: str, asks: list[dict]) -> tuple[list, list[list[str]], list]:
@@ -526,3 +535,26 @@ def test_a_batch_that_fails_goes_again_one_by_one_and_only_the_failing_request_g
         assert isinstance(results[1], ServiceError) and "failed while its attention was captured" in str(results[1])
         for i in (0, 2):
             assert_same_trace(results[i], lm.generate(asks[i]["prompt"], 5, keep_values=True, progress=False))
+
+
+def test_each_page_of_a_batch_gets_its_trace_as_soon_as_its_lens_is_read():
+    asks = [{"prompt": text, "max_new_tokens": 5} for text in ("First", "Second one", "Third")]
+    pages: list = []
+
+    def hold(row, trace):
+        """After the service got a row's trace, the batch goes on only once that page holds it: a service that
+        sent the traces only at the end of the call would never let it go on."""
+        results = pages[0]
+        until(lambda: any(r is not None and r.token_ids == trace.token_ids for r in results),
+              "the page got its trace only after the whole batch")
+
+    with batching_service(after_trace=hold, limits=Limits.for_class(3)) as (address, service, release, calls, lm):
+        threads, _, results = ask_in_threads(address, asks)
+        pages.append(results)
+        until(lambda: len(service.queue) == 3, "the three requests did not all wait for the model")
+        release.set()
+        for thread in threads:
+            thread.join(60)
+        assert len(calls) == 1 and len(calls[0]) == 3, calls
+        for ask, got in zip(asks, results):
+            assert_same_trace(got, lm.generate(ask["prompt"], 5, keep_values=True, progress=False))

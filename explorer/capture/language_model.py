@@ -255,6 +255,7 @@ class LanguageModel:
         progress: bool = True,
         on_token: Callable | None = None,
         on_status: Callable[[str], None] | None = None,
+        on_trace: Callable[[int, Trace], None] | None = None,
         **generate_kwargs,
     ) -> Trace | list[Trace]:
         """Generate from `prompt` and capture attention, positions and probabilities of every step.
@@ -278,13 +279,16 @@ class LanguageModel:
         prompt. The same seed means the same trace: with a seed, every prompt is sampled from its own random
         generator seeded with `seed`, so a prompt's trace does not depend on the batch it was read in (each
         prompt of a list gets the same seed; give prompts their own seeds by calling for each one).
+        `on_trace(prompt_index, trace)` gets each prompt's trace as soon as it is complete (a batch's logit lens is
+        read row by row), before the call returns them all: a service can answer each prompt without waiting for
+        the rest of its batch.
         """
         settings, ablate = self._checked(GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed),
                                          generate_kwargs, candidates, lens, ablate)
         prompts = self._prompts(prompt, chat, max_new_tokens)
         traces = self._in_batches(prompts, batch_size, settings, generate_kwargs, on_token, on_status, chat=chat,
                                   candidates=candidates, lens=lens, precision=precision, keep_values=keep_values,
-                                  ablate=ablate, progress=progress)
+                                  ablate=ablate, progress=progress, on_trace=on_trace)
         return traces if isinstance(prompt, (list, tuple)) else traces[0]
 
     def _prompts(self, prompt, chat: bool, max_new_tokens: int) -> list[list[int]]:
@@ -306,7 +310,7 @@ class LanguageModel:
         return out
 
     def _in_batches(self, prompts: list[list[int]], batch_size, settings: GenerationSettings, generate_kwargs: dict,
-                    on_token, on_status, **options) -> list[Trace]:
+                    on_token, on_status, on_trace=None, **options) -> list[Trace]:
         """Generate after each prompt, `batch_size` rows at a time, prompts of similar length together; the traces
         come back in the prompts' order."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -320,7 +324,8 @@ class LanguageModel:
             if on_status is not None and len(prompts) > 1:
                 on_status(f"generating prompts {first + 1}–{first + len(rows)} of {len(prompts)}")
             made = self._generate_rows([prompts[i] for i in rows], settings, generate_kwargs, on_token=on_token,
-                                       on_status=on_status, names=rows if len(prompts) > 1 else None, **options)
+                                       on_status=on_status, names=rows if len(prompts) > 1 else None,
+                                       on_trace=on_trace, **options)
             for i, trace in zip(rows, made):
                 traces[i] = trace
         return traces
@@ -353,9 +358,10 @@ class LanguageModel:
     def _generate_rows(self, prompts: list[list[int]], settings: GenerationSettings, generate_kwargs: dict, *,
                        chat: bool, candidates: int, lens: str | None, precision: str, keep_values: bool,
                        ablate: list[tuple[int, int]], progress: bool, on_token=None, on_status=None,
-                       forced: int | None = None, names: list[int] | None = None) -> list[Trace]:
+                       forced: int | None = None, names: list[int] | None = None, on_trace=None) -> list[Trace]:
         """Generate after each of `prompts` (token ids) in one left-padded batch, with capture; `forced`, when
-        given (one prompt only), is the first new token. `names`: each row's index for on_token, in a list."""
+        given (one prompt only), is the first new token. `names`: each row's index for on_token and on_trace, in a
+        list. Each row's lens and trace are made after the run, row by row, and handed to `on_trace` at once."""
         n_new = settings.max_new_tokens
         fed = [ids + ([forced] if forced is not None else []) for ids in prompts]  # what the model reads first
         batch = _Batch(fed, _pad_token_id(self), self.device)
@@ -370,7 +376,7 @@ class LanguageModel:
         hidden = HiddenStates(self.anatomy, lens, batch.width, prompt_states=lens is not None or forced is not None,
                               capacity=covered)
         raised: list[BaseException] = []  # what the caller's own callbacks raise goes through as it is
-        on_token, on_status = _noted(on_token, raised), _noted(on_status, raised)
+        on_token, on_status, on_trace = _noted(on_token, raised), _noted(on_status, raised), _noted(on_trace, raised)
         eos = self._eos_ids(generate_kwargs)
         streamer = _Progress(remaining, progress, on_token, self.decode_token, names, eos)
         if on_status is not None:
@@ -401,7 +407,7 @@ class LanguageModel:
                 generated_at = time.perf_counter()
                 read, sequences, logits, scores = batch.width, batch.ids.tolist(), (), ()
                 streamer.end()
-            traces = []
+            rows = []
             for row in range(len(fed)):
                 n_prompt, n_fed, pad = len(prompts[row]), len(fed[row]), batch.pads[row]
                 token_ids = sequences[row][pad:]
@@ -422,22 +428,30 @@ class LanguageModel:
                 steps = build_steps(token_ids, n_prompt, row_logits, row_scores, self.decode_token, candidates)
                 if forced is not None:  # sampled from a distribution that was all on the forced token
                     steps[0].sampling_top_k = steps[0].sampling_top_k[:1]
-                if on_status is not None and lens:
-                    on_status("reading the logit lens" + (f" ({row + 1} of {len(fed)})" if len(fed) > 1 else ""))
-                analysed = self._analyse(hidden, row, pad, token_ids, candidates, progress)
-                traces.append((token_ids, n_prompt, steps, surprisal, analysed, pad, precisions[row]))
+                rows.append((token_ids, n_prompt, steps, surprisal, pad, precisions[row]))
         if hidden.reread and lens:
             notes.append(f"No logit lens: {self.name} reads the whole text again at every step (it keeps no KV "
                          f"cache), so its positions are not followed.")
         used = settings.as_dict() | {"chat": chat, "candidates": candidates, "lens": lens,
                                      "ablate": [list(pair) for pair in ablate]}
         used |= {k: v for k, v in generate_kwargs.items() if isinstance(v, (int, float, str, bool, list))}
-        timings = {"generate": generated_at - started, "lens": time.perf_counter() - generated_at,
-                   "total": time.perf_counter() - started}
-        return [self._build_trace(token_ids, n_prompt, recorder, steps, used | {"precision": row_precision},
-                                  timings, surprisal, analysed, list(notes), row=row, start=pad, read=read,
-                                  precision=row_precision)
-                for row, (token_ids, n_prompt, steps, surprisal, analysed, pad, row_precision) in enumerate(traces)]
+        traces = []
+        # the lens row by row, after the recording (it reads the kept block outputs only), each trace handed over
+        # as soon as it is made: a row's lens is its own work, nothing in it is shared with the other rows
+        with _foreign_errors(self.name, raised), torch.inference_mode():
+            for row, (token_ids, n_prompt, steps, surprisal, pad, row_precision) in enumerate(rows):
+                if on_status is not None and lens:
+                    on_status("reading the logit lens" + (f" ({row + 1} of {len(fed)})" if len(fed) > 1 else ""))
+                analysed = self._analyse(hidden, row, pad, token_ids, candidates, progress)
+                timings = {"generate": generated_at - started, "lens": time.perf_counter() - generated_at,
+                           "total": time.perf_counter() - started}
+                trace = self._build_trace(token_ids, n_prompt, recorder, steps, used | {"precision": row_precision},
+                                          timings, surprisal, analysed, list(notes), row=row, start=pad, read=read,
+                                          precision=row_precision)
+                traces.append(trace)
+                if on_trace is not None:
+                    on_trace(*([names[row]] if names is not None else []), trace)
+        return traces
 
     def branch(self, trace: Trace, step: int, token, *, progress: bool = True, on_token=None,
                on_status=None) -> Trace:

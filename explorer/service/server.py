@@ -5,7 +5,8 @@ tells each waiting client its place in the queue twice a second, and forwards wh
 worker thread imports torch, loads the model (the service answers from its first moment, with the loading
 percent), then generates: whenever the model comes free, the requests waiting then that can share one call (the
 same settings, another prompt) go through one batched `lm.generate([...])`, taking clients in arrival order with
-at most one request each, so a class is served fairly and a new arrival waits at most one batch. A client that
+at most one request each, so a class is served fairly and a new arrival waits at most one batch; each trace is
+sent as soon as its row's logit lens is read, not at the end of the batch. A client that
 has gone (its kernel closed) is noticed when a message to it fails: its request is dropped if it waits; if it is
 running, its tokens and trace are dropped while the rest of its batch goes on (a batch all of whose viewers have
 gone stops between two tokens).
@@ -335,21 +336,28 @@ class GenerationService:
         self.limits.check_prompt(n_prompt)
         check_length(n_prompt, request.max_new_tokens, self.lm.context_length, self.lm.name)
 
-    def _run(self, requests: list[GenerationRequest], on_token: Callable[[int, int, int, str], None]) -> list:
+    def _run(self, requests: list[GenerationRequest], on_token: Callable[[int, int, int, str], None],
+             on_trace: Callable | None = None) -> list:
         """The traces of `requests` (one, or several that share a batch key) from one generate call;
-        `on_token(row, done, total, text)` hears each row's tokens."""
+        `on_token(row, done, total, text)` hears each row's tokens, `on_trace(row, trace)` gets each row's trace as
+        soon as it is made (a batch's logit lens is read row by row)."""
         first = requests[0]
         s = first.settings
         common = {"chat": first.chat, "ablate": [tuple(pair) for pair in first.ablate], "keep_values": True,
                   "progress": False}
         if len(requests) > 1:
             return self.lm.generate([r.prompt for r in requests], s.max_new_tokens, s.temperature, s.top_k, s.top_p,
-                                    s.seed, batch_size=len(requests), on_token=on_token, **common)
+                                    s.seed, batch_size=len(requests), on_token=on_token, on_trace=on_trace, **common)
         common["on_token"] = lambda done, total, text: on_token(0, done, total, text)
         if first.token_ids is not None:
-            return [self.lm.generate_from_ids(first.token_ids, s.max_new_tokens, s.temperature, s.top_k, s.top_p,
-                                              s.seed, forced=first.forced, **common)]
-        return [self.lm.generate(first.prompt, s.max_new_tokens, s.temperature, s.top_k, s.top_p, s.seed, **common)]
+            traces = [self.lm.generate_from_ids(first.token_ids, s.max_new_tokens, s.temperature, s.top_k, s.top_p,
+                                                s.seed, forced=first.forced, **common)]
+        else:
+            traces = [self.lm.generate(first.prompt, s.max_new_tokens, s.temperature, s.top_k, s.top_p, s.seed,
+                                       **common)]
+        if on_trace is not None:
+            on_trace(0, traces[0])
+        return traces
 
     def _serve(self, outbox, batch: list[Waiting]) -> None:
         """Generate a batch taken from the queue: each request checked on its own, the rest in one call."""
@@ -374,43 +382,56 @@ class GenerationService:
     def _generate(self, outbox, rows: list[Waiting]) -> None:
         started = time.monotonic()
         ids = [w.request_id for w in rows]
+        answered: set[str] = set()  # rows whose trace has been sent (or dropped)
+        batch = f" in a batch of {len(rows)}" if len(rows) > 1 else ""
+
+        def all_gone() -> bool:
+            """Whether nobody is left waiting for this call: it may stop."""
+            return self._gone.issuperset(i for i in ids if i not in answered)
 
         def on_token(row: int, done: int, total: int, text: str) -> None:
             if ids[row] in self._gone:  # this viewer has gone: its row goes on for nobody, unless all have gone
-                if self._gone.issuperset(ids):
+                if all_gone():
                     raise Cancelled
                 return
             outbox.send_multipart([rows[row].client, p.encode({"kind": p.TOKEN, "id": ids[row], "done": done,
                                                                "total": total, "text": text})])
 
+        def on_trace(row: int, trace) -> None:
+            w = rows[row]
+            answered.add(w.request_id)
+            # answered: no more heartbeats for it (a new dict, not a change to the one the I/O thread may be reading)
+            self._running = {i: client for i, client in self._running.items() if i != w.request_id}
+            if w.request_id in self._gone:
+                log(f"{w.client.hex()}: the viewer has gone: its trace is dropped{batch}")
+            else:
+                outbox.send_multipart([w.client, p.encode({"kind": p.TRACE, "id": w.request_id}), trace.to_bytes()])
+                log(f"{w.client.hex()}: {trace.n_generated} tokens in {time.monotonic() - started:.1f} s{batch} "
+                    f"(waited {started - w.queued_at:.1f} s)")
+            if len(answered) < len(rows) and all_gone():
+                raise Cancelled
+
         try:
-            traces = self._run([w.request for w in rows], on_token)
+            self._run([w.request for w in rows], on_token, on_trace)
         except Cancelled:
             for w in rows:
-                log(f"{w.client.hex()}: stopped, the viewer has gone")
+                if w.request_id not in answered:
+                    log(f"{w.client.hex()}: stopped, the viewer has gone")
             return
         except Exception as e:  # noqa: BLE001 (one failed request must not stop the service, nor its batch)
+            left = [w for w in rows if w.request_id not in answered]
             if len(rows) > 1:  # each alone again: whichever request fails gets its own error, the others their trace
                 # (a page that had heard some tokens of the failed batch hears them again from the start)
                 log(f"a batch of {len(rows)} failed ({type(e).__name__}: {str(e)[:200]}): each request again alone")
-                for w in rows:
+                for w in left:
                     if w.request_id not in self._gone:
                         self._generate(outbox, [w])
                 return
             error = e if isinstance(e, ExplorerError) else ExplorerError(f"generation failed: {type(e).__name__}: {e}")
             outbox.send_multipart([rows[0].client, _error(ids[0], error)])
             return
-        seconds = time.monotonic() - started
-        batch = f" in a batch of {len(rows)}" if len(rows) > 1 else ""
         if batch:
-            log(f"one generate call for a batch of {len(rows)} requests: {seconds:.1f} s")
-        for w, trace in zip(rows, traces):
-            if w.request_id in self._gone:
-                log(f"{w.client.hex()}: the viewer has gone: its trace is dropped{batch}")
-                continue
-            outbox.send_multipart([w.client, p.encode({"kind": p.TRACE, "id": w.request_id}), trace.to_bytes()])
-            log(f"{w.client.hex()}: {trace.n_generated} tokens in {seconds:.1f} s{batch} "
-                f"(waited {started - w.queued_at:.1f} s)")
+            log(f"one generate call for a batch of {len(rows)} requests: {time.monotonic() - started:.1f} s")
 
     # --- the first trace, kept between starts
     def _read_first_trace(self) -> None:
