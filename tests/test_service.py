@@ -50,8 +50,6 @@ def service_in_this_process(load, key: str = "", **options):
     """A GenerationService on a free port in a thread of this process, its model loading replaced by `load(service)`
     (no torch needed) and no cached first trace: yields (address, service); stops it afterwards. `options` go to
     the service (limits, batch_size)."""
-    import threading
-
     from explorer.service.server import GenerationService
 
     class Service(GenerationService):
@@ -62,8 +60,7 @@ def service_in_this_process(load, key: str = "", **options):
             self.first_trace = None
 
     address = f"tcp://127.0.0.1:{free_port()}"
-    service = Service(address, key=key, **options)
-    threading.Thread(target=service.run, daemon=True).start()
+    service = Service(address, key=key, **options).start()
     try:
         yield address, service
     finally:
@@ -337,7 +334,7 @@ def test_requests_that_waited_for_a_model_that_then_fails_get_the_reason():
 
 def test_malformed_messages_are_refused_and_the_service_keeps_serving():
     # no model needed: only the I/O thread is under test
-    with service_in_this_process(lambda service: time.sleep(60), key="k") as (address, _):
+    with service_in_this_process(lambda service: service._stopping.wait(60), key="k") as (address, _):
         raw = zmq.Context.instance().socket(zmq.DEALER)
         raw.connect(address)
         raw.send(b"[" * 100_000 + b"]" * 100_000)  # nested too deep for json: refused before the key is read
@@ -558,3 +555,65 @@ def test_each_page_of_a_batch_gets_its_trace_as_soon_as_its_lens_is_read():
         assert len(calls) == 1 and len(calls[0]) == 3, calls
         for ask, got in zip(asks, results):
             assert_same_trace(got, lm.generate(ask["prompt"], 5, keep_values=True, progress=False))
+
+
+def test_stop_ends_every_thread_of_the_service_even_with_a_generation_running():
+    """stop() while a request is mid-generation: it returns once the worker (between two tokens) and the I/O thread
+    have ended, and no thread of the service is left (a service that only asked them to stop leaves the worker
+    generating, then waiting in the queue forever)."""
+    import threading
+
+    def new_threads() -> list[str]:  # but tqdm's monitor, which the tiny model's first generate may start
+        return [t.name for t in threading.enumerate() if t not in before and t.name != "tqdm_monitor"]
+
+    before = set(threading.enumerate())
+    services, running = [], threading.Event()
+
+    def hold(*token):
+        """The generation is mid-way (one token out of 20) until stop() is asked."""
+        running.set()
+        assert services[0]._stopping.wait(30), "stop() was not asked"
+
+    with batching_service(after_token=hold, limits=Limits.for_class(3)) as (address, service, release, _, _):
+        services.append(service)
+        page = zmq.Context.instance().socket(zmq.DEALER)
+        page.setsockopt(zmq.LINGER, 0)
+        page.connect(address)
+        page.send(p.encode({"kind": p.GENERATE, "id": "mid", "key": "",
+                            "request": GenerationRequest("Hold on", 20).to_json()}))
+        release.set()
+        assert running.wait(30), "the generation did not start"
+        assert len(new_threads()) == 2, new_threads()  # the I/O thread and the worker
+        service.stop()
+        assert new_threads() == [], f"threads still running after stop(): {new_threads()}"
+        heard = []
+        while page.poll(0):
+            heard.append(p.decode(page.recv_multipart()[0])["kind"])
+        assert p.TRACE not in heard, heard  # the generation stopped: no trace was sent
+        page.close(0)
+        service.stop()  # a second stop is harmless
+
+
+def test_a_worker_that_will_not_stop_is_said_in_a_sentence():
+    import threading
+
+    from explorer.service.server import GenerationService
+
+    release = threading.Event()
+
+    class Stuck(GenerationService):
+        def _load(self):  # a model step that does not look at the service stopping
+            release.wait(60)
+
+        def _read_first_trace(self):
+            self.first_trace = None
+
+    service = Stuck(f"tcp://127.0.0.1:{free_port()}").start()
+    try:
+        until(lambda: service._worker is not None, "the worker did not start")
+        with pytest.raises(ServiceError, match=r"did not stop within 0 s: .*generation worker"):
+            service.stop(timeout=0.2)
+    finally:
+        release.set()
+    service.stop()  # once the step ends, it stops
+    assert not service._worker.is_alive() and not service._thread.is_alive()

@@ -32,7 +32,7 @@ import zmq
 from .. import __version__
 from ..cache import cache_dir
 from ..capture.settings import check_length
-from ..errors import ExplorerError, SettingsError
+from ..errors import ExplorerError, ServiceError, SettingsError
 from ..trace import VERSION
 from ..trace_file import load_trace
 from . import protocol as p
@@ -47,8 +47,17 @@ HEARTBEAT_SECONDS = 0.5  # how often a waiting client hears from the service: it
 BATCH_SIZE = 8
 
 
+# How long `stop` waits for the service's threads: a generation stops between two tokens and a loading model
+# between two stages, so only one long step (a 2,048-token prompt's pass, one row's logit lens) can hold it up.
+STOP_SECONDS = 30.0
+
+
 class Cancelled(Exception):
-    """Every viewer of the running batch has gone."""
+    """Every viewer of the running batch has gone, or the service is stopping."""
+
+
+class Stopping(Exception):
+    """The service is stopping while the model loads."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,13 @@ class FairQueue:
     def __init__(self):
         self._waiting: OrderedDict[bytes, Waiting] = OrderedDict()
         self._changed = threading.Condition()
+        self._closed = False
+
+    def close(self) -> None:
+        """Wake whoever waits in `take`: from now on it returns an empty list once nothing is waiting."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
 
     def put(self, client: bytes, request_id: str, request: GenerationRequest, max_waiting: int | None) -> int:
         """Queue a request; return how many requests are before it. Refuses a second one of the same client."""
@@ -91,9 +107,11 @@ class FairQueue:
 
     def take(self, limit: int = 1, key: Callable[[GenerationRequest], Hashable | None] = batch_key) -> list[Waiting]:
         """The oldest request and, when its `key` is not None, the requests after it with the same key, in arrival
-        order, at most `limit` in all (blocks until there is one)."""
+        order, at most `limit` in all (blocks until there is one, or returns [] once the queue is closed)."""
         with self._changed:
             while not self._waiting:
+                if self._closed:
+                    return []
                 self._changed.wait()
             first = self._waiting.popitem(last=False)[1]
             taken, shared = [first], key(first.request) if limit > 1 else None
@@ -141,7 +159,8 @@ def first_trace_path(model: str | None) -> Path:
 
 
 class GenerationService:
-    """Serve generation requests on `address` (a ZeroMQ endpoint such as tcp://127.0.0.1:5555)."""
+    """Serve generation requests on `address` (a ZeroMQ endpoint such as tcp://127.0.0.1:5555): `run()` in this
+    thread, or `start()` in a thread of the service's own; `stop()` ends every thread either started."""
 
     def __init__(self, address: str, model: str | None = None, limits: Limits = Limits(), key: str = "",
                  device: str = "auto", dtype: str = "auto", parent_pid: int | None = None, threads: int | None = None,
@@ -160,10 +179,28 @@ class GenerationService:
         self._gone: set[str] = set()  # running request ids whose client has gone; checked between two tokens
         self._stopping = threading.Event()
         self._context = zmq.Context()
+        self._thread: threading.Thread | None = None  # the I/O thread `start` made
+        self._serving: threading.Thread | None = None  # the thread running `run`, whoever made it
+        self._served = threading.Event()  # `run` has returned
+        self._worker: threading.Thread | None = None
+
+    def start(self) -> GenerationService:
+        """Serve from a thread of the service's own until `stop()`."""
+        self._thread = threading.Thread(target=self.run, name="generation service I/O", daemon=True)
+        self._thread.start()
+        return self
 
     # --- I/O thread
     def run(self) -> None:
-        """Serve until interrupted (or until the dashboard that started us is gone)."""
+        """Serve until `stop()` (or until the dashboard that started us is gone); returns once the worker has
+        ended, or has failed to end within STOP_SECONDS of being asked."""
+        self._serving = threading.current_thread()
+        try:
+            self._serve_messages()
+        finally:
+            self._served.set()
+
+    def _serve_messages(self) -> None:
         router = self._context.socket(zmq.ROUTER)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a message to a client that has gone raises, so we notice
         router.setsockopt(zmq.MAXMSGSIZE, p.MAX_REQUEST_BYTES)
@@ -173,15 +210,25 @@ class GenerationService:
         outbox = self._context.socket(zmq.PULL)
         outbox.bind("inproc://worker")
         self._read_first_trace()
-        threading.Thread(target=self._work, name="generation worker", daemon=True).start()
+        self._worker = threading.Thread(target=self._work, name="generation worker", daemon=True)
+        self._worker.start()
         log(f"listening on {self.address}; {self._describe_limits()}")
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(outbox, zmq.POLLIN)
         next_beat = time.monotonic()
+        give_up = None  # once stopping: when to stop waiting for the worker
         try:
-            while not self._stopping.is_set():
-                events = dict(poller.poll(int(HEARTBEAT_SECONDS * 1000)))
+            # when stopping, the worker's last messages are still taken (its socket would block on a closed peer)
+            # until it has ended
+            while True:
+                if self._stopping.is_set():
+                    if give_up is None:
+                        self.queue.close()
+                        give_up = time.monotonic() + STOP_SECONDS
+                    if not self._worker.is_alive() or time.monotonic() > give_up:
+                        break
+                events = dict(poller.poll(50 if give_up else int(HEARTBEAT_SECONDS * 1000)))
                 if router in events:
                     frames = router.recv_multipart()
                     self._answer(router, frames[0], frames[1:])
@@ -191,16 +238,38 @@ class GenerationService:
                 if time.monotonic() >= next_beat:
                     self._heartbeat(router)
                     next_beat = time.monotonic() + HEARTBEAT_SECONDS
-                    if self.parent_pid and os.getppid() != self.parent_pid:
+                    if self.parent_pid and os.getppid() != self.parent_pid and not self._stopping.is_set():
                         log("the dashboard that started this service is gone: stopping")
-                        return
+                        self._stopping.set()
         finally:
+            self._stopping.set()
+            self.queue.close()
             router.close(0)
             outbox.close(0)
 
-    def stop(self) -> None:
-        """Stop serving (from another thread); `run` returns within half a second."""
+    def stop(self, timeout: float = STOP_SECONDS) -> None:
+        """Stop serving and wait until every thread of the service has ended: the worker stops between two tokens
+        (the request running gets no trace) or two loading stages. ServiceError if one is still running after
+        `timeout` seconds."""
         self._stopping.set()
+        self.queue.close()
+        deadline = time.monotonic() + timeout
+        here = threading.current_thread()
+        if self._thread is not None and self._thread is not here:
+            self._thread.join(timeout)
+        serving = self._serving is not None and self._serving is not here  # `run` in a thread of the caller's
+        if serving:
+            self._served.wait(max(0.0, deadline - time.monotonic()))
+        if self._worker is not None and self._worker is not here:  # looked at now: `run` may have just made it
+            self._worker.join(max(0.0, deadline - time.monotonic()))
+        running = [t.name for t in (self._thread, self._worker) if t is not None and t is not here and t.is_alive()]
+        if serving and not self._served.is_set():
+            running.append(f"{self._serving.name} (serving requests)")
+        if running:
+            raise ServiceError(f"the generation service did not stop within {timeout:.0f} s: "
+                               f"{', '.join(dict.fromkeys(running))} still running (a model step that does not end)")
+        if not self._context.closed:
+            self._context.term()
 
     def _send(self, router, client: bytes, *frames: bytes) -> None:
         """Send to one client; a client that has gone is forgotten (and its running request stopped)."""
@@ -288,17 +357,26 @@ class GenerationService:
     # --- worker thread
     def _work(self) -> None:
         outbox = self._context.socket(zmq.PUSH)
+        outbox.setsockopt(zmq.LINGER, 0)
         outbox.connect("inproc://worker")
         try:
-            self._load()
-        except Exception as e:  # the service keeps answering, and says why it cannot generate
-            self.status.state, self.status.error = "failed", f"{type(e).__name__}: {e}"
-            log(f"could not load the model: {self.status.error}")
-            return
-        while True:
-            self._serve(outbox, self.queue.take(self.batch_size))
+            try:
+                self._load()
+            except Stopping:
+                return
+            except Exception as e:  # the service keeps answering, and says why it cannot generate
+                self.status.state, self.status.error = "failed", f"{type(e).__name__}: {e}"
+                log(f"could not load the model: {self.status.error}")
+                return
+            while batch := self.queue.take(self.batch_size):  # [] once stopping
+                self._serve(outbox, batch)
+        finally:
+            outbox.close(0)
 
     def _stage(self, percent: int, stage: str) -> None:
+        """Say how far the loading is; where the service is stopping, stop loading here."""
+        if self._stopping.is_set():
+            raise Stopping
         self.status.percent, self.status.stage = percent, stage
 
     def _load(self) -> None:
@@ -390,6 +468,8 @@ class GenerationService:
             return self._gone.issuperset(i for i in ids if i not in answered)
 
         def on_token(row: int, done: int, total: int, text: str) -> None:
+            if self._stopping.is_set():
+                raise Cancelled
             if ids[row] in self._gone:  # this viewer has gone: its row goes on for nobody, unless all have gone
                 if all_gone():
                     raise Cancelled
@@ -398,6 +478,8 @@ class GenerationService:
                                                                "total": total, "text": text})])
 
         def on_trace(row: int, trace) -> None:
+            if self._stopping.is_set():
+                raise Cancelled
             w = rows[row]
             answered.add(w.request_id)
             # answered: no more heartbeats for it (a new dict, not a change to the one the I/O thread may be reading)
@@ -414,9 +496,10 @@ class GenerationService:
         try:
             self._run([w.request for w in rows], on_token, on_trace)
         except Cancelled:
+            why = "the service is stopping" if self._stopping.is_set() else "the viewer has gone"
             for w in rows:
                 if w.request_id not in answered:
-                    log(f"{w.client.hex()}: stopped, the viewer has gone")
+                    log(f"{w.client.hex()}: stopped, {why}")
             return
         except Exception as e:  # noqa: BLE001 (one failed request must not stop the service, nor its batch)
             left = [w for w in rows if w.request_id not in answered]
@@ -424,7 +507,7 @@ class GenerationService:
                 # (a page that had heard some tokens of the failed batch hears them again from the start)
                 log(f"a batch of {len(rows)} failed ({type(e).__name__}: {str(e)[:200]}): each request again alone")
                 for w in left:
-                    if w.request_id not in self._gone:
+                    if w.request_id not in self._gone and not self._stopping.is_set():
                         self._generate(outbox, [w])
                 return
             error = e if isinstance(e, ExplorerError) else ExplorerError(f"generation failed: {type(e).__name__}: {e}")
