@@ -408,3 +408,99 @@ def test_what_if_on_a_trace_of_another_model_is_refused_in_a_sentence():
     board.explorer.whatif.switch_off(0, 1)  # re-scoring asks the model too
     assert board.explorer.whatif.wait(30) and board.explorer.whatif.after is None
     assert "written by tiny-gpt2" in message(board)
+
+
+# --- the service's first trace against the student's own Generate
+class ServiceDouble:
+    """Stands for the generation service: as the dashboard's model it generates with a tiny model here; as the
+    first-trace thread's own connection (client.RemoteModel) it is ready and hands over `first`."""
+
+    address, key, has_chat_template = "tcp://127.0.0.1:1", "", False
+
+    def __init__(self, lm, first, first_at_once=False):
+        self.lm, self.first, self.first_at_once, self.facts = lm, first, first_at_once, first.model
+
+    def generate(self, prompt, *args, **kwargs):
+        return self.lm.generate(prompt, *args, **kwargs)
+
+    def first_trace(self, timeout=3.0):
+        return self.first if self.first_at_once else None  # the page's own first ask: not ready yet
+
+    def connection(self, address, key=""):
+        from explorer.service.protocol import ServiceStatus
+
+        double = self
+
+        class Connection:
+            facts = double.first.model
+
+            def status(self, timeout=3.0):
+                return ServiceStatus(state="ready", percent=100, stage="ready")
+
+            def first_trace(self, timeout=3.0):
+                return double.first
+
+            def close(self):
+                pass
+
+        return Connection()
+
+
+def test_a_first_trace_that_comes_after_a_generate_does_not_replace_it():
+    """The page's first drawing (PageReady) can come after a student's Generate: the first trace does not cover it."""
+    lm = make_tiny_lm("llama")
+    first = lm.generate("abc", 3, progress=False)
+    board = Dashboard(ServiceDouble(lm, first, first_at_once=True), prompt="hello")
+    board.max_new_tokens.value = 4
+    own = board.generate()
+    board.open_first_trace(first)
+    assert board.trace is own and "Generated 4 tokens" in message(board)
+
+
+def test_the_first_trace_thread_and_a_generate_pressed_meanwhile_take_turns(monkeypatch):
+    """Forced interleaving: the first-trace thread has found the page empty and is about to show the first trace
+    when the student presses Generate. The Generate waits for the model's turn and its trace is the one shown; the
+    first trace stays in the session under it (never shown over the student's own)."""
+    import threading
+
+    from explorer.service import client
+
+    lm = make_tiny_lm("llama")
+    first = lm.generate("abc", 3, progress=False)
+    double = ServiceDouble(lm, first)
+    monkeypatch.setattr(client, "RemoteModel", double.connection)
+    board = Dashboard(double, prompt="hello")
+    board.max_new_tokens.value = 4
+    about_to_show, go, settled, background = threading.Event(), threading.Event(), threading.Event(), []
+
+    def hold(change):  # the first-trace thread, between its check and its show_trace
+        if threading.current_thread().name == "first trace" and change["new"] == "":
+            background.append(threading.current_thread())
+            about_to_show.set()
+            assert go.wait(30)
+        elif change["new"].startswith("waiting for the model"):  # the Generate waits for its turn
+            settled.set()
+
+    board.progress_label.observe(hold, "value")
+    board.open_first_trace()
+    assert about_to_show.wait(30), board.progress_label.value
+    results = []
+
+    def press():
+        try:
+            results.append(board.generate())
+        finally:
+            settled.set()
+
+    student = threading.Thread(target=press)
+    student.start()
+    assert settled.wait(30)  # the Generate either ran to its end or waits for the model
+    go.set()
+    student.join(30)
+    background[0].join(30)
+    assert not student.is_alive() and not background[0].is_alive()
+    own = results[0]
+    assert own is not None and own.n_generated == 4
+    assert board.trace is own, "the first trace was shown over the student's own"
+    assert "Generated 4 tokens" in message(board) and not board.generate_button.disabled
+    assert [e.trace for e in board.session.entries] == [first, own]

@@ -113,6 +113,7 @@ class Dashboard(widgets.VBox):
                                           CLASS_SESSION_BYTES if limits.class_size else MAX_BYTES)
         self.session = self.session_panel.session
         self.runs = 0  # generations so far, said in the message so that each press can be told apart
+        self.presses = 0  # Generate pressed: the service's first trace is shown only before the first press
         self._build_controls(prompt)
         sidebar = widgets.VBox(
             [self.generation_box, widgets.HTML("<hr>"), self.session_panel, widgets.HTML("<hr>"), self.files,
@@ -198,9 +199,10 @@ class Dashboard(widgets.VBox):
         if self.lm is None or self.generate_button.disabled:
             return None
         self.generate_button.disabled = True
+        self.presses += 1
         self._say("")
         if not self.turn.acquire(blocking=False):
-            self.progress_label.value = "waiting for the what-if request to finish …"
+            self.progress_label.value = "waiting for the model to come free …"
             self.turn.acquire()
         try:
             settings = self._settings()
@@ -308,12 +310,32 @@ class Dashboard(widgets.VBox):
                 pass
         if trace is not None:
             self._refresh_chat()
+            self._show_first_trace(trace)
+            return
+        self._while_untouched(lambda: (self._say("The model is loading: you can type a prompt already."),
+                                       setattr(self.progress_label, "value", "loading the model …")))
+        threading.Thread(target=self._wait_for_first_trace, name="first trace", daemon=True).start()
+
+    def _show_first_trace(self, trace: Trace) -> None:
+        """Show the service's first trace, unless Generate has been pressed or a trace is shown: checked and shown
+        holding the model's turn, so a Generate pressed meanwhile waits and its trace comes after (never under)."""
+        with self.turn:
+            if self.presses or self.trace is not None:
+                return
+            self.progress_label.value = ""
             self.show_trace(trace, "Ready: type a prompt and press Generate.", source="the generation service",
                             origin=FIRST_PROMPT)
+
+    def _while_untouched(self, tell: Callable[[], None]) -> None:
+        """`tell` the page how the loading goes, only while no Generate has been pressed and no trace is shown
+        (checked and told holding the turn; a Generate holding it is left alone)."""
+        if not self.turn.acquire(blocking=False):
             return
-        self._say("The model is loading: you can type a prompt already.")
-        self.progress_label.value = "loading the model …"
-        threading.Thread(target=self._wait_for_first_trace, name="first trace", daemon=True).start()
+        try:
+            if not self.presses and self.trace is None:
+                tell()
+        finally:
+            self.turn.release()
 
     def _wait_for_first_trace(self, give_up: float = 600) -> None:
         from ..service.client import RemoteModel
@@ -325,31 +347,33 @@ class Dashboard(widgets.VBox):
                 try:
                     status = lm.status(timeout=3)
                 except ExplorerError as e:
-                    self.progress_label.value = f"waiting for the generation service … ({e})"
+                    self._while_untouched(lambda e=e: setattr(self.progress_label, "value",
+                                                              f"waiting for the generation service … ({e})"))
                     time.sleep(1)  # an answer that is an error comes at once: do not ask again at once
                     continue
                 if status.state == "failed":
                     self._say(f"The model could not be loaded: {status.error}", error=True)
                     return
                 if not status.ready:
-                    if self.trace is None and not self.generate_button.disabled:
-                        self.progress.max, self.progress.value = 100, status.percent
-                        self.progress_label.value = f"loading the model … {status.percent}% ({status.stage})"
+                    self._while_untouched(lambda s=status: self._tell_loading(s.percent, s.stage))
                     time.sleep(0.5)
                     continue
                 self.lm.facts = lm.facts
                 self._refresh_chat()
                 trace = lm.first_trace()
-                if self.trace is None and trace is not None and not self.generate_button.disabled:
-                    self.progress_label.value = ""
-                    self.show_trace(trace, "Ready: type a prompt and press Generate.",
-                                    source="the generation service", origin=FIRST_PROMPT)
+                if trace is not None:
+                    self._show_first_trace(trace)
                 return
-            self._say(f"The generation service was not ready after {give_up:.0f} s: press Generate to try.", error=True)
+            self._while_untouched(lambda: self._say(f"The generation service was not ready after {give_up:.0f} s: "
+                                                    "press Generate to try.", error=True))
         except Exception as e:  # a background thread has no one else to tell
             self._say(f"Could not get the first trace: {type(e).__name__}: {e}", error=True)
         finally:
             lm.close()
+
+    def _tell_loading(self, percent: int, stage: str) -> None:
+        self.progress.max, self.progress.value = 100, percent
+        self.progress_label.value = f"loading the model … {percent}% ({stage})"
 
     def _refresh_chat(self) -> None:
         """Offer the chat template once the model's facts are known; a box the student could already use
