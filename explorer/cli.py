@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=_positive, default=None,
                    help="torch CPU threads (default: half the cores; one thread is 2x faster on a busy 2-core machine)")
     v.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    v.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # a socket bound by the dashboard
 
     s = sub.add_parser("show", help="print a summary of a saved trace")
     s.add_argument("path", type=Path)
@@ -145,7 +146,8 @@ def _serve_command(args) -> None:
               f"(give it to the dashboard as ${KEY_ENV})", flush=True)
     limits = Limits.for_class(args.class_size) if args.class_size else Limits()
     service = GenerationService(args.bind, model=args.model, limits=limits, key=key, device=args.device,
-                                dtype=args.dtype, parent_pid=args.parent_pid, threads=args.threads)
+                                dtype=args.dtype, parent_pid=args.parent_pid, threads=args.threads,
+                                listen_fd=args.listen_fd)
     service.run()
 
 

@@ -131,16 +131,9 @@ def launch(args: argparse.Namespace, voila_args: list[str]) -> int:
     elif args.service:
         env[SERVICE_ENV] = args.service
     else:
-        from ..service.supervisor import ServiceProcess
-
-        address = f"tcp://127.0.0.1:{_free_port()}"
         key = secrets.token_urlsafe(24)
+        service, address = start_service(key, args.model, args.device, args.dtype, class_size, args.threads)
         env |= {SERVICE_ENV: address, KEY_ENV: key}
-        service_args = ["--bind", address, "--device", args.device, "--dtype", args.dtype]
-        service_args += ["--model", args.model] if args.model else []
-        service_args += ["--class", str(class_size)] if class_size else []
-        service_args += ["--threads", str(args.threads)] if args.threads else []
-        service = ServiceProcess(service_args, env={KEY_ENV: key}).start()
     os.environ.update(env)  # Voilà's kernels inherit them
     if class_size:
         bound_the_pool(class_size + SPARE_KERNELS)
@@ -157,7 +150,15 @@ def launch(args: argparse.Namespace, voila_args: list[str]) -> int:
     return 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_service(key: str, model: str | None, device: str = "auto", dtype: str = "auto",
+                  class_size: int | None = None, threads: int | None = None):
+    """The generation service in a child process kept alive, on a port of this machine bound here and handed
+    over: (the ServiceProcess, its address)."""
+    from ..service.supervisor import ServiceProcess, listening_socket
+
+    listening, address = listening_socket()
+    service_args = ["--bind", address, "--device", device, "--dtype", dtype]
+    service_args += ["--model", model] if model else []
+    service_args += ["--class", str(class_size)] if class_size else []
+    service_args += ["--threads", str(threads)] if threads else []
+    return ServiceProcess(service_args, env={KEY_ENV: key}, listening=listening).start(), address

@@ -164,8 +164,9 @@ class GenerationService:
 
     def __init__(self, address: str, model: str | None = None, limits: Limits = Limits(), key: str = "",
                  device: str = "auto", dtype: str = "auto", parent_pid: int | None = None, threads: int | None = None,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, listen_fd: int | None = None):
         self.address, self.model_name, self.limits, self.key = address, model, limits, key
+        self.listen_fd = listen_fd  # a TCP socket already bound to `address` and listening, handed over by a parent
         self.device, self.dtype, self.parent_pid = device, dtype, parent_pid
         self.threads = threads or default_threads()
         # a class's requests are capped (new and prompt tokens), so a batch of them is bounded too; without class
@@ -206,6 +207,8 @@ class GenerationService:
         router.setsockopt(zmq.MAXMSGSIZE, p.MAX_REQUEST_BYTES)
         router.setsockopt(zmq.SNDTIMEO, 2000)
         router.setsockopt(zmq.LINGER, 0)
+        if self.listen_fd is not None:  # the port is ours already: nobody could take it since it was chosen
+            router.setsockopt(zmq.USE_FD, self.listen_fd)
         router.bind(self.address)
         outbox = self._context.socket(zmq.PULL)
         outbox.bind("inproc://worker")

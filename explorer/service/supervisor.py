@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -14,14 +15,28 @@ RESTART_PAUSE = 1.0  # seconds before a restart; longer when the service keeps d
 QUICK_DEATH = 10.0  # a service that dies this soon after its start counts as failing to start
 
 
+def listening_socket() -> tuple[socket.socket, str]:
+    """A TCP socket on a free port of 127.0.0.1, bound and listening, and its ZeroMQ address. Bound here, in the
+    dashboard, and handed to each service process it starts: a port chosen here and bound by the child could be
+    taken by another program in between (or while a dead service is started again)."""
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(128)
+    return listening, f"tcp://127.0.0.1:{listening.getsockname()[1]}"
+
+
 class ServiceProcess:
-    """`attention-explorer serve ARGS` in a child process, restarted when it exits, until `stop()`.
+    """`attention-explorer serve ARGS` in a child process, restarted when it exits, until `stop()`; with `listening`
+    (see `listening_socket`), every child serves on that socket, which stays bound here until `stop()`.
 
     The key travels in the environment, not on the command line, where other users of the machine could read it.
     """
 
-    def __init__(self, args: list[str], env: dict[str, str]):
+    def __init__(self, args: list[str], env: dict[str, str], listening: socket.socket | None = None):
         self.command = [sys.executable, "-m", "explorer.cli", "serve", *args, "--parent-pid", str(os.getpid())]
+        self.listening = listening
+        if listening is not None:
+            self.command += ["--listen-fd", str(listening.fileno())]
         self.env = {**os.environ, **env}
         self.process: subprocess.Popen | None = None
         self._lock = threading.Lock()  # start and stop of the child do not cross
@@ -40,7 +55,8 @@ class ServiceProcess:
                 if self._stopping.is_set():
                     return
                 try:
-                    self.process = subprocess.Popen(self.command, env=self.env)
+                    fds = (self.listening.fileno(),) if self.listening is not None else ()
+                    self.process = subprocess.Popen(self.command, env=self.env, pass_fds=fds)
                 except OSError as e:
                     log(f"could not start the service: {e}")
                     self.process = None
@@ -63,3 +79,5 @@ class ServiceProcess:
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
+        if self.listening is not None:
+            self.listening.close()
