@@ -163,3 +163,30 @@ def test_a_bad_trace_is_refused_before_serving(tmp_path):
     bad.write_bytes(b"\x00" * 64)
     out = subprocess.run([CLI, "dashboard", "--trace", str(bad)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "not a readable attention-explorer trace" in out.stderr
+
+
+# Font Awesome's solid face as the page uses it: loaded, and what an icon of a button is drawn with
+ICON_FONT = """() => [document.fonts.check('900 16px "Font Awesome 5 Free"'),
+  getComputedStyle(document.querySelector('.ae-dashboard .fa'), '::before').fontFamily]"""
+
+
+def test_the_dashboard_asks_nothing_beyond_this_machine_and_its_icons_show(tmp_path):
+    """A classroom may have no internet: every request of the page (Voilà's, ours, the widgets') goes to the
+    dashboard, Font Awesome included (Voilà's own template asks a CDN for it), and the buttons' icons still draw."""
+    from conftest import make_tiny_lm
+
+    path = tmp_path / "small.trace"
+    make_tiny_lm("llama").generate("hello", max_new_tokens=4, progress=False).save(path)
+    proc, url, _ = start_dashboard("--trace", str(path))  # no model: the same page, the same template
+    try:
+        with browser() as b:
+            page, log = offline_page(b)
+            page.goto(url, timeout=180_000)
+            wait_message(page, "Loaded")
+            page.wait_for_selector(".stepper-view .token-text[data-draw-count]")
+            page.screenshot(path=str(OUTPUT / "dashboard-icons.png"))
+            assert log.requests and log.outside() == [], log.outside()
+            assert page.evaluate(ICON_FONT) == [True, '"Font Awesome 5 Free"']
+            assert log.page_errors == []
+    finally:
+        stop(proc)

@@ -218,6 +218,7 @@ def test_bertviz_page_fits_its_iframe(lab, name):
 def test_nothing_went_to_the_network_and_nothing_logged_an_error(lab):
     page, log = lab
     page.screenshot(path=str(OUTPUT / "jupyterlab.png"))
+    assert log.requests and log.outside() == []  # every request the page made (seen, not only routed)
     assert log.blocked == []
     assert log.console_errors == []
     assert log.page_errors == []

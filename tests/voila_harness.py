@@ -31,7 +31,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
-# Voilà's lab template asks a CDN for two Font Awesome stylesheets; they fail offline and nothing breaks
+# Voilà's own lab template asks a CDN for two Font Awesome stylesheets; they fail offline and nothing breaks (the
+# dashboard's template, attention-explorer, asks for none: see PageLog.outside)
 VOILA_OWN_REQUESTS = ("fontawesome", "font-awesome")
 OUTPUT = Path(__file__).parent / "output"
 
@@ -99,9 +100,15 @@ class PageLog:
     """What a page did besides drawing: blocked outside requests, console errors, uncaught page errors."""
 
     blocked: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)  # every request the page made, in order
     console_errors: list[str] = field(default_factory=list)
     page_errors: list[str] = field(default_factory=list)
     dialogs: list[str] = field(default_factory=list)
+
+    def outside(self) -> list[str]:
+        """The requests that left this machine (whether the route then blocked them or not)."""
+        return [u for u in self.requests
+                if not u.startswith(("data:", "blob:", "about:")) and (urlparse(u).hostname or "") not in LOCAL_HOSTS]
 
     def our_blocked(self) -> list[str]:
         return [u for u in self.blocked if not any(s in u for s in VOILA_OWN_REQUESTS)]
@@ -140,6 +147,7 @@ def offline_page(b, viewport=(1280, 1000)):
             r.abort()
 
     page.route("**/*", route)
+    page.on("request", lambda r: log.requests.append(r.url))
     page.on("console", lambda m: log.console_errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: log.page_errors.append(str(e)))
 

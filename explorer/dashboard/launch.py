@@ -15,6 +15,9 @@ from ..service.protocol import KEY_ENV, LIMITS_ENV, SERVICE_ENV, Limits, is_loop
 from ..trace_file import load_traces
 
 NOTEBOOK = "dashboard.ipynb"
+# our Voilà template (Voilà's lab template without its CDN stylesheets), found by Voilà through $JUPYTER_PATH
+TEMPLATE = "attention-explorer"
+TEMPLATES_ROOT = Path(__file__).with_name("jupyter")
 TRACE_ENV = "ATTENTION_EXPLORER_TRACE"
 # a viewer kernel draws small matrices: one BLAS thread each, so thirty kernels do not fight the model for cores
 KERNEL_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -82,6 +85,7 @@ def voila_arguments(port: int, ip: str, class_size: int | None, token: str | Non
         f"--Voila.ip={ip}",
         "--Voila.port_retries=0",
         "--no-browser",
+        f"--template={TEMPLATE}",  # nothing asked beyond this machine: a classroom may have no internet
         "--VoilaConfiguration.file_allowlist=[]",  # serve no files of the folder, only the dashboard
         "--preheat_kernel=True",
         f"--pool_size={pool_size(class_size)}",
@@ -100,6 +104,13 @@ def voila_arguments(port: int, ip: str, class_size: int | None, token: str | Non
     if token:
         args.append(f"--token={token}")
     return [*args, *voila_args]
+
+
+def use_our_template() -> None:
+    """Let Voilà find our template: its folder goes first on $JUPYTER_PATH, where Voilà looks for templates."""
+    paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+    if str(TEMPLATES_ROOT) not in paths:
+        os.environ["JUPYTER_PATH"] = os.pathsep.join([str(TEMPLATES_ROOT), *paths])
 
 
 def _address(ip: str, port: int, token: str | None) -> str:
@@ -135,6 +146,7 @@ def launch(args: argparse.Namespace, voila_args: list[str]) -> int:
         service, address = start_service(key, args.model, args.device, args.dtype, class_size, args.threads)
         env |= {SERVICE_ENV: address, KEY_ENV: key}
     os.environ.update(env)  # Voilà's kernels inherit them
+    use_our_template()
     if class_size:
         bound_the_pool(class_size + SPARE_KERNELS)
     from voila.app import main as voila_main
