@@ -52,3 +52,18 @@ def test_a_port_taken_just_before_the_service_starts_does_not_stop_it(monkeypatc
         service.stop()
         for other in taken:
             other.close()
+
+
+def test_a_service_told_to_bind_a_taken_port_says_so_in_a_sentence():
+    import pytest
+
+    from explorer.errors import ServiceError
+    from explorer.service.server import GenerationService
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen(1)
+        service = GenerationService(f"tcp://127.0.0.1:{other.getsockname()[1]}")
+        with pytest.raises(ServiceError, match="could not listen on tcp://127.0.0.1:.*Address already in use"):
+            service.run()
+        service.stop(timeout=5)  # and it stops (nothing of it is left open)

@@ -209,7 +209,11 @@ class GenerationService:
         router.setsockopt(zmq.LINGER, 0)
         if self.listen_fd is not None:  # the port is ours already: nobody could take it since it was chosen
             router.setsockopt(zmq.USE_FD, self.listen_fd)
-        router.bind(self.address)
+        try:
+            router.bind(self.address)
+        except zmq.ZMQError as e:
+            router.close(0)  # so that stop() can end the context
+            raise ServiceError(f"the generation service could not listen on {self.address}: {e}") from e
         outbox = self._context.socket(zmq.PULL)
         outbox.bind("inproc://worker")
         self._read_first_trace()
