@@ -308,6 +308,13 @@ class LogitLens:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.tensors().values())
 
+    def to_bytes(self) -> bytes:
+        """The lens alone as safetensors bytes (its arrays as a trace file names them, its words in the header):
+        what the generation service sends after a trace it sent before its lens was read."""
+        words = {str(i): w for i, w in sorted(self.words.items())}
+        return save({f"lens.{name}": np.ascontiguousarray(a) for name, a in self.tensors().items()},
+                    metadata={"format": FORMAT, "version": str(VERSION), "lens": json.dumps({"words": words})})
+
 
 class _AlibiFree:
     """A WeightsLayer with each head's ALiBi bias slope·j taken out: w_ij·e^(-slope·j), renormalised per row
@@ -387,6 +394,8 @@ class Trace:
     branch_step: int | None = None  # the step of the parent this branch changed
     parent_id: str | None = None  # the parent's id, kept when the parent itself is not at hand
     notes: list[str] = field(default_factory=list)  # sentences: what this trace lacks and why (no lens, ...)
+    # set while the trace is shown before its logit lens is read (generate's on_capture); never saved
+    lens_pending: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.parent is not None:

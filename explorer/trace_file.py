@@ -98,6 +98,20 @@ def traces_from_bytes(data: bytes, name: str = "the data") -> list[Trace]:
         return _build_all(_header(metadata, name), load(data))
 
 
+def lens_from_bytes(data: bytes, trace: Trace, name: str = "the data") -> LogitLens:
+    """The logit lens in `data` (`LogitLens.to_bytes`), checked against the trace it belongs to."""
+    with _readable(name):
+        if len(data) < 8:
+            raise ValueError("too short to be a safetensors file")
+        size = int.from_bytes(data[:8], "little")
+        if not 2 <= size <= len(data) - 8:
+            raise ValueError("the header length does not fit the data")
+        metadata = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+        if not isinstance(metadata, dict) or metadata.get("format") != FORMAT or "lens" not in metadata:
+            raise TraceFileError(f"{name} is not the logit lens of an attention-explorer trace")
+        return _lens(json.loads(metadata["lens"]), load(data), trace.n_layers, trace.n_tokens)
+
+
 @contextmanager
 def _readable(name):
     """Turn whatever a broken file raises into TraceFileError, naming the file."""

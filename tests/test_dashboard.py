@@ -408,3 +408,50 @@ def test_what_if_on_a_trace_of_another_model_is_refused_in_a_sentence():
     board.explorer.whatif.switch_off(0, 1)  # re-scoring asks the model too
     assert board.explorer.whatif.wait(30) and board.explorer.whatif.after is None
     assert "written by tiny-gpt2" in message(board)
+
+
+def test_the_stepper_and_heatmap_are_drawn_before_the_lens_is_read(monkeypatch):
+    """Generate shows the trace as soon as its capture is done; the Logit lens tab says the lens is coming, then
+    draws it when it has come, and the stepper drawn before it stays."""
+    import threading
+
+    from explorer.capture import language_model
+    from explorer.views.meaning.lens_view import PENDING, LensView
+
+    lm = make_tiny_lm("llama")
+    board = Dashboard(lm, prompt="abcdef")
+    board.max_new_tokens.value = 4
+    entered, release = threading.Event(), threading.Event()
+    real = language_model.build_lenses
+
+    def held(*args, **kwargs):  # the lens waits until the test has looked at the page
+        entered.set()
+        assert release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(language_model, "build_lenses", held)
+    done = []
+    worker = threading.Thread(target=lambda: done.append(board.generate()))
+    worker.start()
+    try:
+        assert entered.wait(60), "the lens was never read"
+        shown = board.trace  # what the page shows while the lens is read
+        assert shown is not None and shown.lens is None and shown.lens_pending and shown.n_generated == 4
+        stepper = board.explorer.tabs.children[0].children[0]
+        assert stepper.trace is shown
+        assert "the logit lens is being read" in message(board)
+        board.explorer.show_tab("Heatmap")
+        assert board.explorer.tabs.children[1].children  # drawn while the lens is read
+        board.explorer.show_tab("Logit lens")
+        [waiting] = board.explorer.tabs.children[board.explorer.tabs.selected_index].children
+        assert isinstance(waiting, LensView) and waiting.message == PENDING
+    finally:
+        release.set()
+        worker.join(60)
+    [trace] = done
+    assert trace is shown and trace.lens is not None and not trace.lens_pending
+    [drawn] = board.explorer.tabs.children[board.explorer.tabs.selected_index].children
+    assert isinstance(drawn, LensView) and drawn is not waiting and drawn.message == "" and drawn.n_layers == 2
+    assert board.explorer.tabs.children[0].children[0] is stepper  # not drawn again
+    assert "Generated 4 tokens" in message(board) and "being read" not in message(board)
+    assert len(board.session_panel.session.entries) == 1  # one trace in the session, not two

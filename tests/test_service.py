@@ -370,11 +370,11 @@ def assert_same_trace(got, want) -> None:
 
 
 @contextmanager
-def batching_service(after_token=None, after_trace=None, broken: str | None = None, **options):
+def batching_service(after_token=None, after_trace=None, broken: str | None = None, after_capture=None, **options):
     """A tiny Llama behind a service in this process, whose model becomes ready only on `release.set()`, so that
     requests can wait for it together; every call of its `lm.generate` is recorded, and `after_token(row, done,
-    total, text)` and `after_trace(row, trace)`, when given, run after each token and trace the service got from a
-    batch. A call with the prompt `broken` fails as
+    total, text)`, `after_capture(row, trace)` and `after_trace(row, trace)`, when given, run after each token, trace
+    before its lens, and trace the service got from a batch. A call with the prompt `broken` fails as
     a model would (alone or in a batch). Yields (address, service, release, calls, lm); `calls` gets each call's
     prompt (a list for a batch). `options` go to the service."""
     import threading
@@ -385,12 +385,12 @@ def batching_service(after_token=None, after_trace=None, broken: str | None = No
     lm = make_tiny_lm("llama")
     plain = lm.generate
 
-    def counted(prompt, *args, on_token=None, on_trace=None, **kwargs):
+    def counted(prompt, *args, on_token=None, on_trace=None, on_capture=None, **kwargs):
         calls.append(prompt)
         if broken is not None and broken in (prompt if isinstance(prompt, list) else [prompt]):
             raise CaptureError(f"tiny-llama failed while its attention was captured ({broken!r})")
         return plain(prompt, *args, on_token=_then(on_token, after_token), on_trace=_then(on_trace, after_trace),
-                     **kwargs)
+                     on_capture=_then(on_capture, after_capture), **kwargs)
 
     def load(service):
         service._stage(40, "loading the model")
@@ -537,24 +537,34 @@ def test_a_batch_that_fails_goes_again_one_by_one_and_only_the_failing_request_g
             assert_same_trace(results[i], lm.generate(asks[i]["prompt"], 5, keep_values=True, progress=False))
 
 
-def test_each_page_of_a_batch_gets_its_trace_as_soon_as_its_lens_is_read():
+def test_each_page_of_a_batch_gets_its_trace_before_the_lens_and_then_the_lens():
     asks = [{"prompt": text, "max_new_tokens": 5} for text in ("First", "Second one", "Third")]
-    pages: list = []
+    early: list[list] = [[] for _ in asks]
+    for ask, seen in zip(asks, early):  # what each page could draw at once: attention and steps, no lens yet
+        ask["on_capture"] = lambda trace, seen=seen: seen.append((trace, trace.lens, trace.lens_pending))
+    lens_read: list = []
 
     def hold(row, trace):
-        """After the service got a row's trace, the batch goes on only once that page holds it: a service that
-        sent the traces only at the end of the call would never let it go on."""
-        results = pages[0]
-        until(lambda: any(r is not None and r.token_ids == trace.token_ids for r in results),
-              "the page got its trace only after the whole batch")
+        """After the service captured a row, the batch goes on only once that page holds the trace: a service
+        that sent the traces only with their lens would never let it go on."""
+        until(lambda: any(t.token_ids == trace.token_ids for seen in early for t, _, _ in seen),
+              "the page got its trace only with its lens")
+        assert not lens_read
 
-    with batching_service(after_trace=hold, limits=Limits.for_class(3)) as (address, service, release, calls, lm):
+    with batching_service(after_capture=hold, after_trace=lambda row, trace: lens_read.append(row),
+                          limits=Limits.for_class(3)) as (address, service, release, calls, lm):
         threads, _, results = ask_in_threads(address, asks)
-        pages.append(results)
         until(lambda: len(service.queue) == 3, "the three requests did not all wait for the model")
         release.set()
         for thread in threads:
             thread.join(60)
         assert len(calls) == 1 and len(calls[0]) == 3, calls
-        for ask, got in zip(asks, results):
-            assert_same_trace(got, lm.generate(ask["prompt"], 5, keep_values=True, progress=False))
+        for ask, got, seen in zip(asks, results, early):
+            want = lm.generate(ask["prompt"], 5, keep_values=True, progress=False)
+            assert_same_trace(got, want)
+            [(shown, lens_then, pending_then)] = seen
+            assert shown is got and lens_then is None and pending_then  # the page's own object got the lens
+            assert not got.lens_pending and got.timings["lens"] >= 0
+            np.testing.assert_array_equal(got.lens.top_ids, want.lens.top_ids)
+            np.testing.assert_allclose(got.lens.next_prob, want.lens.next_prob, rtol=1e-5, atol=1e-7)
+            assert got.lens.words == want.lens.words

@@ -196,3 +196,21 @@ def test_the_trace_writes_itself_and_the_loader_depends_on_it_not_the_other_way(
     tree = ast.parse(Path(explorer.trace.__file__).read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "trace_file" not in imported and "explorer.trace_file" not in imported  # anywhere, lazily or not
+
+
+def test_a_lens_sent_apart_reads_back_onto_its_trace_and_a_bad_one_is_refused(tiny_trace):
+    """The service sends a trace before its lens, then the lens alone: what the page's kernel puts together."""
+    from explorer.trace_file import lens_from_bytes
+
+    assert tiny_trace.lens is not None
+    got = lens_from_bytes(tiny_trace.lens.to_bytes(), tiny_trace)
+    for name, array in tiny_trace.lens.tensors().items():
+        np.testing.assert_array_equal(getattr(got, name), array)
+    assert got.words == tiny_trace.lens.words
+    data = tiny_trace.lens.to_bytes()
+    for bad in (b"", b"junk" * 10, data[:-9], tiny_trace.to_bytes(), pickle.dumps(tiny_trace.lens)):
+        with pytest.raises(TraceFileError):
+            lens_from_bytes(bad, tiny_trace)
+    shorter = explorer.trace.Trace(**{**tiny_trace.__dict__, "layers": tiny_trace.layers[:1], "lens": None})
+    with pytest.raises(TraceFileError, match="lens.top_ids has shape"):
+        lens_from_bytes(data, shorter)  # another trace's lens

@@ -17,7 +17,7 @@ from ..errors import ServiceError, SettingsError
 from ..facts import ModelFacts
 from .. import whatif
 from ..trace import Trace
-from ..trace_file import trace_from_bytes
+from ..trace_file import lens_from_bytes, trace_from_bytes
 from . import protocol as p
 from .protocol import GenerationRequest, ServiceStatus
 
@@ -115,9 +115,12 @@ class RemoteModel:
         ablate: list[tuple[int, int]] | None = None,
         on_token: Callable[[int, int, str], None] | None = None,
         on_status: Callable[[str], None] | None = None,
+        on_capture: Callable[[Trace], None] | None = None,
         **unused,
     ) -> Trace:
         """Ask the service for a trace of `prompt` and wait for it, reporting the queue and each token.
+        `on_capture(trace)` gets the trace before its logit lens, as LanguageModel.generate's does; the same
+        object gets the lens before it is returned.
 
         The service always keeps values (the attention-math view shows them) and shows no progress bar of its
         own, so `keep_values` and `progress` are accepted and ignored; any other keyword is refused.
@@ -125,7 +128,7 @@ class RemoteModel:
         _refuse_unknown(unused)
         request = GenerationRequest(prompt, max_new_tokens, temperature, top_k, top_p, seed, chat,
                                     ablate=_pairs(ablate))  # checks
-        return self._request(request, on_token, on_status)
+        return self._request(request, on_token, on_status, on_capture)
 
     def generate_from_ids(self, token_ids: list[int], max_new_tokens: int = 20, temperature: float = 0.0,
                           top_k: int | None = None, top_p: float | None = None, seed: int | None = None, *,
@@ -146,18 +149,20 @@ class RemoteModel:
                                               **settings)
         return whatif.graft(trace, step, continuation)
 
-    def _request(self, request: GenerationRequest, on_token, on_status) -> Trace:
+    def _request(self, request: GenerationRequest, on_token, on_status, on_capture=None) -> Trace:
         request_id = uuid.uuid4().hex
         self._send({"kind": p.GENERATE, "id": request_id, "request": request.to_json()})
         try:
-            return self._await_trace(request_id, on_token, on_status)
+            return self._await_trace(request_id, on_token, on_status, on_capture)
         except BaseException:  # a callback failed or the user interrupted: the service need not go on
             if self._socket is not None:
                 self._send({"kind": p.CANCEL, "id": request_id})
             raise
 
-    def _await_trace(self, request_id: str, on_token, on_status) -> Trace:
-        """Answers to `request_id` until its trace comes: the queue, the loading, each token."""
+    def _await_trace(self, request_id: str, on_token, on_status, on_capture=None) -> Trace:
+        """Answers to `request_id` until its trace comes: the queue, the loading, each token, and the trace before
+        its lens (handed to `on_capture`) when the lens comes apart."""
+        captured: Trace | None = None
         while True:
             answer = self._receive(self.silence_seconds)
             if answer is None:
@@ -173,6 +178,24 @@ class RemoteModel:
                 trace = trace_from_bytes(frames[0], "the service's answer")
                 self.facts = trace.model
                 return trace
+            if kind == p.CAPTURED:
+                captured = trace_from_bytes(frames[0], "the service's answer")
+                captured.lens_pending = True
+                self.facts = captured.model
+                if on_capture is not None:
+                    on_capture(captured)
+                continue
+            if kind == p.LENS and captured is not None:
+                captured.lens = lens_from_bytes(frames[0], captured, "the service's lens") if frames else None
+                timings = message.get("timings")
+                if isinstance(timings, dict):
+                    captured.timings |= {str(k): float(v) for k, v in timings.items() if isinstance(v, (int, float))}
+                captured.lens_pending = False
+                return captured
+            if kind == p.ERROR and captured is not None:  # the lens failed: the trace shown keeps going without
+                captured.lens_pending = False
+                captured.notes.append(f"No logit lens: {message.get('message', 'the service could not read it')}.")
+                return captured
             _raise_if_error(message)
             if on_status is not None and kind == p.LOADING:
                 on_status(f"loading the model … {message.get('percent', 0)}%")

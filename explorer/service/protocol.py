@@ -10,6 +10,9 @@ answers to a `generate` request carry its id, so that a client can tell them fro
                        {"kind": "loading", "id", "percent", "stage"}   the model is still loading
                        {"kind": "token", "id", "done", "total", "text"}   each new token as it comes
                        {"kind": "trace", "id"} + trace bytes   ·   {"kind": "error", "id", "error", "message"}
+                       {"kind": "captured", "id"} + trace bytes    the trace before its logit lens is read (the
+                       first views need no lens), then {"kind": "lens", "id", "timings"} + lens bytes (none when
+                       the model gave no lens), which completes it
                        {"kind": "status", ...ServiceStatus}    ·   {"kind": "first_trace"} (+ trace bytes)
 """
 
@@ -26,6 +29,7 @@ from ..errors import SettingsError
 GENERATE, CANCEL, STATUS, FIRST_TRACE = "generate", "cancel", "status", "first_trace"
 # answers
 QUEUED, LOADING, TOKEN, TRACE, ERROR = "queued", "loading", "token", "trace", "error"
+CAPTURED, LENS = "captured", "lens"
 
 MAX_REQUEST_BYTES = 256_000  # a request is a prompt and a few numbers; anything larger is dropped by ZeroMQ
 MAX_PROMPT_CHARACTERS = 100_000  # checked before tokenizing, so that nobody makes the service tokenize megabytes

@@ -337,18 +337,21 @@ class GenerationService:
         check_length(n_prompt, request.max_new_tokens, self.lm.context_length, self.lm.name)
 
     def _run(self, requests: list[GenerationRequest], on_token: Callable[[int, int, int, str], None],
-             on_trace: Callable | None = None) -> list:
+             on_trace: Callable | None = None, on_capture: Callable | None = None) -> list:
         """The traces of `requests` (one, or several that share a batch key) from one generate call;
-        `on_token(row, done, total, text)` hears each row's tokens, `on_trace(row, trace)` gets each row's trace as
-        soon as it is made (a batch's logit lens is read row by row)."""
+        `on_token(row, done, total, text)` hears each row's tokens, `on_capture(row, trace)` gets each row's trace
+        before its logit lens is read, `on_trace(row, trace)` once it is complete."""
         first = requests[0]
         s = first.settings
         common = {"chat": first.chat, "ablate": [tuple(pair) for pair in first.ablate], "keep_values": True,
                   "progress": False}
         if len(requests) > 1:
             return self.lm.generate([r.prompt for r in requests], s.max_new_tokens, s.temperature, s.top_k, s.top_p,
-                                    s.seed, batch_size=len(requests), on_token=on_token, on_trace=on_trace, **common)
+                                    s.seed, batch_size=len(requests), on_token=on_token, on_capture=on_capture,
+                                    on_trace=on_trace, **common)
         common["on_token"] = lambda done, total, text: on_token(0, done, total, text)
+        if on_capture is not None:
+            common["on_capture"] = lambda trace: on_capture(0, trace)
         if first.token_ids is not None:
             traces = [self.lm.generate_from_ids(first.token_ids, s.max_new_tokens, s.temperature, s.top_k, s.top_p,
                                                 s.seed, forced=first.forced, **common)]
@@ -397,6 +400,16 @@ class GenerationService:
             outbox.send_multipart([rows[row].client, p.encode({"kind": p.TOKEN, "id": ids[row], "done": done,
                                                                "total": total, "text": text})])
 
+        captured: set[str] = set()  # rows whose trace went before its lens: the lens follows alone
+
+        def on_capture(row: int, trace) -> None:
+            """The trace before its lens: the page draws its first views while the lens is read."""
+            w = rows[row]
+            if trace.lens_pending and w.request_id not in self._gone:
+                outbox.send_multipart([w.client, p.encode({"kind": p.CAPTURED, "id": w.request_id}),
+                                       trace.to_bytes()])
+                captured.add(w.request_id)
+
         def on_trace(row: int, trace) -> None:
             w = rows[row]
             answered.add(w.request_id)
@@ -405,14 +418,20 @@ class GenerationService:
             if w.request_id in self._gone:
                 log(f"{w.client.hex()}: the viewer has gone: its trace is dropped{batch}")
             else:
-                outbox.send_multipart([w.client, p.encode({"kind": p.TRACE, "id": w.request_id}), trace.to_bytes()])
+                if w.request_id in captured:
+                    outbox.send_multipart([w.client, p.encode({"kind": p.LENS, "id": w.request_id,
+                                                               "timings": trace.timings}),
+                                           *([trace.lens.to_bytes()] if trace.lens is not None else [])])
+                else:
+                    outbox.send_multipart([w.client, p.encode({"kind": p.TRACE, "id": w.request_id}),
+                                           trace.to_bytes()])
                 log(f"{w.client.hex()}: {trace.n_generated} tokens in {time.monotonic() - started:.1f} s{batch} "
                     f"(waited {started - w.queued_at:.1f} s)")
             if len(answered) < len(rows) and all_gone():
                 raise Cancelled
 
         try:
-            self._run([w.request for w in rows], on_token, on_trace)
+            self._run([w.request for w in rows], on_token, on_trace, on_capture)
         except Cancelled:
             for w in rows:
                 if w.request_id not in answered:

@@ -65,6 +65,9 @@ def _bertviz(trace, selection):
     return widgets.VBox([head_view(trace, selection=selection), model_view(trace, selection=selection)])
 
 
+_NEEDS_LENS = (_lens,)  # views drawn again when a trace shown before its lens gets it
+
+
 def _tabs() -> list[tuple[str, Callable]]:
     """Each tab's title and builder; a builder imports its view when its tab is first opened."""
     return [
@@ -169,6 +172,19 @@ class ExplorerView(widgets.VBox):
         """Write the family (the first trace, its branches, runs with heads off) to one file; load it back with
         `explorer.load_traces(path)` and `ExplorerView.set_family`."""
         save_traces(self.family, path)
+
+    def lens_ready(self, trace: Trace) -> None:
+        """`trace` got its logit lens after it was shown (generate's on_capture): the views that show the lens are
+        drawn again, the others stay as they are."""
+        if trace is not self.trace:
+            return
+        for i, (_, build) in enumerate(self.builders):
+            box = self.tabs.children[i]
+            if build in _NEEDS_LENS and box.children:
+                children, box.children = box.children, ()
+                for child in children:
+                    _close_tree(child)
+        self._build_current()
 
     def _show_tree(self) -> None:
         self.tree.show(self.family, self.trace)
