@@ -6,7 +6,8 @@ worker thread imports torch, loads the model (the service answers from its first
 percent), then generates: whenever the model comes free, the requests waiting then that can share one call (the
 same settings, another prompt) go through one batched `lm.generate([...])`, taking clients in arrival order with
 at most one request each, so a class is served fairly and a new arrival waits at most one batch; each trace is
-sent as soon as its row's logit lens is read, not at the end of the batch. A client that
+sent as soon as the batch's capture is done, before the logit lens, and the lens of all rows follows (read in one
+pass over the unembedding), each row's to its page. A client that
 has gone (its kernel closed) is noticed when a message to it fails: its request is dropped if it waits; if it is
 running, its tokens and trace are dropped while the rest of its batch goes on (a batch all of whose viewers have
 gone stops between two tokens).
