@@ -19,7 +19,8 @@ from safetensors.numpy import load
 
 from .errors import TraceFileError
 from .facts import ModelFacts
-from .trace import FORMAT, VERSION, Candidate, LogitLens, Positional, QueryKeyLayer, Step, Trace, WeightsLayer
+from .trace import (FORMAT, VERSION, Candidate, LogitAttribution, LogitLens, Positional, QueryKeyLayer, Step, Trace,
+                    WeightsLayer)
 
 def _step_from_json(d: dict) -> Step:
     def candidates(items):
@@ -98,8 +99,9 @@ def traces_from_bytes(data: bytes, name: str = "the data") -> list[Trace]:
         return _build_all(_header(metadata, name), load(data))
 
 
-def lens_from_bytes(data: bytes, trace: Trace, name: str = "the data") -> LogitLens:
-    """The logit lens in `data` (`LogitLens.to_bytes`), checked against the trace it belongs to."""
+def add_late_parts(trace: Trace, data: bytes, name: str = "the data") -> None:
+    """Put onto `trace` what `Trace.late_bytes` holds (the logit lens, the attribution, the notes and timings made
+    with them), each part checked against the trace; TraceFileError, with the trace unchanged, if any is wrong."""
     with _readable(name):
         if len(data) < 8:
             raise ValueError("too short to be a safetensors file")
@@ -107,9 +109,15 @@ def lens_from_bytes(data: bytes, trace: Trace, name: str = "the data") -> LogitL
         if not 2 <= size <= len(data) - 8:
             raise ValueError("the header length does not fit the data")
         metadata = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
-        if not isinstance(metadata, dict) or metadata.get("format") != FORMAT or "lens" not in metadata:
-            raise TraceFileError(f"{name} is not the logit lens of an attention-explorer trace")
-        return _lens(json.loads(metadata["lens"]), load(data), trace.n_layers, trace.n_tokens)
+        if not isinstance(metadata, dict) or metadata.get("format") != FORMAT or "late" not in metadata:
+            raise TraceFileError(f"{name} is not the late parts of an attention-explorer trace")
+        late = json.loads(metadata["late"])
+        tensors = load(data)
+        lens = _lens(late.get("lens"), tensors, trace.n_layers, trace.n_tokens)
+        attribution = _attribution(late.get("attribution"), tensors, trace.n_layers, trace.n_heads, trace.n_tokens)
+        notes = [str(n) for n in late.get("notes", [])]
+        timings = {str(k): float(v) for k, v in dict(late.get("timings", {})).items()}
+    trace.lens, trace.attribution, trace.notes, trace.timings = lens, attribution, notes, trace.timings | timings
 
 
 @contextmanager
@@ -210,6 +218,7 @@ def _build(header: dict, tensors: dict[str, np.ndarray]) -> Trace:
         surprisal=_array(tensors, "surprisal", (n_tokens,), np.floating),  # absent from version 1 files
         value_norms=_array(tensors, "value_norms", (n_layers, n_heads, n_tokens), np.floating),
         lens=_lens(header.get("lens"), tensors, n_layers, n_tokens),
+        attribution=_attribution(header.get("attribution"), tensors, n_layers, n_heads, n_tokens),
         notes=[str(note) for note in header.get("notes") or []],
         **_identity(header, len(steps)),
     )
@@ -281,6 +290,27 @@ def _lens(meta, tensors: dict[str, np.ndarray], n_layers: int, n_tokens: int) ->
         next_rank=_array(tensors, "lens.next_rank", (n_layers, p), np.integer, required=True),
         words=words,
     )
+
+
+def _attribution(meta, tensors: dict[str, np.ndarray], n_layers: int, n_heads: int,
+                 n_tokens: int) -> LogitAttribution | None:
+    """The logit attribution from its arrays, every shape and position checked; None when absent."""
+    if meta is None:
+        return None
+    positions = tensors["attribution.positions"]
+    if positions.ndim != 1 or not np.issubdtype(positions.dtype, np.integer):
+        raise ValueError("attribution.positions is not a list of positions")
+    p = len(positions)
+    if p and (positions.min() < 0 or positions.max() >= n_tokens - 1 or np.any(np.diff(positions) <= 0)):
+        raise ValueError(f"attribution.positions are not ascending positions of the {n_tokens} tokens with a next one")
+
+    def part(name: str, shape: tuple) -> np.ndarray:
+        return _array(tensors, f"attribution.{name}", shape, np.floating, required=True)
+
+    return LogitAttribution(positions=positions.astype(np.int32), heads=part("heads", (p, n_layers, n_heads)),
+                            attention_bias=part("attention_bias", (p, n_layers)), mlp=part("mlp", (p, n_layers)),
+                            embedding=part("embedding", (p,)), constant=part("constant", (p,)),
+                            logit=part("logit", (p,)))
 
 
 def _sliding_window(value, layer: int, name: str = "sliding_window") -> int | None:

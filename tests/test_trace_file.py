@@ -198,19 +198,26 @@ def test_the_trace_writes_itself_and_the_loader_depends_on_it_not_the_other_way(
     assert "trace_file" not in imported and "explorer.trace_file" not in imported  # anywhere, lazily or not
 
 
-def test_a_lens_sent_apart_reads_back_onto_its_trace_and_a_bad_one_is_refused(tiny_trace):
-    """The service sends a trace before its lens, then the lens alone: what the page's kernel puts together."""
-    from explorer.trace_file import lens_from_bytes
+def test_the_late_parts_sent_apart_read_back_onto_their_trace_and_bad_ones_are_refused(tiny_trace):
+    """The service sends a trace before its lens, then the lens, attribution and notes alone: what the page's
+    kernel puts together."""
+    from dataclasses import replace
 
-    assert tiny_trace.lens is not None
-    got = lens_from_bytes(tiny_trace.lens.to_bytes(), tiny_trace)
-    for name, array in tiny_trace.lens.tensors().items():
-        np.testing.assert_array_equal(getattr(got, name), array)
-    assert got.words == tiny_trace.lens.words
-    data = tiny_trace.lens.to_bytes()
+    from explorer.trace_file import add_late_parts
+
+    assert tiny_trace.lens is not None and tiny_trace.attribution is not None
+    early = replace(tiny_trace, lens=None, attribution=None, notes=[], timings={"generate": 1.0})
+    add_late_parts(early, tiny_trace.late_bytes())
+    for part in ("lens", "attribution"):
+        for name, array in getattr(tiny_trace, part).tensors().items():
+            np.testing.assert_array_equal(getattr(getattr(early, part), name), array)
+    assert early.lens.words == tiny_trace.lens.words and early.notes == tiny_trace.notes
+    assert early.timings == tiny_trace.timings | {"generate": tiny_trace.timings["generate"]}
+    data = tiny_trace.late_bytes()
+    shorter = replace(tiny_trace, layers=tiny_trace.layers[:1], lens=None, attribution=None)
     for bad in (b"", b"junk" * 10, data[:-9], tiny_trace.to_bytes(), pickle.dumps(tiny_trace.lens)):
         with pytest.raises(TraceFileError):
-            lens_from_bytes(bad, tiny_trace)
-    shorter = explorer.trace.Trace(**{**tiny_trace.__dict__, "layers": tiny_trace.layers[:1], "lens": None})
-    with pytest.raises(TraceFileError, match="lens.top_ids has shape"):
-        lens_from_bytes(data, shorter)  # another trace's lens
+            add_late_parts(shorter, bad)
+    with pytest.raises(TraceFileError, match="has shape"):
+        add_late_parts(shorter, data)  # another trace's parts
+    assert shorter.lens is None and shorter.attribution is None  # and the trace is left as it was

@@ -20,6 +20,7 @@ from .. import whatif
 from ..trace import LogitLens, Trace
 from .attention import AttentionRecorder, recording, uses_attention_interface
 from .anatomy import Anatomy, find_anatomy
+from .attribution import Writers, attribute
 from .lens import HiddenStates, build_lenses, check_lens, final_logits, next_token_log_probs
 from .positional import probe_positions, read_positional
 from .shapes import head_dim, kv_heads
@@ -379,8 +380,10 @@ class LanguageModel:
         # the prompt's surprisal costs an unembedding row per prompt token (~0.9 s at 1,024 tokens here): it comes
         # with the lens; lens=None is the bare capture, as fast as plain generate
         notes = self._lens_notes(lens)
-        hidden = HiddenStates(self.anatomy, lens, batch.width, prompt_states=lens is not None or forced is not None,
-                              capacity=covered)
+        # a forced token's own step is produced at the position before it: the lens and attribution cover it too
+        hidden = HiddenStates(self.anatomy, lens, batch.width - (forced is not None),
+                              prompt_states=lens is not None or forced is not None, capacity=covered + 1)
+        writers = Writers(self.model, hidden)
         raised: list[BaseException] = []  # what the caller's own callbacks raise goes through as it is
         on_token, on_status = _noted(on_token, raised), _noted(on_status, raised)
         on_capture, on_trace = _noted(on_capture, raised), _noted(on_trace, raised)
@@ -391,7 +394,7 @@ class LanguageModel:
                       f"reading {len(fed)} prompts ({min(map(len, fed))}–{batch.width} tokens)")
         started = time.perf_counter()
         with _foreign_errors(self.name, raised), torch.inference_mode(), recording(self.model, recorder), \
-                hidden.hooked():
+                hidden.hooked(), writers.hooked():
             if settings.seed is not None:
                 set_seed(settings.seed)  # python, numpy and torch (all devices), as transformers' own examples do
             if remaining > 0:
@@ -455,12 +458,14 @@ class LanguageModel:
         # share each tile of the unembedding
         if on_status is not None and pending:
             on_status("reading the logit lens")
+        spec = [(row, pad, token_ids) for row, (token_ids, _, _, _, pad, _) in enumerate(rows)]
         with _foreign_errors(self.name, raised), torch.inference_mode():
-            lenses = self._lenses(hidden, [(row, pad, token_ids) for row, (token_ids, _, _, _, pad, _)
-                                           in enumerate(rows)], candidates, progress)
+            lenses = self._lenses(hidden, spec, candidates, progress)
+            shares = self._attributions(writers, hidden, spec)
         ended = time.perf_counter()
         for row, (trace, analysed) in enumerate(zip(traces, lenses)):
             trace.lens, trace.lens_pending = analysed, False
+            self._attach(trace, shares[row])
             trace.timings |= {"lens": ended - generated_at, "total": ended - started}
             if on_trace is not None:
                 on_trace(*([names[row]] if names is not None else []), trace)
@@ -572,9 +577,11 @@ class LanguageModel:
                                            [f"No prompt surprisal: {self.anatomy.problem}."])
         hidden = HiddenStates(self.anatomy, lens, batch.width, prompt_states=True,
                               capacity=batch.width if lens else 0)
+        writers = Writers(self.model, hidden)
         started = time.perf_counter()
         made = []
-        with _foreign_errors(self.name), torch.inference_mode(), recording(self.model, recorder), hidden.hooked():
+        with _foreign_errors(self.name), torch.inference_mode(), recording(self.model, recorder), hidden.hooked(), \
+                writers.hooked():
             # logits at the last position only: all of them would be T × vocabulary floats (400 MB at 2,048)
             self.model(batch.ids, attention_mask=batch.mask, use_cache=False, logits_to_keep=1,
                        **self._positions(batch, batch.mask))
@@ -583,14 +590,18 @@ class LanguageModel:
                 pad = batch.pads[row]
                 prompt = None if hidden.prompt is None else hidden.prompt[row, pad:]
                 made.append((ids, self._surprisal(prompt, ids, len(ids), []), pad, precisions[row]))
-            lenses = self._lenses(hidden, [(row, pad, ids) for row, (ids, _, pad, _) in enumerate(made)], candidates,
-                                  progress)
+            spec = [(row, pad, ids) for row, (ids, _, pad, _) in enumerate(made)]
+            lenses = self._lenses(hidden, spec, candidates, progress)
+            shares = self._attributions(writers, hidden, spec)
         timings = {"forward": forward_at - started, "lens": time.perf_counter() - forward_at}
         settings = {"chat": chat, "candidates": candidates, "lens": lens, "ablate": [list(pair) for pair in ablate]}
-        return [self._build_trace(ids, len(ids), recorder, [], settings | {"precision": row_precision}, timings,
-                                  surprisal, analysed, list(notes), row=row, start=pad, read=batch.width,
-                                  precision=row_precision)
-                for row, ((ids, surprisal, pad, row_precision), analysed) in enumerate(zip(made, lenses))]
+        traces = [self._build_trace(ids, len(ids), recorder, [], settings | {"precision": row_precision}, timings,
+                                    surprisal, analysed, list(notes), row=row, start=pad, read=batch.width,
+                                    precision=row_precision)
+                  for row, ((ids, surprisal, pad, row_precision), analysed) in enumerate(zip(made, lenses))]
+        for trace, share in zip(traces, shares):
+            self._attach(trace, share)
+        return traces
 
     def _surprisal(self, prompt_states, token_ids: list[int], n_prompt: int, step_logits) -> np.ndarray:
         """-ln p(token_i | tokens before i), float32 [T], NaN at 0: the prompt's from the last block's states,
@@ -637,6 +648,32 @@ class LanguageModel:
         finally:
             bar.close()
         return out
+
+    def _attributions(self, writers: Writers, hidden: HiddenStates, rows: list[tuple[int, int, list[int]]]) -> list:
+        """Each row's logit attribution (explorer/capture/attribution.py) at its lens's positions, or a sentence
+        saying why it has none, or None where no lens was asked for."""
+        if hidden.reread or not hidden.positions or hidden.lens is None:
+            return [None] * len(rows)
+        if not writers.active or writers.heads is None or writers.embedded is None or \
+                set(writers.filled) | {writers.embedded_filled} != {hidden.filled[0]}:
+            return [writers.problem or "the blocks' writers were not all seen at the lens's positions"] * len(rows)
+        out = []
+        for row, pad, token_ids in rows:
+            own = [p - pad for p in hidden.positions]
+            keep = [j for j, p in enumerate(own) if 0 <= p < len(token_ids)]
+            if not keep:
+                out.append(None)
+                continue
+            span = slice(keep[0], keep[-1] + 1)
+            out.append(attribute(self.model, self.anatomy, writers, hidden.states(row)[:, span],
+                                 writers.embedded[row, span], writers.heads[:, row, span], own[span], token_ids))
+        return out
+
+    def _attach(self, trace: Trace, share) -> None:
+        if isinstance(share, str):
+            trace.notes.append(f"No logit attribution: {share}.")
+        elif share is not None:  # of the logit before a final soft-cap, where the model has one (its parts add up)
+            trace.attribution = share
 
     def _recorder(self, precision: str, n_positions: int, keep_values: bool, ablate=()) -> AttentionRecorder:
         """A recorder with room for `n_positions` positions of every layer."""

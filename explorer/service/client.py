@@ -17,7 +17,7 @@ from ..errors import ServiceError, SettingsError
 from ..facts import ModelFacts
 from .. import whatif
 from ..trace import Trace
-from ..trace_file import lens_from_bytes, trace_from_bytes
+from ..trace_file import add_late_parts, trace_from_bytes
 from . import protocol as p
 from .protocol import GenerationRequest, ServiceStatus
 
@@ -186,11 +186,10 @@ class RemoteModel:
                     on_capture(captured)
                 continue
             if kind == p.LENS and captured is not None:
-                captured.lens = lens_from_bytes(frames[0], captured, "the service's lens") if frames else None
-                timings = message.get("timings")
-                if isinstance(timings, dict):
-                    captured.timings |= {str(k): float(v) for k, v in timings.items() if isinstance(v, (int, float))}
-                captured.lens_pending = False
+                try:
+                    add_late_parts(captured, frames[0] if frames else b"", "the service's lens")
+                finally:  # a broken answer leaves the trace as it was shown, without a lens
+                    captured.lens_pending = False
                 return captured
             if kind == p.ERROR and captured is not None:  # the lens failed: the trace shown keeps going without
                 captured.lens_pending = False

@@ -11,8 +11,8 @@ answers to a `generate` request carry its id, so that a client can tell them fro
                        {"kind": "token", "id", "done", "total", "text"}   each new token as it comes
                        {"kind": "trace", "id"} + trace bytes   ·   {"kind": "error", "id", "error", "message"}
                        {"kind": "captured", "id"} + trace bytes    the trace before its logit lens is read (the
-                       first views need no lens), then {"kind": "lens", "id", "timings"} + lens bytes (none when
-                       the model gave no lens), which completes it
+                       first views need no lens), then {"kind": "lens", "id"} + the bytes of what was made
+                       after the capture (lens, attribution, their notes; `Trace.late_bytes`), which complete it
                        {"kind": "status", ...ServiceStatus}    ·   {"kind": "first_trace"} (+ trace bytes)
 """
 

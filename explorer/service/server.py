@@ -420,9 +420,8 @@ class GenerationService:
                 log(f"{w.client.hex()}: the viewer has gone: its trace is dropped{batch}")
             else:
                 if w.request_id in captured:
-                    outbox.send_multipart([w.client, p.encode({"kind": p.LENS, "id": w.request_id,
-                                                               "timings": trace.timings}),
-                                           *([trace.lens.to_bytes()] if trace.lens is not None else [])])
+                    outbox.send_multipart([w.client, p.encode({"kind": p.LENS, "id": w.request_id}),
+                                           trace.late_bytes()])
                 else:
                     outbox.send_multipart([w.client, p.encode({"kind": p.TRACE, "id": w.request_id}),
                                            trace.to_bytes()])
