@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,8 +17,10 @@ import pytest
 import zmq
 import zmq.auth
 from test_service import assert_same_trace, service_in_this_process
+from voila_harness import OUTPUT, free_port
 from zmq.utils.monitor import recv_monitor_message
 
+from explorer.cli import main
 from explorer.errors import KeyFileError, ServiceError, SettingsError
 from explorer.service import RemoteModel
 from explorer.service import protocol as p
@@ -215,7 +219,7 @@ def test_a_key_file_is_made_for_its_owner_only_and_read_back_as_zeromq_reads_it(
     assert KeyPair.read(Path(secret_file)).public == zmq.auth.load_certificate(public_file)[0].decode()
 
 
-def test_key_files_that_others_may_read_or_that_are_not_key_files_are_refused(tmp_path):
+def test_key_files_that_others_may_read_or_that_are_not_key_files_are_refused(tmp_path, capsys):
     good = KeyPair.new().write(tmp_path / "good.key_secret")
     text = (tmp_path / "good.key_secret").read_text()
     other = KeyPair.new()
@@ -235,5 +239,51 @@ def test_key_files_that_others_may_read_or_that_are_not_key_files_are_refused(tm
         os.chmod(path, mode)
         with pytest.raises(KeyFileError, match=message.replace("(", r"\(").replace(")", r"\)")):
             KeyPair.read(path)
+        # serve refuses it in one line before it binds or loads anything
+        assert main(["serve", "--bind", f"tcp://127.0.0.1:{free_port()}", "--key-file", str(path)]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("attention-explorer: error: the key file") and "Traceback" not in err, err
     with pytest.raises(KeyFileError, match="is not a file"):
         KeyPair.read(tmp_path)
+
+
+def test_serve_prints_its_public_key_and_a_client_given_it_is_answered(tmp_path):
+    """`serve --key-file` as a user runs it: the key it prints is the file's, and talks to it (its model cannot load
+    here, on purpose: the service still answers status questions, encrypted)."""
+    key_file = tmp_path / "service.key_secret"
+    address = f"tcp://127.0.0.1:{free_port()}"
+    env = {k: v for k, v in os.environ.items() if k not in (p.SECRET_KEY_ENV, p.KEY_ENV)}
+    OUTPUT.mkdir(exist_ok=True)
+    with open(OUTPUT / f"serve-keyfile-{port_of(address)}.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "explorer.cli", "serve", "--bind", address, "--key-file",
+                                 str(key_file), "--model", str(tmp_path / "no-model")], env=env,
+                                stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        first = proc.stdout.readline()  # waits for the line, however long the start takes
+        hints = proc.stdout.readline() + proc.stdout.readline()
+        public = zmq.auth.load_certificate(key_file)[0].decode()
+        assert first.startswith(f"encrypted: clients need the service's public key {public} (kept in {key_file})")
+        assert f"--service {address} --service-public-key '{public}'" in hints
+        assert f"{p.PUBLIC_KEY_ENV}='{public}'" in hints
+        status = RemoteModel(address, server_key=public).status(timeout=10)
+        assert status.state in ("loading", "failed")
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_the_dashboard_hands_the_public_key_to_its_kernels_and_refuses_a_service_without_one(monkeypatch, capsys):
+    monkeypatch.delenv(p.PUBLIC_KEY_ENV, raising=False)
+    assert main(["dashboard", "--service", "tcp://127.0.0.1:5555"]) == 2
+    assert "--service needs the public key that service printed" in capsys.readouterr().err
+    assert main(["dashboard", "--service", "tcp://127.0.0.1:5555", "--service-public-key", "abc"]) == 2
+    assert "--service-public-key must be the 40 characters" in capsys.readouterr().err
+    # a kernel reads the address, the shared key and the public key from its environment, and is answered
+    pair = KeyPair.new()
+    with tiny_service(pair.secret) as (address, _, _):
+        monkeypatch.setenv(p.SERVICE_ENV, address)
+        monkeypatch.setenv(p.KEY_ENV, SHARED_KEY)
+        monkeypatch.setenv(p.PUBLIC_KEY_ENV, pair.public)
+        remote = RemoteModel.from_environment()
+        assert remote.server_key == pair.public and remote.status(timeout=5).state in ("loading", "ready")
+        remote.close()
