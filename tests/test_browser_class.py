@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dashboard_harness import fill, printed, start_dashboard, stop, wait_error, wait_message, wait_stepper
+from explorer.service import protocol as p
 from voila_harness import OUTPUT, browser, offline_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -123,6 +124,12 @@ def test_two_students_each_see_only_their_own_trace_from_thin_kernels(classroom)
         for pid in kernels(proc.pid):
             assert "libtorch" not in Path(f"/proc/{pid}/maps").read_text(), f"kernel {pid} loaded torch"
         assert "libtorch" in Path(f"/proc/{service_pid(proc.pid)}/maps").read_text()
+
+        # the kernels talk to the service encrypted, with nothing set up: they hold its public key, never its secret
+        assert "encrypted (CURVE)" in printed(address.split("?")[0])
+        for pid in kernels(proc.pid):
+            names = {e.split(b"=", 1)[0] for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")}
+            assert p.PUBLIC_KEY_ENV.encode() in names and p.SECRET_KEY_ENV.encode() not in names, pid
 
         # a closed tab frees its kernel (Voilà's page-unload shutdown)
         before = kernels(proc.pid)

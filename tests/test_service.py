@@ -17,23 +17,26 @@ import zmq
 from explorer.errors import CaptureError, ServiceError, SettingsError
 from explorer.service import GenerationRequest, Limits, RemoteModel
 from explorer.service import protocol as p
+from explorer.service.keys import KeyPair
 from explorer.service.server import FairQueue
 from voila_harness import OUTPUT, free_port
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "dashboard.ipynb"
+SERVE_KEYS = KeyPair.new()  # the CURVE key pair of the services `serve` runs here (it always encrypts)
 
 
 @contextmanager
 def running_service(*args: str, key: str = "k3y"):
-    """`attention-explorer serve` on a free port: yields (address, key, log path)."""
+    """`attention-explorer serve` on a free port, with the key pair SERVE_KEYS: yields (address, key, log path)."""
     address = f"tcp://127.0.0.1:{free_port()}"
     OUTPUT.mkdir(exist_ok=True)
     log_path = OUTPUT / f"service-{address.rsplit(':', 1)[1]}.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "explorer.cli", "serve", "--bind", address, *args],
-                                env={**os.environ, p.KEY_ENV: key}, stdout=log, stderr=subprocess.STDOUT)
+                                env={**os.environ, p.KEY_ENV: key, p.SECRET_KEY_ENV: SERVE_KEYS.secret}, stdout=log,
+                                stderr=subprocess.STDOUT)
     try:
-        lm = RemoteModel(address, key)
+        lm = remote_model(address, key)
         deadline = time.monotonic() + 180
         while not lm.status().ready:
             assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
@@ -43,6 +46,20 @@ def running_service(*args: str, key: str = "k3y"):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def remote_model(address: str, key: str = "") -> RemoteModel:
+    """A client of a service that `running_service` started (encrypted)."""
+    return RemoteModel(address, key, server_key=SERVE_KEYS.public)
+
+
+def encrypted_socket(address: str) -> zmq.Socket:
+    """A bare ZeroMQ client of a service that `running_service` started, which skips RemoteModel's checks."""
+    socket = zmq.Context.instance().socket(zmq.DEALER)
+    socket.curve_publickey, socket.curve_secretkey = zmq.curve_keypair()
+    socket.curve_serverkey = SERVE_KEYS.public.encode()
+    socket.connect(address)
+    return socket
 
 
 @contextmanager
@@ -79,7 +96,7 @@ def service():
 @pytest.mark.slow
 def test_a_trace_from_the_service_equals_the_same_model_run_here(service, default_lm):
     address, key, _ = service
-    remote = RemoteModel(address, key)
+    remote = remote_model(address, key)
     tokens, statuses = [], []
     got = remote.generate("The cat sat on the", max_new_tokens=8, on_token=lambda d, t, text: tokens.append(text),
                           on_status=statuses.append)
@@ -97,7 +114,7 @@ def test_a_trace_from_the_service_equals_the_same_model_run_here(service, defaul
 @pytest.mark.slow
 def test_branches_and_ablations_through_the_service_equal_the_same_model_run_here(service, default_lm):
     address, key, _ = service
-    remote = RemoteModel(address, key)
+    remote = remote_model(address, key)
     parent = remote.generate("The capital of France is", max_new_tokens=8, ablate=[(3, 1), (10, 4)])
     here = default_lm.generate("The capital of France is", max_new_tokens=8, ablate=[(3, 1), (10, 4)],
                                progress=False)
@@ -120,7 +137,7 @@ def test_branches_and_ablations_through_the_service_equal_the_same_model_run_her
 @pytest.mark.slow
 def test_the_service_refuses_what_a_class_may_not_ask_and_keeps_serving(service):
     address, key, _ = service
-    remote = RemoteModel(address, key)
+    remote = remote_model(address, key)
     with pytest.raises(SettingsError, match="at most 32 new tokens"):
         remote.generate("Hello", max_new_tokens=100)
     with pytest.raises(SettingsError, match="this class allows at most 256"):
@@ -130,8 +147,7 @@ def test_the_service_refuses_what_a_class_may_not_ask_and_keeps_serving(service)
     with pytest.raises(SettingsError, match="takes no model"):
         remote.generate("Hello", model="gpt2")
     # a client that skips our checks gets the service's own: no model name, no path, no other keyword
-    raw = zmq.Context.instance().socket(zmq.DEALER)
-    raw.connect(address)
+    raw = encrypted_socket(address)
     raw.send(b"\x80 not json")  # junk gets no answer and does not stop the service
     for request, expected in [({"prompt": "hi", "model": "/etc/passwd"}, "unknown request field"),
                               ({"prompt": "hi", "max_new_tokens": "9"}, "max_new_tokens must be a whole number"),
@@ -144,15 +160,14 @@ def test_the_service_refuses_what_a_class_may_not_ask_and_keeps_serving(service)
     assert raw.poll(5000) and "wrong key" in p.decode(raw.recv_multipart()[0])["message"]
     raw.close(0)
     with pytest.raises(ServiceError, match="wrong key"):
-        RemoteModel(address, "wrong").generate("Hello", max_new_tokens=2)
+        remote_model(address, "wrong").generate("Hello", max_new_tokens=2)
     assert remote.generate("Hello", max_new_tokens=2).n_generated == 2
 
 
 @pytest.mark.slow
 def test_a_client_that_goes_away_is_forgotten(service):
     address, key, log_path = service
-    leaving = zmq.Context.instance().socket(zmq.DEALER)
-    leaving.connect(address)
+    leaving = encrypted_socket(address)
     leaving.send(p.encode({"kind": p.GENERATE, "id": "a", "key": key,
                            "request": GenerationRequest("Tell me a long story", 32).to_json()}))
     assert leaving.poll(5000)  # queued or already running
@@ -161,7 +176,7 @@ def test_a_client_that_goes_away_is_forgotten(service):
     while "stopped, the viewer has gone" not in log_path.read_text():
         assert time.monotonic() < deadline, log_path.read_text()
         time.sleep(0.2)
-    assert RemoteModel(address, key).generate("Hi", max_new_tokens=2).n_generated == 2
+    assert remote_model(address, key).generate("Hi", max_new_tokens=2).n_generated == 2
 
 
 def test_the_queue_serves_clients_in_arrival_order_one_request_each():
@@ -233,7 +248,8 @@ def test_the_viewer_kernel_shows_the_services_trace_and_never_imports_torch(serv
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
         "assert not bad, f'the viewer kernel imported {bad}'\n"
     ))
-    env = {p.SERVICE_ENV: address, p.KEY_ENV: key, p.LIMITS_ENV: Limits.for_class(3).to_json()}
+    env = {p.SERVICE_ENV: address, p.KEY_ENV: key, p.PUBLIC_KEY_ENV: SERVE_KEYS.public,
+           p.LIMITS_ENV: Limits.for_class(3).to_json()}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

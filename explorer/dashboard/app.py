@@ -26,7 +26,7 @@ import ipywidgets as widgets
 
 from ..errors import ExplorerError, SettingsError
 from ..facts import ModelFacts
-from ..service.protocol import FIRST_PROMPT, KEY_ENV, LIMITS_ENV, SERVICE_ENV, Limits
+from ..service.protocol import FIRST_PROMPT, LIMITS_ENV, SERVICE_ENV, Limits
 from ..trace import Trace
 from ..trace_file import load_traces
 from ..views.explorer_view import ExplorerView
@@ -347,7 +347,8 @@ class Dashboard(widgets.VBox):
     def _wait_for_first_trace(self, give_up: float = 600) -> None:
         from ..service.client import RemoteModel
 
-        lm = RemoteModel(self.lm.address, self.lm.key)  # a socket of its own: Generate may use the other meanwhile
+        # a socket of its own: Generate may use the other meanwhile
+        lm = RemoteModel(self.lm.address, self.lm.key, server_key=self.lm.server_key)
         deadline = time.monotonic() + give_up
         try:
             while time.monotonic() < deadline:
@@ -402,7 +403,7 @@ class Dashboard(widgets.VBox):
         if os.environ.get(SERVICE_ENV) and not trace_path:
             from ..service.client import RemoteModel
 
-            lm = RemoteModel(os.environ[SERVICE_ENV], os.environ.get(KEY_ENV, ""))
+            lm = RemoteModel.from_environment()
             try:  # now, while Voilà preheats the kernel, not when a student comes; it also tells the model's facts
                 first = lm.first_trace(timeout=2)
             except ExplorerError:

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from ..errors import SettingsError
-from ..service.protocol import KEY_ENV, LIMITS_ENV, SERVICE_ENV, Limits, is_loopback
+from ..service.keys import KeyPair, public_key_from
+from ..service.protocol import KEY_ENV, LIMITS_ENV, PUBLIC_KEY_ENV, SECRET_KEY_ENV, SERVICE_ENV, Limits, is_loopback
 from ..trace_file import load_traces
 
 NOTEBOOK = "dashboard.ipynb"
@@ -130,6 +131,11 @@ def launch(args: argparse.Namespace, voila_args: list[str]) -> int:
         env[TRACE_ENV] = str(args.trace.resolve())
     elif args.service:
         env[SERVICE_ENV] = args.service
+        public = public_key_from(args.service_public_key or os.environ.get(PUBLIC_KEY_ENV), "--service-public-key")
+        if public is None:
+            raise SettingsError(f"--service needs the public key that service printed: --service-public-key KEY "
+                                f"(or ${PUBLIC_KEY_ENV}); the connection is encrypted with it")
+        env[PUBLIC_KEY_ENV] = public
     else:
         from ..service.supervisor import ServiceProcess
 
@@ -140,7 +146,9 @@ def launch(args: argparse.Namespace, voila_args: list[str]) -> int:
         service_args += ["--model", args.model] if args.model else []
         service_args += ["--class", str(class_size)] if class_size else []
         service_args += ["--threads", str(args.threads)] if args.threads else []
-        service = ServiceProcess(service_args, env={KEY_ENV: key}).start()
+        pair = KeyPair.new()  # encrypted even on this machine; the kernels get the public key, the service the pair
+        env[PUBLIC_KEY_ENV] = pair.public
+        service = ServiceProcess(service_args, env={KEY_ENV: key, SECRET_KEY_ENV: pair.secret}).start()
     os.environ.update(env)  # Voilà's kernels inherit them
     if class_size:
         bound_the_pool(class_size + SPARE_KERNELS)

@@ -142,12 +142,14 @@ def first_trace_path(model: str | None) -> Path:
 
 
 class GenerationService:
-    """Serve generation requests on `address` (a ZeroMQ endpoint such as tcp://127.0.0.1:5555)."""
+    """Serve generation requests on `address` (a ZeroMQ endpoint such as tcp://127.0.0.1:5555), encrypted with
+    CURVE when given `secret_key` (its clients then need the matching public key)."""
 
     def __init__(self, address: str, model: str | None = None, limits: Limits = Limits(), key: str = "",
                  device: str = "auto", dtype: str = "auto", parent_pid: int | None = None, threads: int | None = None,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, secret_key: str | None = None):
         self.address, self.model_name, self.limits, self.key = address, model, limits, key
+        self.secret_key = secret_key
         self.device, self.dtype, self.parent_pid = device, dtype, parent_pid
         self.threads = threads or default_threads()
         # a class's requests are capped (new and prompt tokens), so a batch of them is bounded too; without class
@@ -170,12 +172,16 @@ class GenerationService:
         router.setsockopt(zmq.MAXMSGSIZE, p.MAX_REQUEST_BYTES)
         router.setsockopt(zmq.SNDTIMEO, 2000)
         router.setsockopt(zmq.LINGER, 0)
+        if self.secret_key:
+            router.curve_server = True  # anyone with our public key may connect; the shared key says who may ask
+            router.curve_secretkey = self.secret_key.encode("ascii")
         router.bind(self.address)
         outbox = self._context.socket(zmq.PULL)
         outbox.bind("inproc://worker")
         self._read_first_trace()
         threading.Thread(target=self._work, name="generation worker", daemon=True).start()
-        log(f"listening on {self.address}; {self._describe_limits()}")
+        encrypted = "encrypted (CURVE)" if self.secret_key else "NOT encrypted"
+        log(f"listening on {self.address}, {encrypted}; {self._describe_limits()}")
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(outbox, zmq.POLLIN)
