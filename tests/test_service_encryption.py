@@ -137,7 +137,7 @@ def test_the_prompt_never_crosses_the_wire_in_clear(encrypted):
         sent, answered = bytes(proxy.to_service), bytes(proxy.to_client)
         assert len(answered) > len(got.to_bytes()) // 2, "the answer did not go through the proxy"
         in_clear = {"the prompt": PROMPT.encode() in sent, "the shared key": SHARED_KEY.encode() in sent,
-                    "the request": b'"kind": "generate"' in sent, "the trace": b'"kind": "trace"' in answered}
+                    "the request": b'"kind": "generate"' in sent, "the trace": b'"kind": "captured"' in answered}
         assert in_clear == dict.fromkeys(in_clear, not encrypted), in_clear
 
 
