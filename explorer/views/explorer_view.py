@@ -47,6 +47,12 @@ def _lens(trace, selection):
     return lens(trace, selection)
 
 
+def _attribution(trace, selection, open_heatmap=None):
+    from .meaning.attribution_view import attribution
+
+    return attribution(trace, selection, on_open=open_heatmap)
+
+
 def _attention_math(trace, selection):
     from .attention.attention_math import attention_math
 
@@ -65,7 +71,7 @@ def _bertviz(trace, selection):
     return widgets.VBox([head_view(trace, selection=selection), model_view(trace, selection=selection)])
 
 
-_NEEDS_LENS = (_lens,)  # views drawn again when a trace shown before its lens gets it
+_NEEDS_LENS = (_lens, _attribution)  # views drawn again when a trace shown before its lens gets it
 
 
 def _tabs() -> list[tuple[str, Callable]]:
@@ -76,6 +82,7 @@ def _tabs() -> list[tuple[str, Callable]]:
         ("All heads", _heads_map),
         ("Head atlas", _head_atlas),
         ("Logit lens", _lens),
+        ("Attribution", _attribution),
         ("Attention math", _attention_math),
         ("Positions", _positional),
         ("bertviz", _bertviz),
@@ -216,7 +223,7 @@ class ExplorerView(widgets.VBox):
     def _links(self, build: Callable) -> dict:
         """What a view gets besides the trace and the selection: the head atlas, a way to open the Heatmap tab;
         the stepper, a way to branch when there is a model."""
-        if build is _head_atlas:
+        if build in (_head_atlas, _attribution):
             return {"open_heatmap": lambda layer, head: self.show_tab("Heatmap")}
         if build is _stepper:
             return {"on_branch": self.branch if self.whatif is not None else None}
