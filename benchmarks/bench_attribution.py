@@ -54,7 +54,7 @@ def main(repeats: int) -> None:
     for prompt_tokens in (40, 1024):
         text = _prompt_text(lm, prompt_tokens)
 
-        def run():
+        def run(text=text):
             return lm.generate(text, max_new_tokens=64, min_new_tokens=64, progress=False)
 
         run()  # warm-up

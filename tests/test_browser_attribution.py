@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import make_tiny_lm
 from voila_harness import OUTPUT, notebook_page, write_notebook
 
@@ -60,7 +59,7 @@ def test_each_cell_is_the_heads_share_in_its_colour_and_the_grid_fits(trace_and_
     for (layer, head), (value, colour) in cells.items():
         want = shares.mlp[layer] if head == "mlp" else shares.heads[layer, int(head)]
         assert value == pytest.approx(float(want), rel=1e-6, abs=1e-9)
-        red, green, blue = (int(c) for c in colour[4:-1].split(","))
+        red, _, blue = (int(c) for c in colour[4:-1].split(","))
         if abs(want) > 1e-3 * np.abs(shares.heads).max():
             assert (red > blue) == (want > 0), (layer, head, want, colour)  # red up, blue down
     title = page.locator(".ae-attribution-title").text_content()

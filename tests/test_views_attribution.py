@@ -4,8 +4,8 @@ the selection, a click selects the head and opens it, and a trace without attrib
 from __future__ import annotations
 
 import numpy as np
-
 from conftest import make_tiny_lm
+
 from explorer.views import Selection
 from explorer.views.explorer_view import ExplorerView
 from explorer.views.meaning.attribution_view import NO_ATTRIBUTION, PENDING, AttributionView
