@@ -51,3 +51,16 @@ def test_a_trace_without_attribution_says_why_and_one_waiting_for_its_lens_says_
     assert AttributionView(bare).message == NO_ATTRIBUTION
     bare.lens_pending = True
     assert AttributionView(bare).message == PENDING
+
+
+def test_the_stepper_links_to_the_attribution_of_its_step():
+    trace = make_tiny_lm("llama").generate("Hello, world", max_new_tokens=5, progress=False)
+    explorer = ExplorerView(trace)
+    (stepper,) = explorer.tabs.children[0].children
+    stepper.slider.value = 3
+    stepper.which_heads.click()
+    assert explorer.tabs.get_title(explorer.tabs.selected_index) == "Attribution"
+    (view,) = explorer.tabs.children[explorer.tabs.selected_index].children
+    assert "(step 3)" in view.title
+    bare = ExplorerView(make_tiny_lm("llama").generate("Hello", max_new_tokens=3, lens=None, progress=False))
+    assert not hasattr(bare.tabs.children[0].children[0], "which_heads")  # nothing to link to

@@ -17,10 +17,10 @@ from .whatif.branch_tree import BranchTree
 from .selection import Selection
 
 
-def _stepper(trace, selection, on_branch=None):
+def _stepper(trace, selection, on_branch=None, on_attribution=None):
     from .steps.stepper_view import stepper
 
-    return stepper(trace, selection, on_branch=on_branch)
+    return stepper(trace, selection, on_branch=on_branch, on_attribution=on_attribution)
 
 
 def _heatmap(trace, selection):
@@ -226,7 +226,9 @@ class ExplorerView(widgets.VBox):
         if build in (_head_atlas, _attribution):
             return {"open_heatmap": lambda layer, head: self.show_tab("Heatmap")}
         if build is _stepper:
-            return {"on_branch": self.branch if self.whatif is not None else None}
+            attributed = self.trace is not None and (self.trace.attribution is not None or self.trace.lens_pending)
+            return {"on_branch": self.branch if self.whatif is not None else None,
+                    "on_attribution": (lambda: self.show_tab("Attribution")) if attributed else None}
         return {}
 
     def show_tab(self, title: str) -> None:
