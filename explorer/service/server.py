@@ -42,9 +42,9 @@ from .protocol import FIRST_NEW_TOKENS, FIRST_PROMPT, GenerationRequest, Limits,
 HEARTBEAT_SECONDS = 0.5  # how often a waiting client hears from the service: its place, or the loading percent
 # The most class requests one generate call takes. Measured with benchmarks/bench_service_batch.py (SmolLM2, the
 # class default of 20 new tokens, greedy, lens "steps", values kept, one torch thread, 2 cores; median of 3): a
-# batch of 1, 2, 4, 8, 16 took 2.1, 3.7, 5.5, 8.5, 17.2 s, i.e. 1.0, 1.15, 1.56, 2.02, 1.99x the requests a second
-# of one by one (on a machine loaded by other work: 1.18, 1.56, 1.78, 1.85x). Throughput stops growing at 8: the
-# logit lens is computed row by row (~1.2 s a request, nothing to share), and 16 only doubles what a newcomer waits.
+# batch of 1, 2, 4, 8, 16 took 1.28, 2.16, 2.98, 5.09, 9.06 s, i.e. 1.0, 1.19, 1.72, 2.01, 2.26x the requests a
+# second of one by one (the lenses of a batch's rows read in one pass; with a lens per row it was 1.0, 1.15, 1.56,
+# 2.02, 1.99x). 16 adds 12 % of throughput and doubles what a newcomer waits; `serve --batch-size` changes it.
 BATCH_SIZE = 8
 
 
