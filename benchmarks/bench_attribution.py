@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from contextlib import contextmanager
 
 import torch
 
 import explorer
-from explorer.bench import _prompt_text
+from explorer.bench import _prompt_text, timed
 from explorer.capture import language_model
 from explorer.capture.attribution import Writers
 
@@ -39,12 +38,6 @@ def attribution_off():
         yield
     finally:
         language_model.Writers = Writers
-
-
-def timed(run) -> float:
-    started = time.perf_counter()
-    run()
-    return time.perf_counter() - started
 
 
 def main(repeats: int) -> None:

@@ -43,6 +43,13 @@ def _prompt_text(lm, n_tokens: int) -> str:
     return text
 
 
+def timed(run) -> float:
+    """Seconds `run()` takes."""
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
 def _plain_generate(lm, text: str, new_tokens: int) -> float:
     ids = torch.tensor([lm.encode(text)], device=lm.device)
     started = time.perf_counter()

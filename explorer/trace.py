@@ -248,6 +248,16 @@ class WeightsLayer:
 AttentionLayer = QueryKeyLayer | WeightsLayer
 
 
+def _covered(positions: np.ndarray, position: int, what: str) -> int:
+    """Where `position` is in the ascending `positions`; IndexError, naming what `what` covers, when it is not."""
+    i = int(np.searchsorted(positions, position))
+    if i == len(positions) or positions[i] != position:
+        covered = positions.tolist()
+        shown = covered if len(covered) <= 12 else [*covered[:5], "...", *covered[-5:]]
+        raise IndexError(f"{what} does not cover position {position}; it covers {shown}")
+    return i
+
+
 @dataclass
 class LogitLens:
     """What the residual stream after each block predicts (nostalgebraist 2020), at the positions it covers.
@@ -274,12 +284,7 @@ class LogitLens:
 
     def column(self, position: int) -> int:
         """Where `position` is in `positions`; IndexError, naming what is covered, when it is not."""
-        i = int(np.searchsorted(self.positions, position))
-        if i == len(self.positions) or self.positions[i] != position:
-            covered = self.positions.tolist()
-            shown = covered if len(covered) <= 12 else [*covered[:5], "...", *covered[-5:]]
-            raise IndexError(f"the lens does not cover position {position}; it covers {shown}")
-        return i
+        return _covered(self.positions, position, "the lens")
 
     def _layer(self, layer: int) -> int:
         if not -self.n_layers <= layer < self.n_layers:
@@ -343,11 +348,7 @@ class LogitAttribution:
 
     def at(self, position: int) -> StepAttribution:
         """The shares of the logit of the token after `position`; IndexError naming what is covered."""
-        i = int(np.searchsorted(self.positions, position))
-        if i == len(self.positions) or self.positions[i] != position:
-            covered = self.positions.tolist()
-            shown = covered if len(covered) <= 12 else [*covered[:5], "...", *covered[-5:]]
-            raise IndexError(f"the attribution does not cover position {position}; it covers {shown}")
+        i = _covered(self.positions, position, "the attribution")
         return StepAttribution(int(position), self.heads[i], self.attention_bias[i], self.mlp[i],
                                float(self.embedding[i]), float(self.constant[i]), float(self.logit[i]))
 

@@ -36,12 +36,12 @@ def test_a_click_on_a_head_selects_it_and_opens_the_heatmap_there():
     explorer.show_tab("Attribution")
     (view,) = explorer.tabs.children[explorer.tabs.selected_index].children
     assert isinstance(view, AttributionView)
-    view._on_msg(view, {"kind": "pick", "layer": 1, "head": 3}, [])
+    view._on_msg(view, {"kind": "open", "layer": 1, "head": 3}, [])
     assert (explorer.selection.layer, explorer.selection.head, explorer.selection.step) == (1, 3, 2)
     assert explorer.tabs.get_title(explorer.tabs.selected_index) == "Heatmap"
     assert (view.layer, view.head) == (1, 3)  # the highlight follows
-    view._on_msg(view, {"kind": "pick", "layer": 9, "head": 0}, [])  # out of range: nothing changes
-    view._on_msg(view, {"kind": "pick", "layer": "x"}, [])
+    view._on_msg(view, {"kind": "open", "layer": 9, "head": 0}, [])  # out of range: nothing changes
+    view._on_msg(view, {"kind": "open", "layer": "x"}, [])
     assert (explorer.selection.layer, explorer.selection.head) == (1, 3)
 
 

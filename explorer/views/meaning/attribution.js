@@ -98,7 +98,7 @@ function highlight(v) {
 function listen(v) {
   const pick = (ev) => {
     const t = /** @type {HTMLElement} */ (ev.target).closest("[data-head]");
-    if (t && t.dataset.head !== "mlp") v.model.send({ kind: "pick", layer: +t.dataset.layer, head: +t.dataset.head });
+    if (t && t.dataset.head !== "mlp") v.model.send({ kind: "open", layer: +t.dataset.layer, head: +t.dataset.head });
   };
   v.grid.addEventListener("click", pick);
   v.ranked.addEventListener("click", pick);

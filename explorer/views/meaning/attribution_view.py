@@ -17,14 +17,14 @@ import traitlets
 
 from ...trace import Trace
 from .. import frontend
-from ..selection import FollowsSelection, Selection
+from ..selection import FollowsSelection, OpensHeads, Selection
 
 NO_ATTRIBUTION = ('This trace has no logit attribution: it comes with the logit lens (lm.generate(prompt) or '
                   'lm.trace(text, lens="all")).')
 PENDING = "The logit attribution is read with the lens: it appears here as soon as it is ready."
 
 
-class AttributionView(FollowsSelection, anywidget.AnyWidget):
+class AttributionView(OpensHeads, FollowsSelection, anywidget.AnyWidget):
     """The shares of one step's logit: a layers × heads grid with each layer's MLP beside it."""
 
     _esm = frontend.module("meaning/attribution.js")
@@ -91,21 +91,8 @@ class AttributionView(FollowsSelection, anywidget.AnyWidget):
             self.layer = min(max(self.selection.layer, 0), self.n_layers - 1)
             self.head = -1 if self.selection.head is None else self.selection.head
 
-    def pick(self, layer: int, head: int) -> None:
-        """Select head `head` of layer `layer` (and open it, through on_open)."""
-        if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
-            return
-        with self.selection.hold_trait_notifications():
-            self.selection.layer, self.selection.head = layer, head
-        if self.on_open is not None:
-            self.on_open(layer, head)
-
     def _on_msg(self, _widget, content, _buffers) -> None:
-        if isinstance(content, dict) and content.get("kind") == "pick":
-            try:
-                self.pick(int(content["layer"]), int(content["head"]))
-            except (KeyError, TypeError, ValueError):
-                return
+        self._open_asked(content)
 
     def __repr__(self) -> str:
         if self.message:
