@@ -149,14 +149,14 @@ def _frozen_norm(norm: torch.nn.Module, h: torch.Tensor) -> tuple[str, torch.Ten
         return None
     eps = next((float(getattr(norm, name)) for name in ("eps", "variance_epsilon", "epsilon")
                 if isinstance(getattr(norm, name, None), (int, float))), 1e-5)
-    want = norm(h.to(weight.dtype)).float()
-    w = weight.float()
+    want = norm(h.to(weight.device, weight.dtype)).float().to(h.device)
+    w = weight.float().to(h.device)
     bias = getattr(norm, "bias", None)
     rms = h.pow(2).mean(-1, keepdim=True).add(eps).rsqrt()
     centred = h - h.mean(-1, keepdim=True)
     std = centred.pow(2).mean(-1, keepdim=True).add(eps).rsqrt()
     candidates = [("rms", w * rms, None), ("rms", (1 + w) * rms, None)]  # Gemma keeps its gain as weight - 1
-    candidates.append(("layer", w * std, bias.float() if isinstance(bias, torch.Tensor) else None))
+    candidates.append(("layer", w * std, bias.float().to(h.device) if isinstance(bias, torch.Tensor) else None))
     for kind, gain, b in candidates:
         got = gain * (centred if kind == "layer" else h) + (b if b is not None else 0)
         if torch.allclose(got, want, atol=1e-4 * float(want.abs().max().clamp(min=1)), rtol=1e-3):
@@ -172,9 +172,15 @@ def attribute(model, anatomy: Anatomy, writers: Writers, states: torch.Tensor, e
     at = [i for i, p in enumerate(positions) if p + 1 < len(token_ids)]
     if not at:
         return "no position with a next token"
-    index = torch.tensor(at, device=states.device)
-    states, embedded, heads = states[:, index].float(), embedded[index].float(), heads[:, index].float()
-    targets = torch.tensor([token_ids[positions[i] + 1] for i in at], device=states.device)
+    device = states.device  # where the kept states are; weights of layers on other devices are brought here
+
+    def here(t: torch.Tensor) -> torch.Tensor:
+        return t.float().to(device)
+
+    index = torch.tensor(at, device=device)
+    states, embedded, heads = states[:, index].float(), here(embedded[index.to(embedded.device)]), \
+        here(heads[:, index.to(heads.device)])
+    targets = torch.tensor([token_ids[positions[i] + 1] for i in at], device=device)
     last = states[-1]
     norm, after = anatomy.final, []
     if isinstance(norm, torch.nn.Sequential):  # a norm, then linear maps (OPT's project_out)
@@ -186,14 +192,16 @@ def attribute(model, anatomy: Anatomy, writers: Writers, states: torch.Tensor, e
         return f"its final norm ({type(norm).__name__}) is not an RMS or layer norm whose scale can be frozen"
     kind, gain, bias = frozen
     head = model.get_output_embeddings()
-    rows = head.weight[targets].float()  # [P, d]: the unembedding rows of the next tokens
-    constant = torch.zeros(len(at), device=states.device)
+    unembedding = here(head.weight[targets.to(head.weight.device)])  # [P, d]: the rows of the next tokens
+    rows = unembedding
+    constant = torch.zeros(len(at), device=device)
     if getattr(head, "bias", None) is not None:
-        constant += head.bias[targets].float()
+        constant += here(head.bias[targets.to(head.bias.device)])
+    bias_of_head = constant.clone()
     for linear in reversed(after):  # row · (A y + b) = (row A) · y + row · b
         if linear.bias is not None:
-            constant += rows @ linear.bias.float()
-        rows = rows @ linear.weight.float()
+            constant += rows @ here(linear.bias)
+        rows = rows @ here(linear.weight)
     u = gain * rows
     if kind == "layer":
         u = u - u.mean(-1, keepdim=True)  # (x − mean x)·w = x·(w − mean w)
@@ -203,12 +211,12 @@ def attribute(model, anatomy: Anatomy, writers: Writers, states: torch.Tensor, e
     u, constant = u * scale, constant * scale
     head_shares, bias_shares = [], []
     for layer, (projection, n_heads) in enumerate(writers.projections):
-        weight = _weight(projection).float()  # [H·d, hidden]
+        weight = here(_weight(projection))  # [H·d, hidden]
         merged = heads[layer]  # [P, H·d]
         per_head = (merged * (u @ weight.T)).reshape(len(at), n_heads, -1).sum(-1)  # [P, H]
         head_shares.append(per_head)
         b = getattr(projection, "bias", None)
-        bias_shares.append(u @ b.float() if isinstance(b, torch.Tensor) else torch.zeros(len(at), device=u.device))
+        bias_shares.append(u @ here(b) if isinstance(b, torch.Tensor) else torch.zeros(len(at), device=device))
     heads_out = torch.stack(head_shares, dim=1)  # [P, L, H]
     bias_out = torch.stack(bias_shares, dim=1)  # [P, L]
     before = torch.cat([embedded[None], states[:-1]])  # [L, P, d]: each block's input
@@ -216,8 +224,9 @@ def attribute(model, anatomy: Anatomy, writers: Writers, states: torch.Tensor, e
     embedding = (embedded * u).sum(-1)
     rest = written - heads_out.sum(-1) - bias_out
     with torch.no_grad():  # the model's own logit of the next token (before any final soft-cap), for the check
-        normed = anatomy.final(last.to(model.dtype))
-        logit = (head(normed.to(head.weight.dtype)).float().gather(1, targets[:, None])[:, 0]) * scale
+        first = next(anatomy.final.parameters(), head.weight)  # the final norm's device (a multi-device model)
+        normed = here(anatomy.final(last.to(first.device, model.dtype)))
+        logit = ((normed * unembedding).sum(-1) + bias_of_head) * scale  # the rows only: not P x vocabulary
     return LogitAttribution(
         positions=np.asarray([positions[i] for i in at], dtype=np.int32),
         heads=heads_out.cpu().numpy().astype(np.float32),
