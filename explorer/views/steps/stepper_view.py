@@ -88,7 +88,8 @@ class StepperView(FollowsSelection, widgets.VBox):
         controls = widgets.HBox([self.play, self.slider, self.layer, self.head])
         if on_attribution is not None:  # the explorer's Attribution tab, at this step
             self.which_heads = widgets.Button(description="which heads wrote this token?", icon="search",
-                                              layout=widgets.Layout(width="auto"))
+                                              layout=widgets.Layout(width="auto", min_width="240px"))
+            controls.layout.flex_flow = "row wrap"  # to the next line rather than cut where the row is narrow
             self.which_heads.add_class("stepper-which-heads")
             self.which_heads.on_click(lambda _: on_attribution())
             controls.children = (*controls.children, self.which_heads)
