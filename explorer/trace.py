@@ -572,6 +572,13 @@ class Trace:
             position = self.steps[step].position - 1  # the position that produced it
         return self.attribution.at(position)
 
+    def contribution_graph(self, step: int | None = None, *, position: int | None = None):
+        """Which earlier tokens, through which layers, carried the logit of generated token `step` (or of the token
+        after `position`): a ContributionGraph (explorer/contribution.py)."""
+        from .contribution import contribution_graph
+
+        return contribution_graph(self, step, position=position)
+
     def step_attention(self, step: int, layer: int, head: int | None = None) -> np.ndarray:
         """The attention that produced generated token `step`: the row of the position just before it."""
         return self.attention_row(layer, head, self.steps[step].position - 1)

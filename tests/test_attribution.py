@@ -173,3 +173,27 @@ def test_on_smollm2_the_heads_that_write_the_repeated_token_are_what_switching_o
 
     wrote_most, wrote_least = drop(top), drop(quiet)
     assert wrote_most > 1.0 and wrote_most > 5 * abs(wrote_least)
+
+
+def test_the_contribution_graph_splits_each_heads_share_over_its_sources_and_the_residual_adds_up():
+    lm = make_tiny_lm("llama")
+    trace = lm.generate("Hello, world", max_new_tokens=5, progress=False, keep_values=True)
+    for step in (0, 4):
+        graph = trace.contribution_graph(step)
+        shares = trace.logit_attribution(step)
+        p = trace.steps[step].position - 1
+        assert graph.position == p and graph.edges.shape == (trace.n_layers, p + 1) and graph.weighted
+        want = np.zeros((trace.n_layers, p + 1))
+        for layer in range(trace.n_layers):  # a loop over heads and tokens, from the trace's own arrays
+            for head in range(trace.n_heads):
+                weights = [trace.attention(layer, head, kind="norm")[p, j] for j in range(p + 1)]
+                for j in range(p + 1):
+                    want[layer, j] += shares.heads[layer, head] * weights[j] / sum(weights)
+        np.testing.assert_allclose(graph.edges, want, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(graph.edges.sum(1), shares.heads.sum(1), rtol=1e-4, atol=1e-6)
+        assert graph.residual[0] == pytest.approx(shares.embedding)
+        assert graph.residual[-1] + shares.constant == pytest.approx(shares.logit, abs=1e-3)
+        strong = graph.strongest(0.5)
+        top = np.abs(graph.edges).max()
+        assert strong and all(abs(share) >= 0.5 * top for _, _, share in strong)
+        assert len(graph.strongest(0.0)) == graph.edges.size

@@ -64,3 +64,20 @@ def test_the_stepper_links_to_the_attribution_of_its_step():
     assert "(step 3)" in view.title
     bare = ExplorerView(make_tiny_lm("llama").generate("Hello", max_new_tokens=3, lens=None, progress=False))
     assert not hasattr(bare.tabs.children[0].children[0], "which_heads")  # nothing to link to
+
+
+def test_the_contribution_view_sends_the_steps_graph_and_follows_the_step():
+    from explorer.views.meaning.contribution_view import ContributionView
+
+    trace = make_tiny_lm("llama").generate("Hello, world", max_new_tokens=5, progress=False, keep_values=True)
+    selection = Selection()
+    view = ContributionView(trace, selection)
+    for step in (0, 3):
+        selection.step = step
+        graph = trace.contribution_graph(step)
+        edges = np.frombuffer(view.edges, dtype="<f4").reshape(view.n_layers, view.n_tokens)
+        np.testing.assert_array_equal(edges, graph.edges)
+        np.testing.assert_array_equal(np.frombuffer(view.residual, dtype="<f4"), graph.residual)
+        assert view.tokens == trace.tokens[: graph.position + 1] and f"(step {step})" in view.title
+    bare = make_tiny_lm("llama").generate("Hello", max_new_tokens=3, lens=None, progress=False)
+    assert ContributionView(bare).message == NO_ATTRIBUTION

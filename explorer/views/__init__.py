@@ -17,6 +17,8 @@ _WHERE = {
     "attribution": "meaning.attribution_view",
     "attention_math": "attention.attention_math",
     "BranchTree": "whatif.branch_tree",
+    "ContributionView": "meaning.contribution_view",
+    "contribution": "meaning.contribution_view",
     "head_view": "attention.bertviz_offline",
     "head_view_html": "attention.bertviz_offline",
     "model_view": "attention.bertviz_offline",

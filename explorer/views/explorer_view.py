@@ -53,6 +53,12 @@ def _attribution(trace, selection, open_heatmap=None):
     return attribution(trace, selection, on_open=open_heatmap)
 
 
+def _contribution(trace, selection):
+    from .meaning.contribution_view import contribution
+
+    return contribution(trace, selection)
+
+
 def _attention_math(trace, selection):
     from .attention.attention_math import attention_math
 
@@ -71,7 +77,7 @@ def _bertviz(trace, selection):
     return widgets.VBox([head_view(trace, selection=selection), model_view(trace, selection=selection)])
 
 
-_NEEDS_LENS = (_lens, _attribution)  # views drawn again when a trace shown before its lens gets it
+_NEEDS_LENS = (_lens, _attribution, _contribution)  # views drawn again when a trace shown before its lens gets it
 
 
 def _tabs() -> list[tuple[str, Callable]]:
@@ -83,6 +89,7 @@ def _tabs() -> list[tuple[str, Callable]]:
         ("Head atlas", _head_atlas),
         ("Logit lens", _lens),
         ("Attribution", _attribution),
+        ("Contribution", _contribution),
         ("Attention math", _attention_math),
         ("Positions", _positional),
         ("bertviz", _bertviz),
