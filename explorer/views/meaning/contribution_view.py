@@ -6,7 +6,6 @@ canvas, so 512 tokens × 30 layers draw at once. What crosses the wire per step:
 from __future__ import annotations
 
 import anywidget
-import numpy as np
 import traitlets
 
 from ...trace import Trace
