@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,15 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import explorer  # noqa: E402
-from explorer.bench import _captured_generate, _plain_generate, _prompt_text  # noqa: E402
+from explorer.bench import _captured_generate, _plain_generate, _prompt_text, timed  # noqa: E402
 from explorer.capture.anatomy import find_anatomy  # noqa: E402
 from explorer.capture.positional import probe_positions  # noqa: E402
-
-
-def timed(run) -> float:
-    started = time.perf_counter()
-    run()
-    return time.perf_counter() - started
 
 
 def main(repeats: int) -> None:

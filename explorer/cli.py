@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .errors import ExplorerError
-from .service.protocol import KEY_ENV
+from .service.protocol import KEY_ENV, PUBLIC_KEY_ENV
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--service", default=None, metavar="ADDRESS",
                    help="use a generation service already running (attention-explorer serve), e.g. tcp://gpu:5555; "
                         f"its key goes in ${KEY_ENV}")
+    d.add_argument("--service-public-key", default=None, metavar="KEY",
+                   help=f"the public key that service printed (or ${PUBLIC_KEY_ENV}): the connection is encrypted")
     d.add_argument("--threads", type=_positive, default=None,
                    help="the generation service's torch CPU threads (default: half the cores)")
     d.add_argument("--port", type=int, default=8866)
@@ -66,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="cap requests as for a class of N students")
     v.add_argument("--threads", type=_positive, default=None,
                    help="torch CPU threads (default: half the cores; one thread is 2x faster on a busy 2-core machine)")
+    v.add_argument("--batch-size", type=_positive, default=None, metavar="N",
+                   help="the most waiting requests one generate call takes (default: 8 for a class, measured on a "
+                        "2-core CPU; 1 without --class); a GPU takes more")
+    v.add_argument("--key-file", type=Path, default=None, metavar="PATH",
+                   help="the service's CURVE key pair, a ZeroMQ secret certificate only you may read (made there if "
+                        "absent), so that its public key stays the same between starts (default: a new pair each "
+                        "start)")
     v.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     v.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # a socket bound by the dashboard
 
@@ -134,11 +143,21 @@ def _show_command(args) -> None:
 
 def _serve_command(args) -> None:
     import os
+    import re
     import secrets
+    import socket
 
+    from .service.keys import service_key_pair
     from .service.protocol import KEY_ENV, Limits, is_loopback
     from .service.server import GenerationService
 
+    pair = service_key_pair(args.key_file)  # a bad key file is refused before anything starts
+    if args.parent_pid is None:  # a dashboard that starts its own service hands the key to its kernels itself
+        kept = f"kept in {args.key_file}" if args.key_file else "new at every start: --key-file PATH keeps one"
+        address = re.sub(r"//(0\.0\.0\.0|\*|\[::\]):", f"//{socket.gethostname()}:", args.bind)
+        print(f"encrypted: clients need the service's public key {pair.public} ({kept}); give it as\n"
+              f"  attention-explorer dashboard --service {address} --service-public-key '{pair.public}'\n"
+              f"  or {PUBLIC_KEY_ENV}='{pair.public}'", flush=True)
     key = os.environ.get(KEY_ENV, "")
     if not key and not is_loopback(args.bind):
         key = secrets.token_urlsafe(16)
@@ -147,7 +166,7 @@ def _serve_command(args) -> None:
     limits = Limits.for_class(args.class_size) if args.class_size else Limits()
     service = GenerationService(args.bind, model=args.model, limits=limits, key=key, device=args.device,
                                 dtype=args.dtype, parent_pid=args.parent_pid, threads=args.threads,
-                                listen_fd=args.listen_fd)
+                                batch_size=args.batch_size, secret_key=pair.secret, listen_fd=args.listen_fd)
     service.run()
 
 

@@ -17,6 +17,10 @@ class TraceFileError(ExplorerError, ValueError):
     """A file is not a trace we can read: truncated, corrupted, foreign or from a future version."""
 
 
+class KeyFileError(ExplorerError, ValueError):
+    """The generation service's key file is unreadable, corrupt, or readable by other users."""
+
+
 class ServiceError(ExplorerError):
     """The generation service did not answer, stopped answering in the middle of a request, or could not
     generate (its model failed to load, or a wrong key)."""

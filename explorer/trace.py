@@ -248,6 +248,16 @@ class WeightsLayer:
 AttentionLayer = QueryKeyLayer | WeightsLayer
 
 
+def _covered(positions: np.ndarray, position: int, what: str) -> int:
+    """Where `position` is in the ascending `positions`; IndexError, naming what `what` covers, when it is not."""
+    i = int(np.searchsorted(positions, position))
+    if i == len(positions) or positions[i] != position:
+        covered = positions.tolist()
+        shown = covered if len(covered) <= 12 else [*covered[:5], "...", *covered[-5:]]
+        raise IndexError(f"{what} does not cover position {position}; it covers {shown}")
+    return i
+
+
 @dataclass
 class LogitLens:
     """What the residual stream after each block predicts (nostalgebraist 2020), at the positions it covers.
@@ -274,12 +284,7 @@ class LogitLens:
 
     def column(self, position: int) -> int:
         """Where `position` is in `positions`; IndexError, naming what is covered, when it is not."""
-        i = int(np.searchsorted(self.positions, position))
-        if i == len(self.positions) or self.positions[i] != position:
-            covered = self.positions.tolist()
-            shown = covered if len(covered) <= 12 else [*covered[:5], "...", *covered[-5:]]
-            raise IndexError(f"the lens does not cover position {position}; it covers {shown}")
-        return i
+        return _covered(self.positions, position, "the lens")
 
     def _layer(self, layer: int) -> int:
         if not -self.n_layers <= layer < self.n_layers:
@@ -303,6 +308,53 @@ class LogitLens:
     def tensors(self) -> dict[str, np.ndarray]:
         return {"positions": self.positions, "top_ids": self.top_ids, "top_probs": self.top_probs,
                 "next_prob": self.next_prob, "next_rank": self.next_rank}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.tensors().values())
+
+
+class StepAttribution(NamedTuple):
+    """The shares of one logit (that of the token that came next at one position): they add up to `logit`."""
+
+    position: int
+    heads: np.ndarray  # [layers, heads]: each head's output through its slice of W_O
+    attention_bias: np.ndarray  # [layers]: each output projection's bias (zeros where it has none)
+    mlp: np.ndarray  # [layers]: all else each block wrote (its MLP; a norm of the attention output, where one is)
+    embedding: float  # the first block's input: token (and learned position) embeddings
+    constant: float  # the final norm's bias and lm_head's bias, through the unembedding row
+    logit: float  # the model's own logit of the token (before a final soft-cap, where the model has one)
+
+    @property
+    def total(self) -> float:
+        """The sum of the parts: equals `logit` (to float32 rounding)."""
+        return float(self.heads.sum(dtype=np.float64) + self.attention_bias.sum(dtype=np.float64)
+                     + self.mlp.sum(dtype=np.float64) + self.embedding + self.constant)
+
+
+@dataclass
+class LogitAttribution:
+    """Direct logit attribution at the positions it covers (those the logit lens covers that have a next token):
+    what each head, each block's MLP and the embedding wrote to the residual stream, through the final norm with its
+    scale frozen and onto the unembedding row of the token that came next (explorer/capture/attribution.py)."""
+
+    positions: np.ndarray  # int32 [P], ascending
+    heads: np.ndarray  # float32 [P, L, H]
+    attention_bias: np.ndarray  # float32 [P, L]
+    mlp: np.ndarray  # float32 [P, L]
+    embedding: np.ndarray  # float32 [P]
+    constant: np.ndarray  # float32 [P]
+    logit: np.ndarray  # float32 [P]
+
+    def at(self, position: int) -> StepAttribution:
+        """The shares of the logit of the token after `position`; IndexError naming what is covered."""
+        i = _covered(self.positions, position, "the attribution")
+        return StepAttribution(int(position), self.heads[i], self.attention_bias[i], self.mlp[i],
+                               float(self.embedding[i]), float(self.constant[i]), float(self.logit[i]))
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"positions": self.positions, "heads": self.heads, "attention_bias": self.attention_bias,
+                "mlp": self.mlp, "embedding": self.embedding, "constant": self.constant, "logit": self.logit}
 
     @property
     def nbytes(self) -> int:
@@ -352,7 +404,9 @@ def new_id() -> str:
 
 
 FORMAT = "attention-explorer/trace"
-VERSION = 3  # 2: surprisal, logit lens, value norms; 3: positions per layer, sinks, chunks, notes (1 and 2 load)
+# 2: surprisal, logit lens, value norms; 3: positions per layer, sinks, chunks, notes; 4: logit attribution
+# (1 to 3 load)
+VERSION = 4
 KINDS = ("raw", "norm", "no_position")
 
 _STEP_FIELDS = ("index", "position", "token", "token_id", "prob", "rank", "entropy", "sampling_prob", "sampling_entropy")
@@ -387,6 +441,9 @@ class Trace:
     branch_step: int | None = None  # the step of the parent this branch changed
     parent_id: str | None = None  # the parent's id, kept when the parent itself is not at hand
     notes: list[str] = field(default_factory=list)  # sentences: what this trace lacks and why (no lens, ...)
+    # set while the trace is shown before its logit lens is read (generate's on_capture); never saved
+    lens_pending: bool = field(default=False, repr=False, compare=False)
+    attribution: LogitAttribution | None = None  # each head's share of each step's logit (with the lens)
 
     def __post_init__(self):
         if self.parent is not None:
@@ -500,6 +557,28 @@ class Trace:
             raise ValueError(f"attention_flow knows 'rollout', not {kind!r}")
         return analysis.rollout(self, progress=progress)
 
+    def logit_attribution(self, step: int | None = None, *, position: int | None = None) -> StepAttribution:
+        """Each head's, each block's MLP's and the embedding's share of the logit of generated token `step` (or of
+        the token after `position`, for a text read with lens="all"): `.heads` [layers, heads], `.mlp` [layers],
+        ..., adding up to `.logit` (`.total`)."""
+        if self.attribution is None:
+            why = next((n for n in self.notes if "attribution" in n), "it was captured without a logit lens")
+            raise ValueError(f"this trace has no logit attribution: {why}")
+        if (step is None) == (position is None):
+            raise ValueError("give a step or a position, one of them")
+        if step is not None:
+            if not -self.n_generated <= step < self.n_generated:
+                raise IndexError(f"step {step} is out of range: the trace has {self.n_generated} generated tokens")
+            position = self.steps[step].position - 1  # the position that produced it
+        return self.attribution.at(position)
+
+    def contribution_graph(self, step: int | None = None, *, position: int | None = None):
+        """Which earlier tokens, through which layers, carried the logit of generated token `step` (or of the token
+        after `position`): a ContributionGraph (explorer/contribution.py)."""
+        from .contribution import contribution_graph
+
+        return contribution_graph(self, step, position=position)
+
     def step_attention(self, step: int, layer: int, head: int | None = None) -> np.ndarray:
         """The attention that produced generated token `step`: the row of the position just before it."""
         return self.attention_row(layer, head, self.steps[step].position - 1)
@@ -510,6 +589,7 @@ class Trace:
         total = sum(a.nbytes for layer in self.layers for a in layer.tensors().values())
         total += sum(a.nbytes for a in self.positional.arrays.values()) + self.surprisal.nbytes
         total += self.value_norms.nbytes if self.value_norms is not None else 0
+        total += self.attribution.nbytes if self.attribution is not None else 0
         return total + (self.lens.nbytes if self.lens is not None else 0)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -520,6 +600,17 @@ class Trace:
         """The bytes of the file `save` writes, without a file: what the generation service sends."""
         tensors, metadata = self._tensors_and_metadata()
         return save(tensors, metadata=metadata)
+
+    def late_bytes(self) -> bytes:
+        """What is made after the capture (the logit lens, the attribution, their notes and timings) as safetensors
+        bytes: what the generation service sends after a trace it sent before them (`trace_file.add_late_parts`
+        puts them back)."""
+        tensors, metadata = self._tensors_and_metadata()
+        late = {name: array for name, array in tensors.items() if name.startswith(("lens.", "attribution."))}
+        header = json.loads(metadata["header"])
+        parts = {"lens": header["lens"], "attribution": header["attribution"], "notes": self.notes,
+                 "timings": self.timings}
+        return save(late, metadata={"format": FORMAT, "version": str(VERSION), "late": json.dumps(parts)})
 
     def _tensors_and_metadata(self) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """The arrays by name, and the metadata (format, version, JSON header) that describes them."""
@@ -535,6 +626,9 @@ class Trace:
         if self.lens is not None:
             for name, array in self.lens.tensors().items():
                 tensors[f"lens.{name}"] = np.ascontiguousarray(array)
+        if self.attribution is not None:
+            for name, array in self.attribution.tensors().items():
+                tensors[f"attribution.{name}"] = np.ascontiguousarray(array)
         header = {
             "tokens": self.tokens,
             "token_ids": self.token_ids,
@@ -557,6 +651,7 @@ class Trace:
                 "parent": self.parent.id if self.parent is not None else self.parent_id, "step": self.branch_step},
             "notes": self.notes,
             "lens": None if self.lens is None else {"words": {str(i): w for i, w in sorted(self.lens.words.items())}},
+            "attribution": None if self.attribution is None else {},
         }
         return tensors, {"format": FORMAT, "version": str(VERSION), "header": json.dumps(header)}
 

@@ -19,7 +19,8 @@ from safetensors.numpy import load
 
 from .errors import TraceFileError
 from .facts import ModelFacts
-from .trace import FORMAT, VERSION, Candidate, LogitLens, Positional, QueryKeyLayer, Step, Trace, WeightsLayer
+from .trace import (FORMAT, VERSION, Candidate, LogitAttribution, LogitLens, Positional, QueryKeyLayer, Step, Trace,
+                    WeightsLayer)
 
 def _step_from_json(d: dict) -> Step:
     def candidates(items):
@@ -89,13 +90,33 @@ def trace_from_bytes(data: bytes, name: str = "the data") -> Trace:
 def traces_from_bytes(data: bytes, name: str = "the data") -> list[Trace]:
     """The traces in the bytes of a file of `save_traces` or `Trace.save` (an upload), parents relinked."""
     with _readable(name):
-        if len(data) < 8:
-            raise ValueError("too short to be a safetensors file")
-        size = int.from_bytes(data[:8], "little")
-        if not 2 <= size <= len(data) - 8:
-            raise ValueError("the header length does not fit the data")
-        metadata = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
-        return _build_all(_header(metadata, name), load(data))
+        return _build_all(_header(_metadata(data), name), load(data))
+
+
+def _metadata(data: bytes) -> dict:
+    """The metadata of safetensors bytes, read before the arrays (ValueError for what is not safetensors)."""
+    if len(data) < 8:
+        raise ValueError("too short to be a safetensors file")
+    size = int.from_bytes(data[:8], "little")
+    if not 2 <= size <= len(data) - 8:
+        raise ValueError("the header length does not fit the data")
+    return json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+
+
+def add_late_parts(trace: Trace, data: bytes, name: str = "the data") -> None:
+    """Put onto `trace` what `Trace.late_bytes` holds (the logit lens, the attribution, the notes and timings made
+    with them), each part checked against the trace; TraceFileError, with the trace unchanged, if any is wrong."""
+    with _readable(name):
+        metadata = _metadata(data)
+        if not isinstance(metadata, dict) or metadata.get("format") != FORMAT or "late" not in metadata:
+            raise TraceFileError(f"{name} is not the late parts of an attention-explorer trace")
+        late = json.loads(metadata["late"])
+        tensors = load(data)
+        lens = _lens(late.get("lens"), tensors, trace.n_layers, trace.n_tokens)
+        attribution = _attribution(late.get("attribution"), tensors, trace.n_layers, trace.n_heads, trace.n_tokens)
+        notes = [str(n) for n in late.get("notes", [])]
+        timings = {str(k): float(v) for k, v in dict(late.get("timings", {})).items()}
+    trace.lens, trace.attribution, trace.notes, trace.timings = lens, attribution, notes, trace.timings | timings
 
 
 @contextmanager
@@ -196,6 +217,7 @@ def _build(header: dict, tensors: dict[str, np.ndarray]) -> Trace:
         surprisal=_array(tensors, "surprisal", (n_tokens,), np.floating),  # absent from version 1 files
         value_norms=_array(tensors, "value_norms", (n_layers, n_heads, n_tokens), np.floating),
         lens=_lens(header.get("lens"), tensors, n_layers, n_tokens),
+        attribution=_attribution(header.get("attribution"), tensors, n_layers, n_heads, n_tokens),
         notes=[str(note) for note in header.get("notes") or []],
         **_identity(header, len(steps)),
     )
@@ -241,16 +263,23 @@ def _array(tensors: dict[str, np.ndarray], name: str, shape: tuple, kind, requir
     return array.astype(np.float32) if kind is np.floating else array.astype(np.int32)
 
 
+def _positions(tensors: dict[str, np.ndarray], name: str, below: int, n_tokens: int) -> np.ndarray:
+    """Array `name`: ascending positions, each below `below`, int32; ValueError naming it otherwise."""
+    positions = tensors[name]
+    if positions.ndim != 1 or not np.issubdtype(positions.dtype, np.integer):
+        raise ValueError(f"{name} is not a list of positions")
+    if len(positions) and (positions.min() < 0 or positions.max() >= below or np.any(np.diff(positions) <= 0)):
+        raise ValueError(f"{name} are not ascending positions of the {n_tokens} tokens"
+                         + (" with a next one" if below < n_tokens else ""))
+    return positions.astype(np.int32)
+
+
 def _lens(meta, tensors: dict[str, np.ndarray], n_layers: int, n_tokens: int) -> LogitLens | None:
     """The logit lens from its arrays and the header's words, every id and position checked; None when absent."""
     if meta is None:
         return None
-    positions = tensors["lens.positions"]
-    if positions.ndim != 1 or not np.issubdtype(positions.dtype, np.integer):
-        raise ValueError("lens.positions is not a list of positions")
+    positions = _positions(tensors, "lens.positions", n_tokens, n_tokens)
     p = len(positions)
-    if p and (positions.min() < 0 or positions.max() >= n_tokens or np.any(np.diff(positions) <= 0)):
-        raise ValueError(f"lens.positions are not ascending positions of the {n_tokens} tokens")
     top_ids = tensors["lens.top_ids"]
     if top_ids.ndim != 3 or top_ids.shape[:2] != (n_layers, p) or not np.issubdtype(top_ids.dtype, np.integer):
         raise ValueError(f"lens.top_ids has shape {top_ids.shape}, not [{n_layers}, {p}, k]")
@@ -260,13 +289,30 @@ def _lens(meta, tensors: dict[str, np.ndarray], n_layers: int, n_tokens: int) ->
     if missing:
         raise ValueError(f"lens words lack the text of {len(missing)} token ids")
     return LogitLens(
-        positions=positions.astype(np.int32),
+        positions=positions,
         top_ids=top_ids.astype(np.int32),
         top_probs=_array(tensors, "lens.top_probs", (n_layers, p, k), np.floating, required=True),
         next_prob=_array(tensors, "lens.next_prob", (n_layers, p), np.floating, required=True),
         next_rank=_array(tensors, "lens.next_rank", (n_layers, p), np.integer, required=True),
         words=words,
     )
+
+
+def _attribution(meta, tensors: dict[str, np.ndarray], n_layers: int, n_heads: int,
+                 n_tokens: int) -> LogitAttribution | None:
+    """The logit attribution from its arrays, every shape and position checked; None when absent."""
+    if meta is None:
+        return None
+    positions = _positions(tensors, "attribution.positions", n_tokens - 1, n_tokens)  # each has a next token
+    p = len(positions)
+
+    def part(name: str, shape: tuple) -> np.ndarray:
+        return _array(tensors, f"attribution.{name}", shape, np.floating, required=True)
+
+    return LogitAttribution(positions=positions, heads=part("heads", (p, n_layers, n_heads)),
+                            attention_bias=part("attention_bias", (p, n_layers)), mlp=part("mlp", (p, n_layers)),
+                            embedding=part("embedding", (p,)), constant=part("constant", (p,)),
+                            logit=part("logit", (p,)))
 
 
 def _sliding_window(value, layer: int, name: str = "sliding_window") -> int | None:

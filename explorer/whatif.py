@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from .errors import SettingsError
-from .trace import LogitLens, Step, Trace, new_id
+from .trace import LogitAttribution, LogitLens, Step, Trace, new_id
 
 # settings of a trace that `generate` takes by name; the others were passed through to transformers' generate
 _OWN = ("temperature", "top_k", "top_p", "seed", "chat", "candidates", "lens", "precision")
@@ -53,6 +53,7 @@ def graft(parent: Trace, step: int, continuation: Trace) -> Trace:
         steps=steps,
         settings=settings,
         lens=_joined_lens(parent.lens, continuation.lens),
+        attribution=_joined_attribution(parent.attribution, continuation.attribution),
         id=new_id(),
         parent=parent,
         parent_id=parent.id,
@@ -75,6 +76,16 @@ def _joined_lens(before: LogitLens | None, after: LogitLens | None) -> LogitLens
         next_rank=np.concatenate([before.next_rank[:, keep], after.next_rank], axis=1),
         words=before.words | after.words,
     )
+
+
+def _joined_attribution(before: LogitAttribution | None, after: LogitAttribution | None) -> LogitAttribution | None:
+    """The parent's attribution at the positions before the continuation's, then the continuation's."""
+    if after is None or before is None:
+        return after
+    first = after.positions[0] if len(after.positions) else np.iinfo(np.int32).max
+    keep = before.positions < first
+    return LogitAttribution(**{name: np.concatenate([array[keep], getattr(after, name)])
+                               for name, array in before.tensors().items()})
 
 
 def rescore(lm, trace: Trace, step: int, ablate) -> Step:

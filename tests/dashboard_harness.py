@@ -65,6 +65,12 @@ def wait_error(page, pattern: str) -> str:
     return text
 
 
+def wait_generated(page, n_tokens: int, timeout: float = 120_000) -> str:
+    """Wait until the dashboard says a generation of `n_tokens` is complete, its logit lens included (while the
+    lens is read, the message says "...(run k); the logit lens is being read.")."""
+    return wait_message(page, rf"Generated {n_tokens} tokens in [\d.]+ s \(run \d+\)\.", timeout=timeout)
+
+
 def wait_message(page, pattern: str, timeout: float = 120_000) -> str:
     """Wait until the dashboard's message line matches `pattern` (a screenshot on failure); return its text."""
     try:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import explorer
+from explorer.capture.shapes import text_config
 from tiny_models import Ids, eager_attentions, tiny_model
 
 
@@ -50,8 +51,25 @@ def test_every_head_equals_eager_and_tokens_equal_plain_generate(family, traced)
             np.testing.assert_allclose(trace.attention(layer, head), reference[layer][head], atol=1e-5)
     if family == "mpt":  # no KV cache: it reads the whole text at every step, and says so
         assert trace.lens is None and "KV cache" in trace.notes[0]
-    else:  # the default lens found its blocks and final norm
-        assert trace.lens is not None and trace.notes == []
+        return
+    assert trace.lens is not None  # the default lens found its blocks and final norm
+    if family in NO_ATTRIBUTION:  # and the attribution says why it is missing
+        assert trace.attribution is None and len(trace.notes) == 1 and NO_ATTRIBUTION[family] in trace.notes[0]
+        return
+    assert trace.notes == []
+    with torch.no_grad():  # the parts of each step's logit add up to the model's own logit of the token
+        logits = model(torch.tensor([plain]), use_cache=False).logits[0].double()
+    capped = getattr(text_config(model), "final_logit_softcapping", None)
+    for step in trace.steps:
+        shares = trace.logit_attribution(step.index)
+        assert shares.total == pytest.approx(shares.logit, abs=1e-3)
+        if not capped:  # (the attribution is of the logit before a final soft-cap)
+            assert shares.logit == pytest.approx(float(logits[step.position - 1, step.token_id]), abs=1e-3)
+
+
+# families whose logit attribution is missing, and the reason their note gives
+NO_ATTRIBUTION = {"bert": "more than linear maps",  # BERT's head: dense, activation, then its norm
+                  "qwen3_next": "output projection", "nemotron_h": "output projection"}  # blocks without attention
 
 
 def test_sinks_take_their_share_of_every_row(traced):

@@ -104,20 +104,33 @@ def test_a_batch_reports_progress_per_prompt_and_keeps_the_order():
         assert seen[row] == [s.token for s in trace.steps]
 
 
-def test_each_trace_of_a_batch_is_handed_over_as_soon_as_its_lens_is_read():
+def test_each_trace_is_handed_over_before_its_lens_and_gets_it_before_the_call_returns():
     lm = _lm("llama")
     events: list = []
+
+    def captured(row, trace):  # what a view sees at this moment: attention and steps, no lens yet
+        events.append(("captured", row, trace, trace.lens, trace.lens_pending, trace.attention(1, 0).copy()))
+
     traces = lm.generate(PROMPTS[:3], max_new_tokens=4, batch_size=3, progress=False,
                          on_status=lambda said: events.append(said) if "logit lens" in said else None,
-                         on_trace=lambda row, trace: events.append((row, trace)))
-    # the lens of one row, then its trace, before the next row's lens: nobody waits for the whole batch's lenses
-    assert [e if isinstance(e, str) else "trace" for e in events] == [
-        "reading the logit lens (1 of 3)", "trace", "reading the logit lens (2 of 3)", "trace",
-        "reading the logit lens (3 of 3)", "trace"]
-    handed = dict(e for e in events if not isinstance(e, str))
-    assert sorted(handed) == [0, 1, 2] and all(handed[row] is trace for row, trace in enumerate(traces))
-    alone = []
-    assert lm.generate(PROMPTS[0], max_new_tokens=4, progress=False, on_trace=alone.append) is alone[0]
+                         on_capture=captured, on_trace=lambda row, trace: events.append(("trace", row, trace)))
+    # every row's capture first, then one lens for the whole batch, then the complete traces
+    assert [e if isinstance(e, str) else e[0] for e in events] == [
+        "captured", "captured", "captured", "reading the logit lens", "trace", "trace", "trace"]
+    early = {e[1]: e for e in events if e[0] == "captured"}
+    for row, trace in enumerate(traces):
+        _, _, handed, lens_then, pending_then, attention_then = early[row]
+        assert handed is trace and lens_then is None and pending_then  # the same object, lens still to come
+        assert trace.lens is not None and not trace.lens_pending  # and it came before the call returned
+        np.testing.assert_array_equal(attention_then, trace.attention(1, 0))
+        assert_same_trace(trace, lm.generate(PROMPTS[row], max_new_tokens=4, progress=False))  # a batch's lens is each row's
+    alone, early_alone = [], []
+    got = lm.generate(PROMPTS[0], max_new_tokens=4, progress=False, on_trace=alone.append,
+                      on_capture=lambda t: early_alone.append(t.lens))
+    assert got is alone[0] and early_alone == [None] and got.lens is not None
+    bare = []
+    assert not lm.generate(PROMPTS[0], max_new_tokens=4, lens=None, progress=False,
+                           on_capture=lambda t: bare.append(t.lens_pending)).lens_pending and bare == [False]
 
 
 def test_a_padded_batch_leaves_no_padding_in_any_trace():

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dashboard_harness import fill, printed, start_dashboard, stop, wait_error, wait_message, wait_stepper
+from dashboard_harness import fill, printed, start_dashboard, stop, wait_error, wait_generated, wait_message, wait_stepper
+from explorer.service import protocol as p
 from voila_harness import OUTPUT, browser, offline_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -104,7 +105,7 @@ def test_two_students_each_see_only_their_own_trace_from_thin_kernels(classroom)
         generate(alice, "Bananas are yellow and", 6)
         generate(bob, "Volcanoes erupt when", 6)
         for page, own, other in [(alice, "Bananas", "Volcanoes"), (bob, "Volcanoes", "Bananas")]:
-            wait_message(page, r"Generated 6 tokens")
+            wait_generated(page, 6)
             wait_stepper(page, own)
             assert other not in page.locator(".ae-dashboard").inner_text()
             assert page.locator(".ae-live").inner_text()  # the tokens were shown as they came
@@ -123,6 +124,12 @@ def test_two_students_each_see_only_their_own_trace_from_thin_kernels(classroom)
         for pid in kernels(proc.pid):
             assert "libtorch" not in Path(f"/proc/{pid}/maps").read_text(), f"kernel {pid} loaded torch"
         assert "libtorch" in Path(f"/proc/{service_pid(proc.pid)}/maps").read_text()
+
+        # the kernels talk to the service encrypted, with nothing set up: they hold its public key, never its secret
+        assert "encrypted (CURVE)" in printed(address.split("?")[0])
+        for pid in kernels(proc.pid):
+            names = {e.split(b"=", 1)[0] for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")}
+            assert p.PUBLIC_KEY_ENV.encode() in names and p.SECRET_KEY_ENV.encode() not in names, pid
 
         # a closed tab frees its kernel (Voilà's page-unload shutdown)
         before = kernels(proc.pid)
@@ -152,7 +159,7 @@ def test_the_service_killed_mid_request_is_reported_restarted_and_the_next_gener
             wait_stepper(page, "step 0 of")  # the first trace is still on screen
             until(lambda: service_pid(proc.pid) != first, 30, "the service was not restarted")
             generate(page, "The cat sat on the", 5)
-            wait_message(page, r"Generated 5 tokens", timeout=120_000)
+            wait_generated(page, 5, timeout=120_000)
             wait_stepper(page, "cat")
             page.screenshot(path=str(OUTPUT / "class-after-restart.png"), full_page=True)
             assert log.page_errors == []

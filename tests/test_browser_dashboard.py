@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from dashboard_harness import CLI, fill, start_dashboard, stop, upload, wait_error, wait_message, wait_stepper
+from dashboard_harness import CLI, fill, start_dashboard, stop, upload, wait_error, wait_generated, wait_message, wait_stepper
 from voila_harness import OUTPUT, browser, offline_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -49,7 +49,7 @@ def test_a_new_user_generates_scrubs_selects_loads_and_meets_clear_errors(hostil
             fill(page, "ae-max-new-tokens", "8")
             page.locator(".ae-generate").click()
             wait_stepper(page, r"step 0 of 8")
-            wait_message(page, r"Generated 8 tokens")
+            wait_generated(page, 8)
             assert re.search(r"step 0 of 8", step_info(page))
             wait_stepper(page, r"The\W+cat\W+sat\W+on\W+the")  # spaces are drawn visible
             assert page.locator(".ae-progress-label").inner_text().startswith("8 tokens")
@@ -101,7 +101,7 @@ def test_a_new_user_generates_scrubs_selects_loads_and_meets_clear_errors(hostil
             fill(page, "ae-seed", "3")
             page.locator(".ae-generate").click()
             wait_stepper(page, r"step 0 of 5")
-            wait_message(page, r"Generated 5 tokens")
+            wait_generated(page, 5)
 
             # load a saved trace: its HTML tokens show as text, and nothing runs
             upload(page, hostile_trace)

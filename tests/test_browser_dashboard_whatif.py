@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import explorer
-from dashboard_harness import fill, start_dashboard, stop, upload, wait_message, wait_step, wait_stepper
+from dashboard_harness import fill, start_dashboard, stop, upload, wait_generated, wait_message, wait_step, wait_stepper
 from voila_harness import OUTPUT, browser, offline_page, redraws, stepper_round_trips, watch_redraws
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -72,7 +72,7 @@ def drive(page, url: str, tmp_path: Path, saved: list[Path]) -> None:
     page.locator(".ae-dashboard input[type=checkbox]").first.uncheck()
     fill(page, "ae-max-new-tokens", "8")
     page.locator(".ae-generate").click()
-    wait_message(page, r"Generated 8 tokens")
+    wait_generated(page, 8)
     assert plain(wait_options(page, 2))[0] == "2. The cat sat on the"
     assert page.locator(".explorer-view .branch-tree").is_hidden()  # one trace in the family: no tree
 

@@ -162,6 +162,8 @@ TABS = {
     "All heads": ".ae-heads-map canvas.ae-thumbs",
     "Head atlas": ".ae-atlas table.ae-atlas-table tr td",
     "Logit lens": ".ae-lens-cell",
+    "Attribution": ".ae-attribution-cell",
+    "Contribution": ".ae-contribution canvas",
     "Attention math": ".attention-math-view table",
     "Positions": ".positional-view .js-plotly-plot .main-svg",
     "bertviz": "iframe[sandbox='allow-scripts']",

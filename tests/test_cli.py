@@ -44,3 +44,21 @@ def test_the_dashboard_refuses_voilas_own_address_flag():
     """Voilà's --ip would bypass ours, and with it the token that listening beyond localhost needs."""
     out = run("dashboard", "--Voila.ip=0.0.0.0", check=False)
     assert out.returncode == 2 and "give the address with our --ip" in out.stderr
+
+
+def test_serve_takes_the_batch_size_it_is_given_and_refuses_nonsense(monkeypatch, capsys):
+    """`serve --batch-size N` reaches the service (a GPU takes more than the 2-core CPU's 8); 0 is refused."""
+    import pytest
+
+    from explorer import cli
+    from explorer.service import server
+
+    made = []
+    monkeypatch.setattr(server.GenerationService, "run", lambda self: made.append(self))
+    assert cli.main(["serve", "--bind", "tcp://127.0.0.1:0", "--batch-size", "32"]) == 0
+    assert made[0].batch_size == 32 and "batches of up to 32 requests" in made[0]._describe_limits()
+    assert cli.main(["serve", "--bind", "tcp://127.0.0.1:0", "--class", "3"]) == 0
+    assert made[1].batch_size == server.BATCH_SIZE
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--batch-size", "0"])
+    assert "--batch-size" in capsys.readouterr().err

@@ -410,12 +410,59 @@ def test_what_if_on_a_trace_of_another_model_is_refused_in_a_sentence():
     assert "written by tiny-gpt2" in message(board)
 
 
+def test_the_stepper_and_heatmap_are_drawn_before_the_lens_is_read(monkeypatch):
+    """Generate shows the trace as soon as its capture is done; the Logit lens tab says the lens is coming, then
+    draws it when it has come, and the stepper drawn before it stays."""
+    import threading
+
+    from explorer.capture import language_model
+    from explorer.views.meaning.lens_view import PENDING, LensView
+
+    lm = make_tiny_lm("llama")
+    board = Dashboard(lm, prompt="abcdef")
+    board.max_new_tokens.value = 4
+    entered, release = threading.Event(), threading.Event()
+    real = language_model.build_lenses
+
+    def held(*args, **kwargs):  # the lens waits until the test has looked at the page
+        entered.set()
+        assert release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(language_model, "build_lenses", held)
+    done = []
+    worker = threading.Thread(target=lambda: done.append(board.generate()))
+    worker.start()
+    try:
+        assert entered.wait(60), "the lens was never read"
+        shown = board.trace  # what the page shows while the lens is read
+        assert shown is not None and shown.lens is None and shown.lens_pending and shown.n_generated == 4
+        stepper = board.explorer.tabs.children[0].children[0]
+        assert stepper.trace is shown
+        assert "the logit lens is being read" in message(board)
+        board.explorer.show_tab("Heatmap")
+        assert board.explorer.tabs.children[1].children  # drawn while the lens is read
+        board.explorer.show_tab("Logit lens")
+        [waiting] = board.explorer.tabs.children[board.explorer.tabs.selected_index].children
+        assert isinstance(waiting, LensView) and waiting.message == PENDING
+    finally:
+        release.set()
+        worker.join(60)
+    [trace] = done
+    assert trace is shown and trace.lens is not None and not trace.lens_pending
+    [drawn] = board.explorer.tabs.children[board.explorer.tabs.selected_index].children
+    assert isinstance(drawn, LensView) and drawn is not waiting and drawn.message == "" and drawn.n_layers == 2
+    assert board.explorer.tabs.children[0].children[0] is stepper  # not drawn again
+    assert "Generated 4 tokens" in message(board) and "being read" not in message(board)
+    assert len(board.session_panel.session.entries) == 1  # one trace in the session, not two
+
+
 # --- the service's first trace against the student's own Generate
 class ServiceDouble:
     """Stands for the generation service: as the dashboard's model it generates with a tiny model here; as the
     first-trace thread's own connection (client.RemoteModel) it is ready and hands over `first`."""
 
-    address, key, has_chat_template = "tcp://127.0.0.1:1", "", False
+    address, key, server_key, has_chat_template = "tcp://127.0.0.1:1", "", None, False
 
     def __init__(self, lm, first, first_at_once=False):
         self.lm, self.first, self.first_at_once, self.facts = lm, first, first_at_once, first.model
@@ -426,7 +473,7 @@ class ServiceDouble:
     def first_trace(self, timeout=3.0):
         return self.first if self.first_at_once else None  # the page's own first ask: not ready yet
 
-    def connection(self, address, key=""):
+    def connection(self, address, key="", server_key=None):
         from explorer.service.protocol import ServiceStatus
 
         double = self

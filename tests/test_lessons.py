@@ -42,6 +42,8 @@ CLAIMS = {
     ],
     "05-what-it-means": [
         r"the last layer's lens is the model's own probability: True\n",
+        r"the parts add up to the logit: True\n",
+        r"the writers matter most: True\n",
         r"heads with induction > 0\.3: [1-9]\d*\n",
         r"heads with previous_token > 0\.5: [1-9]\d*\n",
         r"makes the copy harder to predict: True\n",

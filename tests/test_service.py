@@ -17,23 +17,26 @@ import zmq
 from explorer.errors import CaptureError, ServiceError, SettingsError
 from explorer.service import GenerationRequest, Limits, RemoteModel
 from explorer.service import protocol as p
+from explorer.service.keys import KeyPair
 from explorer.service.server import FairQueue
 from voila_harness import OUTPUT, free_port
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "dashboard.ipynb"
+SERVE_KEYS = KeyPair.new()  # the CURVE key pair of the services `serve` runs here (it always encrypts)
 
 
 @contextmanager
 def running_service(*args: str, key: str = "k3y"):
-    """`attention-explorer serve` on a free port: yields (address, key, log path)."""
+    """`attention-explorer serve` on a free port, with the key pair SERVE_KEYS: yields (address, key, log path)."""
     address = f"tcp://127.0.0.1:{free_port()}"
     OUTPUT.mkdir(exist_ok=True)
     log_path = OUTPUT / f"service-{address.rsplit(':', 1)[1]}.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "explorer.cli", "serve", "--bind", address, *args],
-                                env={**os.environ, p.KEY_ENV: key}, stdout=log, stderr=subprocess.STDOUT)
+                                env={**os.environ, p.KEY_ENV: key, p.SECRET_KEY_ENV: SERVE_KEYS.secret}, stdout=log,
+                                stderr=subprocess.STDOUT)
     try:
-        lm = RemoteModel(address, key)
+        lm = remote_model(address, key)
         deadline = time.monotonic() + 180
         while not lm.status().ready:
             assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
@@ -43,6 +46,20 @@ def running_service(*args: str, key: str = "k3y"):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def remote_model(address: str, key: str = "") -> RemoteModel:
+    """A client of a service that `running_service` started (encrypted)."""
+    return RemoteModel(address, key, server_key=SERVE_KEYS.public)
+
+
+def encrypted_socket(address: str) -> zmq.Socket:
+    """A bare ZeroMQ client of a service that `running_service` started, which skips RemoteModel's checks."""
+    socket = zmq.Context.instance().socket(zmq.DEALER)
+    socket.curve_publickey, socket.curve_secretkey = zmq.curve_keypair()
+    socket.curve_serverkey = SERVE_KEYS.public.encode()
+    socket.connect(address)
+    return socket
 
 
 @contextmanager
@@ -76,7 +93,7 @@ def service():
 @pytest.mark.slow
 def test_a_trace_from_the_service_equals_the_same_model_run_here(service, default_lm):
     address, key, _ = service
-    remote = RemoteModel(address, key)
+    remote = remote_model(address, key)
     tokens, statuses = [], []
     got = remote.generate("The cat sat on the", max_new_tokens=8, on_token=lambda d, t, text: tokens.append(text),
                           on_status=statuses.append)
@@ -94,7 +111,7 @@ def test_a_trace_from_the_service_equals_the_same_model_run_here(service, defaul
 @pytest.mark.slow
 def test_branches_and_ablations_through_the_service_equal_the_same_model_run_here(service, default_lm):
     address, key, _ = service
-    remote = RemoteModel(address, key)
+    remote = remote_model(address, key)
     parent = remote.generate("The capital of France is", max_new_tokens=8, ablate=[(3, 1), (10, 4)])
     here = default_lm.generate("The capital of France is", max_new_tokens=8, ablate=[(3, 1), (10, 4)],
                                progress=False)
@@ -117,7 +134,7 @@ def test_branches_and_ablations_through_the_service_equal_the_same_model_run_her
 @pytest.mark.slow
 def test_the_service_refuses_what_a_class_may_not_ask_and_keeps_serving(service):
     address, key, _ = service
-    remote = RemoteModel(address, key)
+    remote = remote_model(address, key)
     with pytest.raises(SettingsError, match="at most 32 new tokens"):
         remote.generate("Hello", max_new_tokens=100)
     with pytest.raises(SettingsError, match="this class allows at most 256"):
@@ -127,8 +144,7 @@ def test_the_service_refuses_what_a_class_may_not_ask_and_keeps_serving(service)
     with pytest.raises(SettingsError, match="takes no model"):
         remote.generate("Hello", model="gpt2")
     # a client that skips our checks gets the service's own: no model name, no path, no other keyword
-    raw = zmq.Context.instance().socket(zmq.DEALER)
-    raw.connect(address)
+    raw = encrypted_socket(address)
     raw.send(b"\x80 not json")  # junk gets no answer and does not stop the service
     for request, expected in [({"prompt": "hi", "model": "/etc/passwd"}, "unknown request field"),
                               ({"prompt": "hi", "max_new_tokens": "9"}, "max_new_tokens must be a whole number"),
@@ -141,15 +157,14 @@ def test_the_service_refuses_what_a_class_may_not_ask_and_keeps_serving(service)
     assert raw.poll(5000) and "wrong key" in p.decode(raw.recv_multipart()[0])["message"]
     raw.close(0)
     with pytest.raises(ServiceError, match="wrong key"):
-        RemoteModel(address, "wrong").generate("Hello", max_new_tokens=2)
+        remote_model(address, "wrong").generate("Hello", max_new_tokens=2)
     assert remote.generate("Hello", max_new_tokens=2).n_generated == 2
 
 
 @pytest.mark.slow
 def test_a_client_that_goes_away_is_forgotten(service):
     address, key, log_path = service
-    leaving = zmq.Context.instance().socket(zmq.DEALER)
-    leaving.connect(address)
+    leaving = encrypted_socket(address)
     leaving.send(p.encode({"kind": p.GENERATE, "id": "a", "key": key,
                            "request": GenerationRequest("Tell me a long story", 32).to_json()}))
     assert leaving.poll(5000)  # queued or already running
@@ -158,7 +173,7 @@ def test_a_client_that_goes_away_is_forgotten(service):
     while "stopped, the viewer has gone" not in log_path.read_text():
         assert time.monotonic() < deadline, log_path.read_text()
         time.sleep(0.2)
-    assert RemoteModel(address, key).generate("Hi", max_new_tokens=2).n_generated == 2
+    assert remote_model(address, key).generate("Hi", max_new_tokens=2).n_generated == 2
 
 
 def test_the_queue_serves_clients_in_arrival_order_one_request_each():
@@ -230,7 +245,8 @@ def test_the_viewer_kernel_shows_the_services_trace_and_never_imports_torch(serv
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
         "assert not bad, f'the viewer kernel imported {bad}'\n"
     ))
-    env = {p.SERVICE_ENV: address, p.KEY_ENV: key, p.LIMITS_ENV: Limits.for_class(3).to_json()}
+    env = {p.SERVICE_ENV: address, p.KEY_ENV: key, p.PUBLIC_KEY_ENV: SERVE_KEYS.public,
+           p.LIMITS_ENV: Limits.for_class(3).to_json()}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -367,11 +383,11 @@ def assert_same_trace(got, want) -> None:
 
 
 @contextmanager
-def batching_service(after_token=None, after_trace=None, broken: str | None = None, **options):
+def batching_service(after_token=None, after_trace=None, broken: str | None = None, after_capture=None, **options):
     """A tiny Llama behind a service in this process, whose model becomes ready only on `release.set()`, so that
     requests can wait for it together; every call of its `lm.generate` is recorded, and `after_token(row, done,
-    total, text)` and `after_trace(row, trace)`, when given, run after each token and trace the service got from a
-    batch. A call with the prompt `broken` fails as
+    total, text)`, `after_capture(row, trace)` and `after_trace(row, trace)`, when given, run after each token, trace
+    before its lens, and trace the service got from a batch. A call with the prompt `broken` fails as
     a model would (alone or in a batch). Yields (address, service, release, calls, lm); `calls` gets each call's
     prompt (a list for a batch). `options` go to the service."""
     import threading
@@ -382,12 +398,12 @@ def batching_service(after_token=None, after_trace=None, broken: str | None = No
     lm = make_tiny_lm("llama")
     plain = lm.generate
 
-    def counted(prompt, *args, on_token=None, on_trace=None, **kwargs):
+    def counted(prompt, *args, on_token=None, on_trace=None, on_capture=None, **kwargs):
         calls.append(prompt)
         if broken is not None and broken in (prompt if isinstance(prompt, list) else [prompt]):
             raise CaptureError(f"tiny-llama failed while its attention was captured ({broken!r})")
         return plain(prompt, *args, on_token=_then(on_token, after_token), on_trace=_then(on_trace, after_trace),
-                     **kwargs)
+                     on_capture=_then(on_capture, after_capture), **kwargs)
 
     def load(service):
         service._stage(40, "loading the model")
@@ -534,27 +550,37 @@ def test_a_batch_that_fails_goes_again_one_by_one_and_only_the_failing_request_g
             assert_same_trace(results[i], lm.generate(asks[i]["prompt"], 5, keep_values=True, progress=False))
 
 
-def test_each_page_of_a_batch_gets_its_trace_as_soon_as_its_lens_is_read():
+def test_each_page_of_a_batch_gets_its_trace_before_the_lens_and_then_the_lens():
     asks = [{"prompt": text, "max_new_tokens": 5} for text in ("First", "Second one", "Third")]
-    pages: list = []
+    early: list[list] = [[] for _ in asks]
+    for ask, seen in zip(asks, early):  # what each page could draw at once: attention and steps, no lens yet
+        ask["on_capture"] = lambda trace, seen=seen: seen.append((trace, trace.lens, trace.lens_pending))
+    lens_read: list = []
 
     def hold(row, trace):
-        """After the service got a row's trace, the batch goes on only once that page holds it: a service that
-        sent the traces only at the end of the call would never let it go on."""
-        results = pages[0]
-        until(lambda: any(r is not None and r.token_ids == trace.token_ids for r in results),
-              "the page got its trace only after the whole batch")
+        """After the service captured a row, the batch goes on only once that page holds the trace: a service
+        that sent the traces only with their lens would never let it go on."""
+        until(lambda: any(t.token_ids == trace.token_ids for seen in early for t, _, _ in seen),
+              "the page got its trace only with its lens")
+        assert not lens_read
 
-    with batching_service(after_trace=hold, limits=Limits.for_class(3)) as (address, service, release, calls, lm):
+    with batching_service(after_capture=hold, after_trace=lambda row, trace: lens_read.append(row),
+                          limits=Limits.for_class(3)) as (address, service, release, calls, lm):
         threads, _, results = ask_in_threads(address, asks)
-        pages.append(results)
         until(lambda: len(service.queue) == 3, "the three requests did not all wait for the model")
         release.set()
         for thread in threads:
             thread.join(60)
         assert len(calls) == 1 and len(calls[0]) == 3, calls
-        for ask, got in zip(asks, results):
-            assert_same_trace(got, lm.generate(ask["prompt"], 5, keep_values=True, progress=False))
+        for ask, got, seen in zip(asks, results, early):
+            want = lm.generate(ask["prompt"], 5, keep_values=True, progress=False)
+            assert_same_trace(got, want)
+            [(shown, lens_then, pending_then)] = seen
+            assert shown is got and lens_then is None and pending_then  # the page's own object got the lens
+            assert not got.lens_pending and got.timings["lens"] >= 0
+            np.testing.assert_array_equal(got.lens.top_ids, want.lens.top_ids)
+            np.testing.assert_allclose(got.lens.next_prob, want.lens.next_prob, rtol=1e-5, atol=1e-7)
+            assert got.lens.words == want.lens.words
 
 
 def test_stop_ends_every_thread_of_the_service_even_with_a_generation_running():

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 from explorer.dashboard import launch
 from explorer.service import RemoteModel, supervisor
+from explorer.service.keys import KeyPair
 
 
 def test_a_port_taken_just_before_the_service_starts_does_not_stop_it(monkeypatch, tmp_path):
@@ -32,8 +33,9 @@ def test_a_port_taken_just_before_the_service_starts_does_not_stop_it(monkeypatc
     monkeypatch.setattr(supervisor, "subprocess", SimpleNamespace(
         Popen=popen_after_another_program, TimeoutExpired=subprocess.TimeoutExpired))
     # a model folder that is not there: the service answers (then says it failed) without loading a model
-    service, address = launch.start_service("k3y", model=str(tmp_path / "no-model"))
-    remote = RemoteModel(address, "k3y")
+    pair = KeyPair.new()
+    service, address = launch.start_service("k3y", model=str(tmp_path / "no-model"), secret_key=pair.secret)
+    remote = RemoteModel(address, "k3y", server_key=pair.public)
     try:
         status = remote.status(timeout=60)
         assert status.state in {"loading", "failed"}

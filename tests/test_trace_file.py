@@ -196,3 +196,28 @@ def test_the_trace_writes_itself_and_the_loader_depends_on_it_not_the_other_way(
     tree = ast.parse(Path(explorer.trace.__file__).read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "trace_file" not in imported and "explorer.trace_file" not in imported  # anywhere, lazily or not
+
+
+def test_the_late_parts_sent_apart_read_back_onto_their_trace_and_bad_ones_are_refused(tiny_trace):
+    """The service sends a trace before its lens, then the lens, attribution and notes alone: what the page's
+    kernel puts together."""
+    from dataclasses import replace
+
+    from explorer.trace_file import add_late_parts
+
+    assert tiny_trace.lens is not None and tiny_trace.attribution is not None
+    early = replace(tiny_trace, lens=None, attribution=None, notes=[], timings={"generate": 1.0})
+    add_late_parts(early, tiny_trace.late_bytes())
+    for part in ("lens", "attribution"):
+        for name, array in getattr(tiny_trace, part).tensors().items():
+            np.testing.assert_array_equal(getattr(getattr(early, part), name), array)
+    assert early.lens.words == tiny_trace.lens.words and early.notes == tiny_trace.notes
+    assert early.timings == tiny_trace.timings | {"generate": tiny_trace.timings["generate"]}
+    data = tiny_trace.late_bytes()
+    shorter = replace(tiny_trace, layers=tiny_trace.layers[:1], lens=None, attribution=None)
+    for bad in (b"", b"junk" * 10, data[:-9], tiny_trace.to_bytes(), pickle.dumps(tiny_trace.lens)):
+        with pytest.raises(TraceFileError):
+            add_late_parts(shorter, bad)
+    with pytest.raises(TraceFileError, match="has shape"):
+        add_late_parts(shorter, data)  # another trace's parts
+    assert shorter.lens is None and shorter.attribution is None  # and the trace is left as it was

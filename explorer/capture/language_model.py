@@ -17,10 +17,11 @@ from transformers.generation.streamers import BaseStreamer
 from ..errors import CaptureError, ExplorerError, ModelLoadError, SettingsError
 from ..facts import ModelFacts
 from .. import whatif
-from ..trace import Trace
+from ..trace import LogitLens, Trace
 from .attention import AttentionRecorder, recording, uses_attention_interface
 from .anatomy import Anatomy, find_anatomy
-from .lens import HiddenStates, build_lens, check_lens, final_logits, next_token_log_probs
+from .attribution import Writers, attribute
+from .lens import HiddenStates, build_lenses, check_lens, final_logits, next_token_log_probs
 from .positional import probe_positions, read_positional
 from .shapes import head_dim, kv_heads
 from .probabilities import build_steps
@@ -255,6 +256,7 @@ class LanguageModel:
         progress: bool = True,
         on_token: Callable | None = None,
         on_status: Callable[[str], None] | None = None,
+        on_capture: Callable | None = None,
         on_trace: Callable[[int, Trace], None] | None = None,
         **generate_kwargs,
     ) -> Trace | list[Trace]:
@@ -279,16 +281,18 @@ class LanguageModel:
         prompt. The same seed means the same trace: with a seed, every prompt is sampled from its own random
         generator seeded with `seed`, so a prompt's trace does not depend on the batch it was read in (each
         prompt of a list gets the same seed; give prompts their own seeds by calling for each one).
-        `on_trace(prompt_index, trace)` gets each prompt's trace as soon as it is complete (a batch's logit lens is
-        read row by row), before the call returns them all: a service can answer each prompt without waiting for
-        the rest of its batch.
+        `on_capture(trace)` (for a list, `on_capture(prompt_index, trace)`) gets each trace as soon as its capture
+        is done, before its logit lens is read (`trace.lens_pending` is then True): the stepper and the heatmap
+        can be drawn at once. The same object gets its lens before the call returns it. `on_trace(prompt_index,
+        trace)` gets each prompt's trace once it is complete, before the call returns them all: a service can
+        answer each prompt without waiting for the rest of the call.
         """
         settings, ablate = self._checked(GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed),
                                          generate_kwargs, candidates, lens, ablate)
         prompts = self._prompts(prompt, chat, max_new_tokens)
         traces = self._in_batches(prompts, batch_size, settings, generate_kwargs, on_token, on_status, chat=chat,
                                   candidates=candidates, lens=lens, precision=precision, keep_values=keep_values,
-                                  ablate=ablate, progress=progress, on_trace=on_trace)
+                                  ablate=ablate, progress=progress, on_capture=on_capture, on_trace=on_trace)
         return traces if isinstance(prompt, (list, tuple)) else traces[0]
 
     def _prompts(self, prompt, chat: bool, max_new_tokens: int) -> list[list[int]]:
@@ -310,7 +314,7 @@ class LanguageModel:
         return out
 
     def _in_batches(self, prompts: list[list[int]], batch_size, settings: GenerationSettings, generate_kwargs: dict,
-                    on_token, on_status, on_trace=None, **options) -> list[Trace]:
+                    on_token, on_status, on_capture=None, on_trace=None, **options) -> list[Trace]:
         """Generate after each prompt, `batch_size` rows at a time, prompts of similar length together; the traces
         come back in the prompts' order."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -325,7 +329,7 @@ class LanguageModel:
                 on_status(f"generating prompts {first + 1}–{first + len(rows)} of {len(prompts)}")
             made = self._generate_rows([prompts[i] for i in rows], settings, generate_kwargs, on_token=on_token,
                                        on_status=on_status, names=rows if len(prompts) > 1 else None,
-                                       on_trace=on_trace, **options)
+                                       on_capture=on_capture, on_trace=on_trace, **options)
             for i, trace in zip(rows, made):
                 traces[i] = trace
         return traces
@@ -335,7 +339,7 @@ class LanguageModel:
                           forced=None, chat: bool = False, candidates: int = 10, lens: str | None = "steps",
                           ablate: list[tuple[int, int]] | None = None, precision: str = "auto",
                           keep_values: bool = False, progress: bool = True, on_token=None, on_status=None,
-                          **generate_kwargs) -> Trace:
+                          on_capture=None, **generate_kwargs) -> Trace:
         """`generate` after token ids instead of a text: all of `token_ids` is the prompt. `forced` (a token's
         text, id or Candidate) is put after them as the first new token, with the model's own probability for
         it, before generation goes on; `max_new_tokens` counts it. What a branch is made of."""
@@ -346,7 +350,8 @@ class LanguageModel:
         check_length(len(token_ids), max_new_tokens, self.context_length, self.name)
         return self._generate_rows([token_ids], settings, generate_kwargs, chat=chat, candidates=candidates,
                                    lens=lens, precision=precision, keep_values=keep_values, ablate=ablate,
-                                   progress=progress, on_token=on_token, on_status=on_status, forced=forced)[0]
+                                   progress=progress, on_token=on_token, on_status=on_status, forced=forced,
+                                   on_capture=on_capture)[0]
 
     def _checked_ids(self, token_ids) -> list[int]:
         vocab = self.model.get_output_embeddings().weight.shape[0]
@@ -358,10 +363,12 @@ class LanguageModel:
     def _generate_rows(self, prompts: list[list[int]], settings: GenerationSettings, generate_kwargs: dict, *,
                        chat: bool, candidates: int, lens: str | None, precision: str, keep_values: bool,
                        ablate: list[tuple[int, int]], progress: bool, on_token=None, on_status=None,
-                       forced: int | None = None, names: list[int] | None = None, on_trace=None) -> list[Trace]:
+                       forced: int | None = None, names: list[int] | None = None, on_capture=None,
+                       on_trace=None) -> list[Trace]:
         """Generate after each of `prompts` (token ids) in one left-padded batch, with capture; `forced`, when
         given (one prompt only), is the first new token. `names`: each row's index for on_token and on_trace, in a
-        list. Each row's lens and trace are made after the run, row by row, and handed to `on_trace` at once."""
+        list. Each row's trace is made after the run and handed to `on_capture`; then the lenses of all rows, each
+        handed with its trace to `on_trace`."""
         n_new = settings.max_new_tokens
         fed = [ids + ([forced] if forced is not None else []) for ids in prompts]  # what the model reads first
         batch = _Batch(fed, _pad_token_id(self), self.device)
@@ -373,10 +380,13 @@ class LanguageModel:
         # the prompt's surprisal costs an unembedding row per prompt token (~0.9 s at 1,024 tokens here): it comes
         # with the lens; lens=None is the bare capture, as fast as plain generate
         notes = self._lens_notes(lens)
-        hidden = HiddenStates(self.anatomy, lens, batch.width, prompt_states=lens is not None or forced is not None,
-                              capacity=covered)
+        # a forced token's own step is produced at the position before it: the lens and attribution cover it too
+        hidden = HiddenStates(self.anatomy, lens, batch.width - (forced is not None),
+                              prompt_states=lens is not None or forced is not None, capacity=covered + 1)
+        writers = Writers(self.model, hidden)
         raised: list[BaseException] = []  # what the caller's own callbacks raise goes through as it is
-        on_token, on_status, on_trace = _noted(on_token, raised), _noted(on_status, raised), _noted(on_trace, raised)
+        on_token, on_status = _noted(on_token, raised), _noted(on_status, raised)
+        on_capture, on_trace = _noted(on_capture, raised), _noted(on_trace, raised)
         eos = self._eos_ids(generate_kwargs)
         streamer = _Progress(remaining, progress, on_token, self.decode_token, names, eos)
         if on_status is not None:
@@ -384,7 +394,7 @@ class LanguageModel:
                       f"reading {len(fed)} prompts ({min(map(len, fed))}–{batch.width} tokens)")
         started = time.perf_counter()
         with _foreign_errors(self.name, raised), torch.inference_mode(), recording(self.model, recorder), \
-                hidden.hooked():
+                hidden.hooked(), writers.hooked():
             if settings.seed is not None:
                 set_seed(settings.seed)  # python, numpy and torch (all devices), as transformers' own examples do
             if remaining > 0:
@@ -435,22 +445,30 @@ class LanguageModel:
         used = settings.as_dict() | {"chat": chat, "candidates": candidates, "lens": lens,
                                      "ablate": [list(pair) for pair in ablate]}
         used |= {k: v for k, v in generate_kwargs.items() if isinstance(v, (int, float, str, bool, list))}
-        traces = []
-        # the lens row by row, after the recording (it reads the kept block outputs only), each trace handed over
-        # as soon as it is made: a row's lens is its own work, nothing in it is shared with the other rows
+        traces = [self._build_trace(token_ids, n_prompt, recorder, steps, used | {"precision": row_precision},
+                                    {"generate": generated_at - started}, surprisal, None, list(notes), row=row,
+                                    start=pad, read=read, precision=row_precision)
+                  for row, (token_ids, n_prompt, steps, surprisal, pad, row_precision) in enumerate(rows)]
+        pending = hidden.positions and not hidden.reread
+        for row, trace in enumerate(traces):
+            trace.lens_pending = bool(pending)
+            if on_capture is not None:  # what the first views need is here: the lens comes after
+                on_capture(*([names[row]] if names is not None else []), trace)
+        # the lens of every row at once, after the recording (it reads the kept block outputs only): the rows
+        # share each tile of the unembedding
+        if on_status is not None and pending:
+            on_status("reading the logit lens")
+        spec = [(row, pad, token_ids) for row, (token_ids, _, _, _, pad, _) in enumerate(rows)]
         with _foreign_errors(self.name, raised), torch.inference_mode():
-            for row, (token_ids, n_prompt, steps, surprisal, pad, row_precision) in enumerate(rows):
-                if on_status is not None and lens:
-                    on_status("reading the logit lens" + (f" ({row + 1} of {len(fed)})" if len(fed) > 1 else ""))
-                analysed = self._analyse(hidden, row, pad, token_ids, candidates, progress)
-                timings = {"generate": generated_at - started, "lens": time.perf_counter() - generated_at,
-                           "total": time.perf_counter() - started}
-                trace = self._build_trace(token_ids, n_prompt, recorder, steps, used | {"precision": row_precision},
-                                          timings, surprisal, analysed, list(notes), row=row, start=pad, read=read,
-                                          precision=row_precision)
-                traces.append(trace)
-                if on_trace is not None:
-                    on_trace(*([names[row]] if names is not None else []), trace)
+            lenses = self._lenses(hidden, spec, candidates, progress)
+            shares = self._attributions(writers, hidden, spec)
+        ended = time.perf_counter()
+        for row, (trace, analysed) in enumerate(zip(traces, lenses)):
+            trace.lens, trace.lens_pending = analysed, False
+            self._attach(trace, shares[row])
+            trace.timings |= {"lens": ended - generated_at, "total": ended - started}
+            if on_trace is not None:
+                on_trace(*([names[row]] if names is not None else []), trace)
         return traces
 
     def branch(self, trace: Trace, step: int, token, *, progress: bool = True, on_token=None,
@@ -559,9 +577,11 @@ class LanguageModel:
                                            [f"No prompt surprisal: {self.anatomy.problem}."])
         hidden = HiddenStates(self.anatomy, lens, batch.width, prompt_states=True,
                               capacity=batch.width if lens else 0)
+        writers = Writers(self.model, hidden)
         started = time.perf_counter()
         made = []
-        with _foreign_errors(self.name), torch.inference_mode(), recording(self.model, recorder), hidden.hooked():
+        with _foreign_errors(self.name), torch.inference_mode(), recording(self.model, recorder), hidden.hooked(), \
+                writers.hooked():
             # logits at the last position only: all of them would be T × vocabulary floats (400 MB at 2,048)
             self.model(batch.ids, attention_mask=batch.mask, use_cache=False, logits_to_keep=1,
                        **self._positions(batch, batch.mask))
@@ -569,15 +589,19 @@ class LanguageModel:
             for row, ids in enumerate(rows):
                 pad = batch.pads[row]
                 prompt = None if hidden.prompt is None else hidden.prompt[row, pad:]
-                surprisal = self._surprisal(prompt, ids, len(ids), [])
-                made.append((ids, surprisal, self._analyse(hidden, row, pad, ids, candidates, progress), pad,
-                             precisions[row]))
+                made.append((ids, self._surprisal(prompt, ids, len(ids), []), pad, precisions[row]))
+            spec = [(row, pad, ids) for row, (ids, _, pad, _) in enumerate(made)]
+            lenses = self._lenses(hidden, spec, candidates, progress)
+            shares = self._attributions(writers, hidden, spec)
         timings = {"forward": forward_at - started, "lens": time.perf_counter() - forward_at}
         settings = {"chat": chat, "candidates": candidates, "lens": lens, "ablate": [list(pair) for pair in ablate]}
-        return [self._build_trace(ids, len(ids), recorder, [], settings | {"precision": row_precision}, timings,
-                                  surprisal, analysed, list(notes), row=row, start=pad, read=batch.width,
-                                  precision=row_precision)
-                for row, (ids, surprisal, analysed, pad, row_precision) in enumerate(made)]
+        traces = [self._build_trace(ids, len(ids), recorder, [], settings | {"precision": row_precision}, timings,
+                                    surprisal, analysed, list(notes), row=row, start=pad, read=batch.width,
+                                    precision=row_precision)
+                  for row, ((ids, surprisal, pad, row_precision), analysed) in enumerate(zip(made, lenses))]
+        for trace, share in zip(traces, shares):
+            self._attach(trace, share)
+        return traces
 
     def _surprisal(self, prompt_states, token_ids: list[int], n_prompt: int, step_logits) -> np.ndarray:
         """-ln p(token_i | tokens before i), float32 [T], NaN at 0: the prompt's from the last block's states,
@@ -594,17 +618,24 @@ class LanguageModel:
             out[n_prompt : n_prompt + len(logits)] = -log_probs.cpu().numpy()
         return out
 
-    def _analyse(self, hidden: HiddenStates, row: int, pad: int, token_ids: list[int], k: int, progress: bool):
-        """The logit lens of what `hidden` kept of batch row `row` (`pad` positions of left padding), or None when
-        no lens was asked for. A row keeps its own positions: none of its padding, none after its last token (and
-        for "steps", not its last token, which predicts no step)."""
+    def _lenses(self, hidden: HiddenStates, rows: list[tuple[int, int, list[int]]], k: int, progress: bool):
+        """The logit lens of each (batch row, its left padding, its token ids) of `rows`, from what `hidden` kept,
+        all read in one pass over the unembedding; None for a row without one (no lens asked for, or none of its
+        positions kept). A row keeps its own positions: none of its padding, none after its last token (and for
+        "steps", not its last token, which predicts no step)."""
+        out: list[LogitLens | None] = [None] * len(rows)
         if hidden.reread or not hidden.positions:
-            return None
-        last = len(token_ids) - (2 if hidden.lens == "steps" else 1)
-        own = [p - pad for p in hidden.positions]
-        keep = [i for i, p in enumerate(own) if 0 <= p <= last]
-        if not keep:
-            return None
+            return out
+        parts, owners = [], []
+        for i, (row, pad, token_ids) in enumerate(rows):
+            last = len(token_ids) - (2 if hidden.lens == "steps" else 1)
+            own = [p - pad for p in hidden.positions]
+            keep = [j for j, p in enumerate(own) if 0 <= p <= last]
+            if keep:
+                parts.append((hidden.states(row)[:, keep[0] : keep[-1] + 1], own[keep[0] : keep[-1] + 1], token_ids))
+                owners.append(i)
+        if not parts:
+            return out
         bar = tqdm(total=1, desc="logit lens", unit="row", disable=not progress)
 
         def advance(done: int, total: int) -> None:
@@ -612,10 +643,37 @@ class LanguageModel:
             bar.update(done - bar.n)
 
         try:
-            return build_lens(self.model, self.anatomy, hidden.states(row)[:, keep[0] : keep[-1] + 1],
-                              own[keep[0] : keep[-1] + 1], token_ids, k, self.decode_token, advance)
+            for i, lens in zip(owners, build_lenses(self.model, self.anatomy, parts, k, self.decode_token, advance)):
+                out[i] = lens
         finally:
             bar.close()
+        return out
+
+    def _attributions(self, writers: Writers, hidden: HiddenStates, rows: list[tuple[int, int, list[int]]]) -> list:
+        """Each row's logit attribution (explorer/capture/attribution.py) at its lens's positions, or a sentence
+        saying why it has none, or None where no lens was asked for."""
+        if hidden.reread or not hidden.positions or hidden.lens is None:
+            return [None] * len(rows)
+        if not writers.active or writers.heads is None or writers.embedded is None or \
+                set(writers.filled) | {writers.embedded_filled} != {hidden.filled[0]}:
+            return [writers.problem or "the blocks' writers were not all seen at the lens's positions"] * len(rows)
+        out = []
+        for row, pad, token_ids in rows:
+            own = [p - pad for p in hidden.positions]
+            keep = [j for j, p in enumerate(own) if 0 <= p < len(token_ids)]
+            if not keep:
+                out.append(None)
+                continue
+            span = slice(keep[0], keep[-1] + 1)
+            out.append(attribute(self.model, self.anatomy, writers, hidden.states(row)[:, span],
+                                 writers.embedded[row, span], writers.heads[:, row, span], own[span], token_ids))
+        return out
+
+    def _attach(self, trace: Trace, share) -> None:
+        if isinstance(share, str):
+            trace.notes.append(f"No logit attribution: {share}.")
+        elif share is not None:  # of the logit before a final soft-cap, where the model has one (its parts add up)
+            trace.attribution = share
 
     def _recorder(self, precision: str, n_positions: int, keep_values: bool, ablate=()) -> AttentionRecorder:
         """A recorder with room for `n_positions` positions of every layer."""

@@ -320,10 +320,23 @@ def build_lens(model, anatomy: Anatomy, states: torch.Tensor, positions: list[in
                decode, progress=None) -> LogitLens:
     """The lens of `states` [L, P, d] (block outputs before the final norm) at `positions`: top-k, and the
     probability and rank of the token at position + 1, by one batched norm + unembedding in tiles."""
-    n_layers, n_pos, _ = states.shape
+    return build_lenses(model, anatomy, [(states, positions, token_ids)], k, decode, progress)[0]
+
+
+def build_lenses(model, anatomy: Anatomy, parts: list[tuple[torch.Tensor, list[int], list[int]]], k: int,
+                 decode, progress=None) -> list[LogitLens]:
+    """The lens of each (states [L, P, d], positions, token_ids) of `parts` (the rows of a batch), all read
+    through one pass over the unembedding: a row's own lens is a few hundred rows against the whole vocabulary,
+    and a batch's rows share every tile of it."""
+    n_layers = parts[0][0].shape[0]
     k = min(k, model.get_output_embeddings().weight.shape[0])
-    ends = torch.tensor([p + 1 >= len(token_ids) for p in positions], device=states.device)
-    nxt = torch.tensor([token_ids[p + 1] if p + 1 < len(token_ids) else 0 for p in positions], device=states.device)
+    device = parts[0][0].device
+    widths = [len(positions) for _, positions, _ in parts]
+    ends = [p + 1 >= len(ids) for _, positions, ids in parts for p in positions]
+    nxt = torch.tensor([ids[p + 1] if p + 1 < len(ids) else 0 for _, positions, ids in parts for p in positions],
+                       dtype=torch.long, device=device)
+    states = parts[0][0] if len(parts) == 1 else torch.cat([s for s, _, _ in parts], dim=1)
+    n_pos = states.shape[1]
     flat = states.reshape(n_layers * n_pos, -1)
     targets = nxt.repeat(n_layers)
     normaliser, chosen, above, top_logits, top_ids = _row_stats(model, anatomy, flat, targets, k, rank=True,
@@ -332,16 +345,24 @@ def build_lens(model, anatomy: Anatomy, states: torch.Tensor, positions: list[in
     next_prob = chosen.sub_(normaliser).exp_()
     next_rank = above.add_(1)  # ranked by logits, as the steps are
     shape = (n_layers, n_pos)
-    next_prob = next_prob.reshape(shape).cpu().numpy()
+    next_prob = next_prob.reshape(shape).cpu().numpy().astype(np.float32)
     next_rank = next_rank.reshape(shape).cpu().numpy().astype(np.int32)
-    end = ends.cpu().numpy()
+    end = np.asarray(ends, dtype=bool)
     next_prob[:, end], next_rank[:, end] = np.nan, 0
     ids = top_ids.reshape(shape + (k,)).cpu().numpy().astype(np.int32)
-    return LogitLens(
-        positions=np.asarray(positions, dtype=np.int32),
-        top_ids=ids,
-        top_probs=top_probs.reshape(shape + (k,)).cpu().numpy(),
-        next_prob=next_prob.astype(np.float32),
-        next_rank=next_rank,
-        words={int(i): decode(int(i)) for i in np.unique(ids)},
-    )
+    probs = top_probs.reshape(shape + (k,)).cpu().numpy()
+    words = {int(i): decode(int(i)) for i in np.unique(ids)}
+    lenses, at = [], 0
+    for (_, positions, _), width in zip(parts, widths):
+        own = slice(at, at + width)
+        at += width
+        row_ids = np.ascontiguousarray(ids[:, own])
+        lenses.append(LogitLens(
+            positions=np.asarray(positions, dtype=np.int32),
+            top_ids=row_ids,
+            top_probs=np.ascontiguousarray(probs[:, own]),
+            next_prob=np.ascontiguousarray(next_prob[:, own]),
+            next_rank=np.ascontiguousarray(next_rank[:, own]),
+            words={int(i): words[int(i)] for i in np.unique(row_ids)},
+        ))
+    return lenses

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import html
+import inspect
 import os
 import threading
 import time
@@ -25,7 +26,7 @@ import ipywidgets as widgets
 
 from ..errors import ExplorerError, SettingsError
 from ..facts import ModelFacts
-from ..service.protocol import FIRST_PROMPT, KEY_ENV, LIMITS_ENV, SERVICE_ENV, Limits
+from ..service.protocol import FIRST_PROMPT, LIMITS_ENV, SERVICE_ENV, Limits
 from ..trace import Trace
 from ..trace_file import load_traces
 from ..views.explorer_view import ExplorerView
@@ -84,6 +85,15 @@ class DrivableModel(Protocol):
                  on_token: Callable[[int, int, str], None] | None = None,
                  on_status: Callable[[str], None] | None = None, keep_values: bool = False,
                  progress: bool = True) -> Trace: ...
+
+
+def _takes(method, keyword: str) -> bool:
+    """Whether `method` takes `keyword` by name (the textbook LM takes no on_capture)."""
+    try:
+        parameters = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    return keyword in parameters
 
 
 def can_branch(lm) -> bool:
@@ -223,13 +233,30 @@ class Dashboard(widgets.VBox):
                     self.progress_label.value = sentence
 
             started = time.perf_counter()
+            prompt, shown = self.prompt.value, []
+
+            def on_capture(trace: Trace) -> None:
+                """The trace before its logit lens: the stepper and the heatmap are drawn now, the lens after."""
+                seconds = time.perf_counter() - started
+                dropped = self.show_trace(trace, f"Generated {trace.n_generated} tokens in {seconds:.1f} s (run "
+                                                 f"{self.runs + 1}); the logit lens is being read.", origin=prompt)
+                shown.append((trace, dropped))
+                self.progress.value = self.progress.max
+                self.progress_label.value = "reading the logit lens …"
+
+            early = {"on_capture": on_capture} if _takes(self.lm.generate, "on_capture") else {}
             # values too, so the attention-math view can show the weighted sum of values
-            trace = self.lm.generate(self.prompt.value, progress=False, on_token=on_token, on_status=on_status,
-                                     keep_values=True, **settings)
+            trace = self.lm.generate(prompt, progress=False, on_token=on_token, on_status=on_status,
+                                     keep_values=True, **early, **settings)
             seconds = time.perf_counter() - started
             self.runs += 1
-            self.show_trace(trace, f"Generated {trace.n_generated} tokens in {seconds:.1f} s (run {self.runs}).",
-                            origin=self.prompt.value)
+            note = f"Generated {trace.n_generated} tokens in {seconds:.1f} s (run {self.runs})."
+            if shown and shown[-1][0] is trace:  # shown already: only its lens is new
+                self.explorer.lens_ready(trace)
+                self.session_panel.refresh()
+                self._say(note + shown[-1][1] + "".join(f" {n}" for n in trace.notes))
+            else:
+                self.show_trace(trace, note, origin=prompt)
             self.progress.value = self.progress.max  # done, also when an end-of-text token stopped it early
             self.progress_label.value = f"{trace.n_generated} tokens, {seconds:.1f} s"
             return trace
@@ -243,13 +270,15 @@ class Dashboard(widgets.VBox):
             self.generate_button.disabled = False
         return None
 
-    def show_trace(self, trace: Trace, note: str, source: str = "generated here", origin: str | None = None) -> None:
+    def show_trace(self, trace: Trace, note: str, source: str = "generated here", origin: str | None = None) -> str:
         """Add `trace` to the session (labelled by `origin`: the prompt typed, a file's name), draw it in every
-        view (a new family in the explorer) and say what happened and whose it is."""
+        view (a new family in the explorer) and say what happened and whose it is; returns what the session let
+        go to make room, in a sentence (or "")."""
         dropped = self.session_panel.add(trace, source, origin)
         self.links.value = ""
         gc.collect()  # the old trace's arrays go now, not at some later collection
         self._say(note + dropped + "".join(f" {n}" for n in trace.notes))  # what the trace lacks, and why
+        return dropped
 
     def show_traces(self, traces: list[Trace], note: str, source: str, origin: str | None = None) -> None:
         """Add the traces of a file to the session as one family (a tree of branches) and show the first."""
@@ -340,7 +369,8 @@ class Dashboard(widgets.VBox):
     def _wait_for_first_trace(self, give_up: float = 600) -> None:
         from ..service.client import RemoteModel
 
-        lm = RemoteModel(self.lm.address, self.lm.key)  # a socket of its own: Generate may use the other meanwhile
+        # a socket of its own: Generate may use the other meanwhile
+        lm = RemoteModel(self.lm.address, self.lm.key, server_key=self.lm.server_key)
         deadline = time.monotonic() + give_up
         try:
             while time.monotonic() < deadline:
@@ -397,7 +427,7 @@ class Dashboard(widgets.VBox):
         if os.environ.get(SERVICE_ENV) and not trace_path:
             from ..service.client import RemoteModel
 
-            lm = RemoteModel(os.environ[SERVICE_ENV], os.environ.get(KEY_ENV, ""))
+            lm = RemoteModel.from_environment()
             try:  # now, while Voilà preheats the kernel, not when a student comes; it also tells the model's facts
                 first = lm.first_trace(timeout=2)
             except ExplorerError:

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from ..errors import SettingsError
-from ..service.protocol import KEY_ENV, LIMITS_ENV, SERVICE_ENV, Limits, is_loopback
+from ..service.keys import KeyPair, public_key_from
+from ..service.protocol import KEY_ENV, LIMITS_ENV, PUBLIC_KEY_ENV, SECRET_KEY_ENV, SERVICE_ENV, Limits, is_loopback
 from ..trace_file import load_traces
 
 NOTEBOOK = "dashboard.ipynb"
@@ -141,10 +142,17 @@ def launch(args: argparse.Namespace, voila_args: list[str]) -> int:
         env[TRACE_ENV] = str(args.trace.resolve())
     elif args.service:
         env[SERVICE_ENV] = args.service
+        public = public_key_from(args.service_public_key or os.environ.get(PUBLIC_KEY_ENV), "--service-public-key")
+        if public is None:
+            raise SettingsError(f"--service needs the public key that service printed: --service-public-key KEY "
+                                f"(or ${PUBLIC_KEY_ENV}); the connection is encrypted with it")
+        env[PUBLIC_KEY_ENV] = public
     else:
         key = secrets.token_urlsafe(24)
-        service, address = start_service(key, args.model, args.device, args.dtype, class_size, args.threads)
-        env |= {SERVICE_ENV: address, KEY_ENV: key}
+        pair = KeyPair.new()  # encrypted even on this machine; the kernels get the public key, the service the pair
+        service, address = start_service(key, args.model, args.device, args.dtype, class_size, args.threads,
+                                         secret_key=pair.secret)
+        env |= {SERVICE_ENV: address, KEY_ENV: key, PUBLIC_KEY_ENV: pair.public}
     os.environ.update(env)  # Voilà's kernels inherit them
     use_our_template()
     if class_size:
@@ -163,7 +171,7 @@ def launch(args: argparse.Namespace, voila_args: list[str]) -> int:
 
 
 def start_service(key: str, model: str | None, device: str = "auto", dtype: str = "auto",
-                  class_size: int | None = None, threads: int | None = None):
+                  class_size: int | None = None, threads: int | None = None, secret_key: str | None = None):
     """The generation service in a child process kept alive, on a port of this machine bound here and handed
     over: (the ServiceProcess, its address)."""
     from ..service.supervisor import ServiceProcess, listening_socket
@@ -173,4 +181,5 @@ def start_service(key: str, model: str | None, device: str = "auto", dtype: str 
     service_args += ["--model", model] if model else []
     service_args += ["--class", str(class_size)] if class_size else []
     service_args += ["--threads", str(threads)] if threads else []
-    return ServiceProcess(service_args, env={KEY_ENV: key}, listening=listening).start(), address
+    env = {KEY_ENV: key, **({SECRET_KEY_ENV: secret_key} if secret_key else {})}
+    return ServiceProcess(service_args, env=env, listening=listening).start(), address

@@ -2,11 +2,13 @@
 
 `RemoteModel.generate` sends a prompt and settings and returns the Trace it gets back, calling `on_status` with
 the place in the queue (or the loading percent) and `on_token` with each token as it comes. It imports no torch
-and no transformers: a viewer kernel stays as light as one that shows a saved trace.
+and no transformers: a viewer kernel stays as light as one that shows a saved trace. Given the service's public key
+it talks CURVE (with a throwaway key pair of its own); a handshake the service refuses is an error at once.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -17,21 +19,38 @@ from ..errors import ServiceError, SettingsError
 from ..facts import ModelFacts
 from .. import whatif
 from ..trace import Trace
-from ..trace_file import trace_from_bytes
+from ..trace_file import add_late_parts, trace_from_bytes
 from . import protocol as p
+from .keys import public_key_from
 from .protocol import GenerationRequest, ServiceStatus
 
 SILENCE_SECONDS = 6.0  # the service speaks every 0.5 s to a waiting client; this long a silence means it is down
+# what a socket monitor reports when ZeroMQ's handshake fails (a plain client meeting an encrypted service, a wrong
+# public key ...): ZeroMQ itself retries silently forever, so without it the client would only see silence
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 
 class RemoteModel:
-    """The model of a generation service at `address`, driven like a LanguageModel."""
+    """The model of a generation service at `address`, driven like a LanguageModel. `key` is the shared key the
+    service asks of every request; `server_key` the service's public key (what `serve` prints), without which the
+    connection is not encrypted and an encrypted service does not answer."""
 
-    def __init__(self, address: str, key: str = "", silence_seconds: float = SILENCE_SECONDS):
+    def __init__(self, address: str, key: str = "", silence_seconds: float = SILENCE_SECONDS,
+                 server_key: str | None = None):
         self.address, self.key, self.silence_seconds = address, key, silence_seconds
+        self.server_key = public_key_from(server_key, "the service's public key")
         self.facts = ModelFacts()  # the model's facts, from the last status or trace
         self._context = zmq.Context.instance()
         self._socket: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None  # the socket's handshake failures
+        self._poller: zmq.Poller | None = None  # both of them
+
+    @classmethod
+    def from_environment(cls) -> RemoteModel:
+        """The service a dashboard hands its viewer kernels: its address, shared key and public key."""
+        return cls(os.environ[p.SERVICE_ENV], os.environ.get(p.KEY_ENV, ""),
+                   server_key=os.environ.get(p.PUBLIC_KEY_ENV) or None)
 
     @property
     def name(self) -> str:
@@ -47,16 +66,26 @@ class RemoteModel:
     # --- the connection
     def _connected(self) -> zmq.Socket:
         if self._socket is None:
-            self._socket = self._context.socket(zmq.DEALER)
-            self._socket.setsockopt(zmq.LINGER, 0)
-            self._socket.connect(self.address)
+            socket = self._context.socket(zmq.DEALER)
+            socket.setsockopt(zmq.LINGER, 0)
+            if self.server_key is not None:
+                socket.curve_publickey, socket.curve_secretkey = zmq.curve_keypair()  # ours, gone with the socket
+                socket.curve_serverkey = self.server_key.encode("ascii")
+            self._monitor = socket.get_monitor_socket(HANDSHAKE_FAILED)
+            socket.connect(self.address)
+            self._poller = zmq.Poller()
+            self._poller.register(socket, zmq.POLLIN)
+            self._poller.register(self._monitor, zmq.POLLIN)
+            self._socket = socket
         return self._socket
 
     def _reset(self) -> None:
         """Drop the connection and whatever old answers wait in it; the next call connects afresh."""
         if self._socket is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(0)
             self._socket.close(0)
-            self._socket = None
+            self._socket = self._monitor = None
 
     def close(self) -> None:
         self._reset()
@@ -65,11 +94,28 @@ class RemoteModel:
         self._connected().send(p.encode({**message, "key": self.key}))
 
     def _receive(self, timeout: float) -> tuple[dict, list[bytes]] | None:
+        """The next message, or None after `timeout` seconds of silence; a failed handshake raises at once."""
         socket = self._connected()
-        if not socket.poll(int(timeout * 1000)):
+        events = dict(self._poller.poll(int(timeout * 1000)))
+        if self._monitor in events:
+            self._handshake_failed()
+        if socket not in events:
             return None
         frames = socket.recv_multipart()
         return p.decode(frames[0]), frames[1:]
+
+    def _handshake_failed(self) -> None:
+        """Say in a sentence why the service refused our connection (ZeroMQ would retry in silence forever). Which
+        side gave up first is a race, so the event's own detail is not relied on: what we know is our key."""
+        self._reset()
+        where = f"the generation service at {self.address}"
+        if self.server_key is None:
+            raise ServiceError(f"{where} refused the connection: it is encrypted, and this client has no key for "
+                               f"it: give it the public key `attention-explorer serve` printed "
+                               f"(${p.PUBLIC_KEY_ENV}, or dashboard --service-public-key)")
+        raise ServiceError(f"{where} refused the encrypted connection: the public key given is not its key (serve "
+                           "makes a new one at every start unless given --key-file: take the one it printed last), "
+                           "or it does not encrypt")
 
     def _ask(self, kind: str, timeout: float) -> tuple[dict, list[bytes]]:
         """One question, one answer (status, first trace); older answers still in the pipe are passed over."""
@@ -115,9 +161,12 @@ class RemoteModel:
         ablate: list[tuple[int, int]] | None = None,
         on_token: Callable[[int, int, str], None] | None = None,
         on_status: Callable[[str], None] | None = None,
+        on_capture: Callable[[Trace], None] | None = None,
         **unused,
     ) -> Trace:
         """Ask the service for a trace of `prompt` and wait for it, reporting the queue and each token.
+        `on_capture(trace)` gets the trace before its logit lens, as LanguageModel.generate's does; the same
+        object gets the lens before it is returned.
 
         The service always keeps values (the attention-math view shows them) and shows no progress bar of its
         own, so `keep_values` and `progress` are accepted and ignored; any other keyword is refused.
@@ -125,7 +174,7 @@ class RemoteModel:
         _refuse_unknown(unused)
         request = GenerationRequest(prompt, max_new_tokens, temperature, top_k, top_p, seed, chat,
                                     ablate=_pairs(ablate))  # checks
-        return self._request(request, on_token, on_status)
+        return self._request(request, on_token, on_status, on_capture)
 
     def generate_from_ids(self, token_ids: list[int], max_new_tokens: int = 20, temperature: float = 0.0,
                           top_k: int | None = None, top_p: float | None = None, seed: int | None = None, *,
@@ -146,18 +195,20 @@ class RemoteModel:
                                               **settings)
         return whatif.graft(trace, step, continuation)
 
-    def _request(self, request: GenerationRequest, on_token, on_status) -> Trace:
+    def _request(self, request: GenerationRequest, on_token, on_status, on_capture=None) -> Trace:
         request_id = uuid.uuid4().hex
         self._send({"kind": p.GENERATE, "id": request_id, "request": request.to_json()})
         try:
-            return self._await_trace(request_id, on_token, on_status)
+            return self._await_trace(request_id, on_token, on_status, on_capture)
         except BaseException:  # a callback failed or the user interrupted: the service need not go on
             if self._socket is not None:
                 self._send({"kind": p.CANCEL, "id": request_id})
             raise
 
-    def _await_trace(self, request_id: str, on_token, on_status) -> Trace:
-        """Answers to `request_id` until its trace comes: the queue, the loading, each token."""
+    def _await_trace(self, request_id: str, on_token, on_status, on_capture=None) -> Trace:
+        """Answers to `request_id` until its trace comes: the queue, the loading, each token, and the trace before
+        its lens (handed to `on_capture`) when the lens comes apart."""
+        captured: Trace | None = None
         while True:
             answer = self._receive(self.silence_seconds)
             if answer is None:
@@ -173,6 +224,23 @@ class RemoteModel:
                 trace = trace_from_bytes(frames[0], "the service's answer")
                 self.facts = trace.model
                 return trace
+            if kind == p.CAPTURED:
+                captured = trace_from_bytes(frames[0], "the service's answer")
+                captured.lens_pending = True
+                self.facts = captured.model
+                if on_capture is not None:
+                    on_capture(captured)
+                continue
+            if kind == p.LENS and captured is not None:
+                try:
+                    add_late_parts(captured, frames[0] if frames else b"", "the service's lens")
+                finally:  # a broken answer leaves the trace as it was shown, without a lens
+                    captured.lens_pending = False
+                return captured
+            if kind == p.ERROR and captured is not None:  # the lens failed: the trace shown keeps going without
+                captured.lens_pending = False
+                captured.notes.append(f"No logit lens: {message.get('message', 'the service could not read it')}.")
+                return captured
             _raise_if_error(message)
             if on_status is not None and kind == p.LOADING:
                 on_status(f"loading the model … {message.get('percent', 0)}%")

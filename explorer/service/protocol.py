@@ -1,7 +1,8 @@
 """What viewer kernels and the generation service say to each other, and the limits a class runs under.
 
 Every message is a list of ZeroMQ frames: one JSON object, then, for a finished trace only, the bytes of a trace
-file (safetensors + JSON, the format of `Trace.save`). Nothing is ever pickled. A request names its kind; the
+file (safetensors + JSON, the format of `Trace.save`). Nothing is ever pickled. Frames travel encrypted with
+ZeroMQ's CURVE when the service has a key pair (`keys.py`; `serve` always has one). A request names its kind; the
 answers to a `generate` request carry its id, so that a client can tell them from answers to an older request.
 
     client → service   {"kind": "generate", "id", "key", "request": {prompt, max_new_tokens, ...}}
@@ -10,6 +11,9 @@ answers to a `generate` request carry its id, so that a client can tell them fro
                        {"kind": "loading", "id", "percent", "stage"}   the model is still loading
                        {"kind": "token", "id", "done", "total", "text"}   each new token as it comes
                        {"kind": "trace", "id"} + trace bytes   ·   {"kind": "error", "id", "error", "message"}
+                       {"kind": "captured", "id"} + trace bytes    the trace before its logit lens is read (the
+                       first views need no lens), then {"kind": "lens", "id"} + the bytes of what was made
+                       after the capture (lens, attribution, their notes; `Trace.late_bytes`), which complete it
                        {"kind": "status", ...ServiceStatus}    ·   {"kind": "first_trace"} (+ trace bytes)
 """
 
@@ -26,11 +30,14 @@ from ..errors import SettingsError
 GENERATE, CANCEL, STATUS, FIRST_TRACE = "generate", "cancel", "status", "first_trace"
 # answers
 QUEUED, LOADING, TOKEN, TRACE, ERROR = "queued", "loading", "token", "trace", "error"
+CAPTURED, LENS = "captured", "lens"
 
 MAX_REQUEST_BYTES = 256_000  # a request is a prompt and a few numbers; anything larger is dropped by ZeroMQ
 MAX_PROMPT_CHARACTERS = 100_000  # checked before tokenizing, so that nobody makes the service tokenize megabytes
 SERVICE_ENV = "ATTENTION_EXPLORER_SERVICE"  # the service's address, for the viewer kernels
 KEY_ENV = "ATTENTION_EXPLORER_SERVICE_KEY"  # the shared secret every request carries
+PUBLIC_KEY_ENV = "ATTENTION_EXPLORER_SERVICE_PUBLIC_KEY"  # the service's CURVE public key, for the viewer kernels
+SECRET_KEY_ENV = "ATTENTION_EXPLORER_SERVICE_SECRET_KEY"  # its secret key: how a dashboard hands its service the pair
 LIMITS_ENV = "ATTENTION_EXPLORER_LIMITS"  # the class limits as JSON, for the viewer kernels
 FIRST_PROMPT = "What is the capital of France?"  # the trace a dashboard opens with (greedy, chat where there is one)
 FIRST_NEW_TOKENS = 20

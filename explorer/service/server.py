@@ -6,7 +6,8 @@ worker thread imports torch, loads the model (the service answers from its first
 percent), then generates: whenever the model comes free, the requests waiting then that can share one call (the
 same settings, another prompt) go through one batched `lm.generate([...])`, taking clients in arrival order with
 at most one request each, so a class is served fairly and a new arrival waits at most one batch; each trace is
-sent as soon as its row's logit lens is read, not at the end of the batch. A client that
+sent as soon as the batch's capture is done, before the logit lens, and the lens of all rows follows (read in one
+pass over the unembedding), each row's to its page. A client that
 has gone (its kernel closed) is noticed when a message to it fails: its request is dropped if it waits; if it is
 running, its tokens and trace are dropped while the rest of its batch goes on (a batch all of whose viewers have
 gone stops between two tokens).
@@ -41,9 +42,9 @@ from .protocol import FIRST_NEW_TOKENS, FIRST_PROMPT, GenerationRequest, Limits,
 HEARTBEAT_SECONDS = 0.5  # how often a waiting client hears from the service: its place, or the loading percent
 # The most class requests one generate call takes. Measured with benchmarks/bench_service_batch.py (SmolLM2, the
 # class default of 20 new tokens, greedy, lens "steps", values kept, one torch thread, 2 cores; median of 3): a
-# batch of 1, 2, 4, 8, 16 took 2.1, 3.7, 5.5, 8.5, 17.2 s, i.e. 1.0, 1.15, 1.56, 2.02, 1.99x the requests a second
-# of one by one (on a machine loaded by other work: 1.18, 1.56, 1.78, 1.85x). Throughput stops growing at 8: the
-# logit lens is computed row by row (~1.2 s a request, nothing to share), and 16 only doubles what a newcomer waits.
+# batch of 1, 2, 4, 8, 16 took 1.28, 2.16, 2.98, 5.09, 9.06 s, i.e. 1.0, 1.19, 1.72, 2.01, 2.26x the requests a
+# second of one by one (the lenses of a batch's rows read in one pass; with a lens per row it was 1.0, 1.15, 1.56,
+# 2.02, 1.99x). 16 adds 12 % of throughput and doubles what a newcomer waits; `serve --batch-size` changes it.
 BATCH_SIZE = 8
 
 
@@ -159,13 +160,15 @@ def first_trace_path(model: str | None) -> Path:
 
 
 class GenerationService:
-    """Serve generation requests on `address` (a ZeroMQ endpoint such as tcp://127.0.0.1:5555): `run()` in this
-    thread, or `start()` in a thread of the service's own; `stop()` ends every thread either started."""
+    """Serve generation requests on `address` (a ZeroMQ endpoint such as tcp://127.0.0.1:5555), encrypted with
+    CURVE when given `secret_key` (its clients then need the matching public key): `run()` in this thread, or
+    `start()` in a thread of the service's own; `stop()` ends every thread either started."""
 
     def __init__(self, address: str, model: str | None = None, limits: Limits = Limits(), key: str = "",
                  device: str = "auto", dtype: str = "auto", parent_pid: int | None = None, threads: int | None = None,
-                 batch_size: int | None = None, listen_fd: int | None = None):
+                 batch_size: int | None = None, secret_key: str | None = None, listen_fd: int | None = None):
         self.address, self.model_name, self.limits, self.key = address, model, limits, key
+        self.secret_key = secret_key
         self.listen_fd = listen_fd  # a TCP socket already bound to `address` and listening, handed over by a parent
         self.device, self.dtype, self.parent_pid = device, dtype, parent_pid
         self.threads = threads or default_threads()
@@ -207,6 +210,9 @@ class GenerationService:
         router.setsockopt(zmq.MAXMSGSIZE, p.MAX_REQUEST_BYTES)
         router.setsockopt(zmq.SNDTIMEO, 2000)
         router.setsockopt(zmq.LINGER, 0)
+        if self.secret_key:
+            router.curve_server = True  # anyone with our public key may connect; the shared key says who may ask
+            router.curve_secretkey = self.secret_key.encode("ascii")
         if self.listen_fd is not None:  # the port is ours already: nobody could take it since it was chosen
             router.setsockopt(zmq.USE_FD, self.listen_fd)
         try:
@@ -219,7 +225,8 @@ class GenerationService:
         self._read_first_trace()
         self._worker = threading.Thread(target=self._work, name="generation worker", daemon=True)
         self._worker.start()
-        log(f"listening on {self.address}; {self._describe_limits()}")
+        encrypted = "encrypted (CURVE)" if self.secret_key else "NOT encrypted"
+        log(f"listening on {self.address}, {encrypted}; {self._describe_limits()}")
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(outbox, zmq.POLLIN)
@@ -422,18 +429,21 @@ class GenerationService:
         check_length(n_prompt, request.max_new_tokens, self.lm.context_length, self.lm.name)
 
     def _run(self, requests: list[GenerationRequest], on_token: Callable[[int, int, int, str], None],
-             on_trace: Callable | None = None) -> list:
+             on_trace: Callable | None = None, on_capture: Callable | None = None) -> list:
         """The traces of `requests` (one, or several that share a batch key) from one generate call;
-        `on_token(row, done, total, text)` hears each row's tokens, `on_trace(row, trace)` gets each row's trace as
-        soon as it is made (a batch's logit lens is read row by row)."""
+        `on_token(row, done, total, text)` hears each row's tokens, `on_capture(row, trace)` gets each row's trace
+        before its logit lens is read, `on_trace(row, trace)` once it is complete."""
         first = requests[0]
         s = first.settings
         common = {"chat": first.chat, "ablate": [tuple(pair) for pair in first.ablate], "keep_values": True,
                   "progress": False}
         if len(requests) > 1:
             return self.lm.generate([r.prompt for r in requests], s.max_new_tokens, s.temperature, s.top_k, s.top_p,
-                                    s.seed, batch_size=len(requests), on_token=on_token, on_trace=on_trace, **common)
+                                    s.seed, batch_size=len(requests), on_token=on_token, on_capture=on_capture,
+                                    on_trace=on_trace, **common)
         common["on_token"] = lambda done, total, text: on_token(0, done, total, text)
+        if on_capture is not None:
+            common["on_capture"] = lambda trace: on_capture(0, trace)
         if first.token_ids is not None:
             traces = [self.lm.generate_from_ids(first.token_ids, s.max_new_tokens, s.temperature, s.top_k, s.top_p,
                                                 s.seed, forced=first.forced, **common)]
@@ -484,6 +494,16 @@ class GenerationService:
             outbox.send_multipart([rows[row].client, p.encode({"kind": p.TOKEN, "id": ids[row], "done": done,
                                                                "total": total, "text": text})])
 
+        captured: set[str] = set()  # rows whose trace went before its lens: the lens follows alone
+
+        def on_capture(row: int, trace) -> None:
+            """The trace before its lens: the page draws its first views while the lens is read."""
+            w = rows[row]
+            if trace.lens_pending and w.request_id not in self._gone:
+                outbox.send_multipart([w.client, p.encode({"kind": p.CAPTURED, "id": w.request_id}),
+                                       trace.to_bytes()])
+                captured.add(w.request_id)
+
         def on_trace(row: int, trace) -> None:
             if self._stopping.is_set():
                 raise Cancelled
@@ -494,14 +514,19 @@ class GenerationService:
             if w.request_id in self._gone:
                 log(f"{w.client.hex()}: the viewer has gone: its trace is dropped{batch}")
             else:
-                outbox.send_multipart([w.client, p.encode({"kind": p.TRACE, "id": w.request_id}), trace.to_bytes()])
+                if w.request_id in captured:
+                    outbox.send_multipart([w.client, p.encode({"kind": p.LENS, "id": w.request_id}),
+                                           trace.late_bytes()])
+                else:
+                    outbox.send_multipart([w.client, p.encode({"kind": p.TRACE, "id": w.request_id}),
+                                           trace.to_bytes()])
                 log(f"{w.client.hex()}: {trace.n_generated} tokens in {time.monotonic() - started:.1f} s{batch} "
                     f"(waited {started - w.queued_at:.1f} s)")
             if len(answered) < len(rows) and all_gone():
                 raise Cancelled
 
         try:
-            self._run([w.request for w in rows], on_token, on_trace)
+            self._run([w.request for w in rows], on_token, on_trace, on_capture)
         except Cancelled:
             why = "the service is stopping" if self._stopping.is_set() else "the viewer has gone"
             for w in rows:

@@ -13,8 +13,12 @@ bertviz's helpers (tens of MB a kernel, thirty kernels in a class).
 # The modules sit in those folders, so `views.heatmap` or `views.head_atlas` is always the function, never a module.
 _WHERE = {
     "AttentionMathView": "attention.attention_math",
+    "AttributionView": "meaning.attribution_view",
+    "attribution": "meaning.attribution_view",
     "attention_math": "attention.attention_math",
     "BranchTree": "whatif.branch_tree",
+    "ContributionView": "meaning.contribution_view",
+    "contribution": "meaning.contribution_view",
     "head_view": "attention.bertviz_offline",
     "head_view_html": "attention.bertviz_offline",
     "model_view": "attention.bertviz_offline",

@@ -17,10 +17,10 @@ from .whatif.branch_tree import BranchTree
 from .selection import Selection
 
 
-def _stepper(trace, selection, on_branch=None):
+def _stepper(trace, selection, on_branch=None, on_attribution=None):
     from .steps.stepper_view import stepper
 
-    return stepper(trace, selection, on_branch=on_branch)
+    return stepper(trace, selection, on_branch=on_branch, on_attribution=on_attribution)
 
 
 def _heatmap(trace, selection):
@@ -47,6 +47,18 @@ def _lens(trace, selection):
     return lens(trace, selection)
 
 
+def _attribution(trace, selection, open_heatmap=None):
+    from .meaning.attribution_view import attribution
+
+    return attribution(trace, selection, on_open=open_heatmap)
+
+
+def _contribution(trace, selection):
+    from .meaning.contribution_view import contribution
+
+    return contribution(trace, selection)
+
+
 def _attention_math(trace, selection):
     from .attention.attention_math import attention_math
 
@@ -65,6 +77,9 @@ def _bertviz(trace, selection):
     return widgets.VBox([head_view(trace, selection=selection), model_view(trace, selection=selection)])
 
 
+_NEEDS_LENS = (_lens, _attribution, _contribution)  # views drawn again when a trace shown before its lens gets it
+
+
 def _tabs() -> list[tuple[str, Callable]]:
     """Each tab's title and builder; a builder imports its view when its tab is first opened."""
     return [
@@ -73,6 +88,8 @@ def _tabs() -> list[tuple[str, Callable]]:
         ("All heads", _heads_map),
         ("Head atlas", _head_atlas),
         ("Logit lens", _lens),
+        ("Attribution", _attribution),
+        ("Contribution", _contribution),
         ("Attention math", _attention_math),
         ("Positions", _positional),
         ("bertviz", _bertviz),
@@ -170,6 +187,19 @@ class ExplorerView(widgets.VBox):
         `explorer.load_traces(path)` and `ExplorerView.set_family`."""
         save_traces(self.family, path)
 
+    def lens_ready(self, trace: Trace) -> None:
+        """`trace` got its logit lens after it was shown (generate's on_capture): the views that show the lens are
+        drawn again, the others stay as they are."""
+        if trace is not self.trace:
+            return
+        for i, (_, build) in enumerate(self.builders):
+            box = self.tabs.children[i]
+            if build in _NEEDS_LENS and box.children:
+                children, box.children = box.children, ()
+                for child in children:
+                    _close_tree(child)
+        self._build_current()
+
     def _show_tree(self) -> None:
         self.tree.show(self.family, self.trace)
         self.tree.layout.display = "" if len(self.family) > 1 else "none"
@@ -200,10 +230,12 @@ class ExplorerView(widgets.VBox):
     def _links(self, build: Callable) -> dict:
         """What a view gets besides the trace and the selection: the head atlas, a way to open the Heatmap tab;
         the stepper, a way to branch when there is a model."""
-        if build is _head_atlas:
+        if build in (_head_atlas, _attribution):
             return {"open_heatmap": lambda layer, head: self.show_tab("Heatmap")}
         if build is _stepper:
-            return {"on_branch": self.branch if self.whatif is not None else None}
+            attributed = self.trace is not None and (self.trace.attribution is not None or self.trace.lens_pending)
+            return {"on_branch": self.branch if self.whatif is not None else None,
+                    "on_attribution": (lambda: self.show_tab("Attribution")) if attributed else None}
         return {}
 
     def show_tab(self, title: str) -> None:

@@ -28,6 +28,30 @@ class FollowsSelection:
         super().close()
 
 
+class OpensHeads:
+    """Mixin for a view of a trace's heads with `n_layers`, `n_heads`, `selection` and `on_open`: a click in the page
+    sends {"kind": "open", "layer", "head"}; the head is selected and `on_open(layer, head)` called (the explorer
+    shows it in the heatmap)."""
+
+    def open_head(self, layer: int, head: int) -> None:
+        """Select head `head` of layer `layer` in the shared selection, then call on_open."""
+        if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
+            return
+        with self.selection.hold_trait_notifications():
+            self.selection.layer, self.selection.head = layer, head
+        if self.on_open is not None:
+            self.on_open(layer, head)
+
+    def _open_asked(self, content) -> None:
+        """Open the head a page's message names, if it is an "open" message with whole numbers."""
+        if isinstance(content, dict) and content.get("kind") == "open":
+            try:
+                layer, head = int(content["layer"]), int(content["head"])
+            except (KeyError, TypeError, ValueError):
+                return
+            self.open_head(layer, head)
+
+
 def clamp_layer(trace, layer: int) -> int:
     """`layer` brought into the trace's layers."""
     return min(max(int(layer), 0), trace.n_layers - 1)

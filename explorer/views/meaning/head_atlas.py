@@ -29,7 +29,7 @@ import traitlets
 from ... import analysis
 from ...atlas import HeadAtlasOverTexts
 from .. import frontend
-from ..selection import FollowsSelection, Selection
+from ..selection import FollowsSelection, OpensHeads, Selection
 
 COLUMNS = ("layer", "head", *analysis.SCORES)
 SCORE_LABELS = {
@@ -196,7 +196,7 @@ def select_heads(columns: dict[str, np.ndarray], query: str, sort_by: str = "lay
     return kept[np.argsort(key, kind="stable")]  # `kept` is in layer, head order: stable keeps it for ties
 
 
-class HeadAtlasView(FollowsSelection, anywidget.AnyWidget):
+class HeadAtlasView(OpensHeads, FollowsSelection, anywidget.AnyWidget):
     """A table of every head's scores: sort by a column, filter by a query, click a row to open the head."""
 
     _esm = frontend.module("meaning/head_atlas.js")
@@ -315,22 +315,8 @@ class HeadAtlasView(FollowsSelection, anywidget.AnyWidget):
         with self.hold_trait_notifications():
             self.layer, self.head = self.selection.layer, self.selection.head
 
-    def open_head(self, layer: int, head: int) -> None:
-        """Select head `head` of layer `layer` in the shared selection, then call on_open (the explorer shows it)."""
-        if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
-            return
-        with self.selection.hold_trait_notifications():
-            self.selection.layer, self.selection.head = layer, head
-        if self.on_open is not None:
-            self.on_open(layer, head)
-
     def _on_msg(self, _widget, content, _buffers) -> None:
-        if isinstance(content, dict) and content.get("kind") == "open":
-            try:
-                layer, head = int(content["layer"]), int(content["head"])
-            except (KeyError, TypeError, ValueError):
-                return
-            self.open_head(layer, head)
+        self._open_asked(content)
 
     def close(self) -> None:
         self._closed.set()  # a computation still running stops at its next layer

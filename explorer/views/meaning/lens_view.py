@@ -24,6 +24,7 @@ from ..selection import FollowsSelection, Selection
 NO_NEXT = 255  # the colour code of a cell with no next token
 NO_LENS = ('This trace has no logit lens: capture one with lm.generate(prompt, lens="steps") '
            'or lm.trace(text, lens="all").')
+PENDING = "The logit lens is being read: it appears here as soon as it is ready."
 
 
 def colour_codes(probs: np.ndarray) -> np.ndarray:
@@ -66,7 +67,7 @@ class LensView(FollowsSelection, anywidget.AnyWidget):
         self.selection = selection if selection is not None else Selection()
         lens = trace.lens
         if lens is None:
-            super().__init__(message=NO_LENS, **kwargs)
+            super().__init__(message=PENDING if trace.lens_pending else NO_LENS, **kwargs)
             return
         step_at = {s.position - 1: s.index for s in trace.steps}  # the position that produced each step
         self.steps = [step_at.get(int(p)) for p in lens.positions]  # the step of each column, or None

@@ -37,7 +37,8 @@ class StepperView(FollowsSelection, widgets.VBox):
     With `on_branch`, a click on a candidate of the current step (or a typed token) calls on_branch(step, token)."""
 
     def __init__(self, trace: Trace, selection: Selection | None = None, play_interval: int = 800,
-                 on_branch: Callable[[int, object], None] | None = None):
+                 on_branch: Callable[[int, object], None] | None = None,
+                 on_attribution: Callable[[], None] | None = None):
         super().__init__()
         self.add_class("stepper-view")
         self.trace = trace
@@ -85,6 +86,13 @@ class StepperView(FollowsSelection, widgets.VBox):
         self._show(step)
 
         controls = widgets.HBox([self.play, self.slider, self.layer, self.head])
+        if on_attribution is not None:  # the explorer's Attribution tab, at this step
+            self.which_heads = widgets.Button(description="which heads wrote this token?", icon="search",
+                                              layout=widgets.Layout(width="auto", min_width="240px"))
+            controls.layout.flex_flow = "row wrap"  # to the next line rather than cut where the row is narrow
+            self.which_heads.add_class("stepper-which-heads")
+            self.which_heads.on_click(lambda _: on_attribution())
+            controls.children = (*controls.children, self.which_heads)
         self.children = [
             controls, self.info, widgets.HBox([widgets.Label("colour the text by"), self.colour]),
             self.about_text, self.legend,
@@ -307,10 +315,12 @@ class StepperView(FollowsSelection, widgets.VBox):
 
 
 def stepper(trace: Trace, selection: Selection | None = None,
-            on_branch: Callable[[int, object], None] | None = None) -> StepperView:
+            on_branch: Callable[[int, object], None] | None = None,
+            on_attribution: Callable[[], None] | None = None) -> StepperView:
     """Step through the decoding of a generated trace (a message for a trace with no generated tokens).
-    `on_branch(step, token)` makes the candidates clickable (views.show(trace, lm=lm) passes one)."""
-    return StepperView(trace, selection, on_branch=on_branch)
+    `on_branch(step, token)` makes the candidates clickable (views.show(trace, lm=lm) passes one);
+    `on_attribution()`, when given, is what a "which heads wrote this token?" button calls."""
+    return StepperView(trace, selection, on_branch=on_branch, on_attribution=on_attribution)
 
 
 __all__ = ["StepperView", "TokenText", "stepper", "token_titles"]
