@@ -42,9 +42,16 @@ def _head_atlas(trace, selection, open_heatmap=None):
 
 
 def _lens(trace, selection):
+    from .meaning.commitment_view import commitment_strip
     from .meaning.lens_view import lens
 
-    return lens(trace, selection)
+    return widgets.VBox([commitment_strip(trace), lens(trace, selection)])
+
+
+def _query_key(trace, selection):
+    from .meaning.query_key_view import query_key  # plotly: loaded only by those who open this tab
+
+    return query_key(trace, selection)
 
 
 def _attention_math(trace, selection):
@@ -73,6 +80,7 @@ def _tabs() -> list[tuple[str, Callable]]:
         ("All heads", _heads_map),
         ("Head atlas", _head_atlas),
         ("Logit lens", _lens),
+        ("Queries & keys", _query_key),
         ("Attention math", _attention_math),
         ("Positions", _positional),
         ("bertviz", _bertviz),
@@ -225,6 +233,6 @@ def _escape(e: Exception) -> str:
 
 
 def show(trace: Trace, selection: Selection | None = None, lm=None) -> ExplorerView:
-    """The full explorer for `trace`: step-through, heatmap, all heads, head atlas, attention math, positions,
-    bertviz; with `lm`, branching and heads off too."""
+    """The full explorer for `trace`: step-through, heatmap, all heads, head atlas, logit lens, queries and keys,
+    attention math, positions, bertviz; with `lm`, branching and heads off too."""
     return ExplorerView(trace, selection, lm=lm)
