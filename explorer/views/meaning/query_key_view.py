@@ -43,7 +43,7 @@ def query_key_figure(trace: Trace, layer: int, head: int, colour_by: str = "posi
     qk = trace.query_key_map(layer, head)
     n = trace.n_tokens
     positions = np.arange(n)
-    labels = [label(t) for t in trace.tokens]
+    labels = [label(t, max_chars=60) for t in trace.tokens]
     if colour_by == "position":
         colours = {"color": positions, "colorscale": "Viridis", "cmin": 0, "cmax": max(n - 1, 1)}
     else:
