@@ -162,6 +162,7 @@ TABS = {
     "All heads": ".ae-heads-map canvas.ae-thumbs",
     "Head atlas": ".ae-atlas table.ae-atlas-table tr td",
     "Logit lens": ".ae-lens-cell",
+    "Queries & keys": ".query-key-view .js-plotly-plot .main-svg",
     "Attention math": ".attention-math-view table",
     "Positions": ".positional-view .js-plotly-plot .main-svg",
     "bertviz": "iframe[sandbox='allow-scripts']",

@@ -88,13 +88,13 @@ class QueryKeyView(FollowsSelection, widgets.VBox):
                                      layout=widgets.Layout(width="150px"))
         self.layer.add_class("qk-layer")
         self.head.add_class("qk-head")
-        self.colour = widgets.ToggleButtons(options=COLOUR_BY, value=colour_by, description="colour by",
-                                            style={"button_width": "80px"})
+        self.colour = widgets.ToggleButtons(options=COLOUR_BY, value=colour_by, style={"button_width": "80px"})
         self.colour.add_class("qk-colour-by")
         self.problem = widgets.HTML()
         self.plot_box = widgets.VBox()
         self.figure: go.Figure | None = None
-        self.children = [widgets.HTML(f"<p>{ABOUT}</p>"), widgets.HBox([self.layer, self.head, self.colour]),
+        self.children = [widgets.HTML(f"<p>{ABOUT}</p>"), widgets.HBox([self.layer, self.head, widgets.Label("colour by"),
+                                                                   self.colour]),
                          self.problem, self.plot_box]
         self._following = False
         self.show(layer, head, colour_by)
