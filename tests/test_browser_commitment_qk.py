@@ -15,7 +15,7 @@ import pytest
 from synthetic import synthetic_trace, with_analysis
 from test_browser_jupyterlab import cell, jupyterlab, past_the_right_edge, quiet_settings, run_all_cells
 from test_commitment import XSS, flickering, reference, words
-from voila_harness import OUTPUT, browser, notebook_page, offline_page, write_notebook
+from voila_harness import OUTPUT, browser, offline_page, served_page, write_notebook
 
 from explorer.views.frontend.tokens_html import visible
 from explorer.views.meaning.commitment_view import layer_colour
@@ -129,12 +129,20 @@ def traces(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def voila(traces):
+def chromium():
+    """One Chromium for the module: Playwright's sync API runs one at a time."""
+    with browser() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def voila(traces, chromium):
     folder, _ = traces
     paths = "\n".join(f"{name.upper()} = {str(folder / f'{name}.trace')!r}" for name in ["steps", "none", "qk"])
     notebook = write_notebook(folder / "strip.ipynb", [paths, VOILA])
-    with notebook_page(notebook, ".case-qk .js-plotly-plot", viewport=(1280, 1100)) as (page, log):
+    with served_page(chromium, notebook, ".case-qk .js-plotly-plot", viewport=(1280, 1100)) as (page, log):
         yield page, log
+        page.close()
 
 
 def test_voila_stepper_strip_shows_each_tokens_commitment(voila, traces):
@@ -186,7 +194,7 @@ def test_voila_explorer_queries_and_keys_tab(voila, traces):
 
 
 LAB_CELLS = [
-    "import explorer\nsteps = explorer.load_trace(STEPS)\nqk = explorer.load_trace(QK)",
+    "import explorer, explorer.views\nsteps = explorer.load_trace(STEPS)\nqk = explorer.load_trace(QK)",
     "explorer.views.stepper(steps)",
     "explorer.views.commitment_strip(steps)",
     "explorer.views.query_key(qk, layer=1, head=2)",
@@ -195,14 +203,14 @@ LAB_STEPPER, LAB_STRIP, LAB_QK = 1, 2, 3
 
 
 @pytest.fixture(scope="module")
-def lab(traces, tmp_path_factory):
+def lab(traces, chromium, tmp_path_factory):
     folder, _ = traces
     root = tmp_path_factory.mktemp("lab-strip")
     paths = f"STEPS = {str(folder / 'steps.trace')!r}\nQK = {str(folder / 'qk.trace')!r}\n"
     write_notebook(root / "strip.ipynb", [paths + LAB_CELLS[0], *LAB_CELLS[1:]])
     quiet_settings(root / ".jupyter" / "settings")
-    with jupyterlab(root) as url, browser() as b:
-        page, log = offline_page(b, viewport=(1400, 2400))
+    with jupyterlab(root) as url:
+        page, log = offline_page(chromium, viewport=(1400, 2400))
         page.goto(url + "/lab/tree/strip.ipynb", wait_until="domcontentloaded", timeout=60_000)
         page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=60_000)
         run_all_cells(page, len(LAB_CELLS))
