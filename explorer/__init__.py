@@ -7,7 +7,7 @@
     trace.save("paris.trace"); explorer.load_trace("paris.trace")
 """
 
-from .errors import ExplorerError, ModelLoadError, SettingsError, TraceFileError
+from .errors import ExplorerError, MissingDataError, ModelLoadError, SelectionError, SettingsError, TraceFileError
 from .trace import Candidate, LogitLens, Positional, Step, Trace, save_traces
 from .trace_file import load_trace, load_traces
 from . import whatif  # noqa: F401  (explorer.whatif: branch_request, graft, rescore; torch-free)
@@ -46,8 +46,10 @@ __all__ = [
     "ExplorerError",
     "HeadAtlasOverTexts",
     "LanguageModel",
+    "MissingDataError",
     "ModelLoadError",
     "Positional",
+    "SelectionError",
     "SettingsError",
     "Step",
     "Trace",
