@@ -7,11 +7,11 @@
     trace.save("paris.trace"); explorer.load_trace("paris.trace")
 """
 
-from .errors import ExplorerError, ModelLoadError, SettingsError, TraceFileError
-from .trace import Candidate, LogitLens, Positional, Step, Trace, save_traces
-from .trace_file import load_trace, load_traces
 from . import whatif  # noqa: F401  (explorer.whatif: branch_request, graft, rescore; torch-free)
 from .atlas import HeadAtlasOverTexts, head_atlas, repeated_random_tokens
+from .errors import ExplorerError, MissingDataError, ModelLoadError, SelectionError, SettingsError, TraceFileError
+from .trace import Candidate, LogitLens, Positional, Step, Trace, save_traces
+from .trace_file import load_trace, load_traces
 
 __version__ = "0.1.0"
 
@@ -42,12 +42,14 @@ def __getattr__(name):
 
 __all__ = [
     "Candidate",
-    "LogitLens",
     "ExplorerError",
     "HeadAtlasOverTexts",
     "LanguageModel",
+    "LogitLens",
+    "MissingDataError",
     "ModelLoadError",
     "Positional",
+    "SelectionError",
     "SettingsError",
     "Step",
     "Trace",

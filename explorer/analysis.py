@@ -12,6 +12,8 @@ Head scores, over the rows i ≥ 1 of each head's attention α (every position o
   with the first position (where many heads park their attention: a sink) apart.
 Attention by distance (`distance_profile`): mean α[i, i − d] over the rows that have a key d back (not the first).
 Attention rollout (Abnar & Zuidema 2020): Ā_l = ½·mean_h(A_l) + ½·I, flow = Ā_{L−1} ·…· Ā_0.
+Commitment (NDIF Workbench's commitment strip), from the logit lens: for each position p the lens covers, the first
+layer l whose top-1 at p is the token at p + 1 and stays its top-1 in every layer after l, up to the last.
 """
 
 from __future__ import annotations
@@ -109,3 +111,18 @@ def distance_profile(trace, layer: int, head: int, max_distance: int = 64, kind:
             counts[d] += have.sum()
     return {"distance": np.arange(depth), "weight": (sums / np.maximum(counts, 1)).astype(np.float32),
             "first_token": np.float32(first / max(n - 1, 1))}
+
+
+NOT_COMMITTED = -1  # commitment's value where the last layer's top-1 is not the next token (or there is none)
+
+
+def commitment(lens, token_ids) -> np.ndarray:
+    """int32 [P], one per position of `lens.positions`: the first layer from which the lens ranks the token that
+    came next first, in that layer and every later one; NOT_COMMITTED where the last layer does not rank it first
+    (a sampled token) and at the trace's end (no next token)."""
+    ids = np.asarray(token_ids)
+    after = lens.positions.astype(np.int64) + 1
+    nxt = np.where(after < len(ids), ids[np.minimum(after, len(ids) - 1)], -1)  # -1: no token, never a top-1 id
+    first = lens.top_ids[:, :, 0] == nxt[None, :]  # [L, P]: this layer ranks the next token first
+    kept = np.logical_and.accumulate(first[::-1], axis=0)[::-1]  # kept[l]: first in l and in every layer after
+    return np.where(kept[-1], kept.argmax(axis=0), NOT_COMMITTED).astype(np.int32)

@@ -29,3 +29,12 @@ class ServiceError(ExplorerError):
 class CaptureError(ExplorerError, RuntimeError):
     """A model runs, but its attention cannot be recorded exactly: the sentence says what it does that we cannot
     replay, and what to try instead."""
+
+
+class SelectionError(ExplorerError, IndexError):
+    """A layer, head or position that the trace does not have: the sentence names the ones it has."""
+
+
+class MissingDataError(ExplorerError, ValueError):
+    """A trace lacks what was asked of it (no logit lens; attention kept as weights, without queries and keys):
+    the sentence says what to capture instead."""

@@ -18,7 +18,8 @@ from typing import NamedTuple
 import numpy as np
 from safetensors.numpy import save, save_file
 
-from . import analysis
+from . import analysis, query_key
+from .errors import MissingDataError
 from .facts import ModelFacts
 from .rotary import unrotate
 
@@ -100,6 +101,10 @@ class Positional:
         if name in arrays:
             return arrays[name]
         raise AttributeError(name)
+
+
+NO_LENS = ('this trace has no logit lens: capture one with lm.generate(prompt, lens="steps") '
+           'or lm.trace(text, lens="all")')
 
 
 def _softmax_rows(scores: np.ndarray) -> np.ndarray:
@@ -578,6 +583,19 @@ class Trace:
         from .contribution import contribution_graph
 
         return contribution_graph(self, step, position=position)
+
+    def commitment(self) -> np.ndarray:
+        """Per position the lens covers (`lens.positions`), the first layer from which the lens ranks the token that
+        came next first and keeps it first to the last layer, int32 [P]; -1 where the last layer's top-1 is not that
+        token (it was sampled) or there is none (the trace's end). MissingDataError for a trace with no lens."""
+        if self.lens is None:
+            raise MissingDataError(NO_LENS)
+        return analysis.commitment(self.lens, self.token_ids)
+
+    def query_key_map(self, layer: int, head: int) -> query_key.QueryKeyMap:
+        """A head's queries and keys projected together to 2-D (AttentionViz): keys scaled and moved so that nearness
+        follows the dot product, each softmax row unchanged; see explorer/query_key.py."""
+        return query_key.query_key_map(self, layer, head)
 
     def step_attention(self, step: int, layer: int, head: int | None = None) -> np.ndarray:
         """The attention that produced generated token `step`: the row of the position just before it."""

@@ -164,6 +164,7 @@ TABS = {
     "Logit lens": ".ae-lens-cell",
     "Attribution": ".ae-attribution-cell",
     "Contribution": ".ae-contribution canvas",
+    "Queries & keys": ".query-key-view .js-plotly-plot .main-svg",
     "Attention math": ".attention-math-view table",
     "Positions": ".positional-view .js-plotly-plot .main-svg",
     "bertviz": "iframe[sandbox='allow-scripts']",

@@ -440,6 +440,7 @@ def test_the_stepper_and_heatmap_are_drawn_before_the_lens_is_read(monkeypatch):
         stepper = board.explorer.tabs.children[0].children[0]
         assert stepper.trace is shown
         assert "the logit lens is being read" in message(board)
+        assert "being read" in stepper.commitment.value  # the commitment strip waits for the lens
         board.explorer.show_tab("Heatmap")
         assert board.explorer.tabs.children[1].children  # drawn while the lens is read
         board.explorer.show_tab("Logit lens")
@@ -453,6 +454,7 @@ def test_the_stepper_and_heatmap_are_drawn_before_the_lens_is_read(monkeypatch):
     [drawn] = board.explorer.tabs.children[board.explorer.tabs.selected_index].children
     assert isinstance(drawn, LensView) and drawn is not waiting and drawn.message == "" and drawn.n_layers == 2
     assert board.explorer.tabs.children[0].children[0] is stepper  # not drawn again
+    assert "being read" not in stepper.commitment.value and stepper.commitment.layers  # its strip came with the lens
     assert "Generated 4 tokens" in message(board) and "being read" not in message(board)
     assert len(board.session_panel.session.entries) == 1  # one trace in the session, not two
 

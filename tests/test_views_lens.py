@@ -12,6 +12,7 @@ import pytest
 from conftest import run_without_torch
 from explorer.views import Selection
 from explorer.views.explorer_view import ExplorerView, _tabs
+from explorer.views.meaning.commitment_view import CommitmentStrip
 from explorer.views.meaning.lens_view import LensView, lens
 from synthetic import synthetic_trace, with_analysis
 
@@ -183,7 +184,9 @@ def test_the_explorer_has_a_logit_lens_tab(steps_trace):
     assert titles.index("Logit lens") > titles.index("All heads")
     explorer = ExplorerView(steps_trace)
     explorer.tabs.selected_index = titles.index("Logit lens")
-    (view,) = explorer.tabs.children[titles.index("Logit lens")].children
+    (tab,) = explorer.tabs.children[titles.index("Logit lens")].children
+    strip, view = tab.children
+    assert isinstance(strip, CommitmentStrip) and strip.trace is explorer.trace
     assert isinstance(view, LensView) and view.selection is explorer.selection
     assert explorer.message.value == ""
 

@@ -42,9 +42,16 @@ def _head_atlas(trace, selection, open_heatmap=None):
 
 
 def _lens(trace, selection):
+    from .meaning.commitment_view import commitment_strip
     from .meaning.lens_view import lens
 
-    return lens(trace, selection)
+    return widgets.VBox([commitment_strip(trace), lens(trace, selection)])
+
+
+def _query_key(trace, selection):
+    from .meaning.query_key_view import query_key  # plotly: loaded only by those who open this tab
+
+    return query_key(trace, selection)
 
 
 def _attribution(trace, selection, open_heatmap=None):
@@ -90,6 +97,7 @@ def _tabs() -> list[tuple[str, Callable]]:
         ("Logit lens", _lens),
         ("Attribution", _attribution),
         ("Contribution", _contribution),
+        ("Queries & keys", _query_key),
         ("Attention math", _attention_math),
         ("Positions", _positional),
         ("bertviz", _bertviz),
@@ -198,6 +206,10 @@ class ExplorerView(widgets.VBox):
                 children, box.children = box.children, ()
                 for child in children:
                     _close_tree(child)
+            else:  # a view that shows a part of the lens redraws that part (the stepper's commitment strip)
+                for child in box.children:
+                    if callable(getattr(child, "lens_ready", None)):
+                        child.lens_ready()
         self._build_current()
 
     def _show_tree(self) -> None:
@@ -257,6 +269,6 @@ def _escape(e: Exception) -> str:
 
 
 def show(trace: Trace, selection: Selection | None = None, lm=None) -> ExplorerView:
-    """The full explorer for `trace`: step-through, heatmap, all heads, head atlas, attention math, positions,
-    bertviz; with `lm`, branching and heads off too."""
+    """The full explorer for `trace`: step-through, heatmap, all heads, head atlas, logit lens, queries and keys,
+    attention math, positions, bertviz; with `lm`, branching and heads off too."""
     return ExplorerView(trace, selection, lm=lm)

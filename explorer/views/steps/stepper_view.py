@@ -20,6 +20,7 @@ import numpy as np
 
 from ...trace import Trace
 from .step_charts import StepCharts
+from ..meaning.commitment_view import CommitmentStrip
 from ..selection import FollowsSelection, Selection, clamp_head, clamp_layer
 from ..frontend.tokens_html import most_surprising, surprisal_legend, token_span, visible
 from .read_text_view import read_text
@@ -82,6 +83,7 @@ class StepperView(FollowsSelection, widgets.VBox):
         )
         self.strip.set_values(np.array([s.prob for s in generated], dtype=np.float32))
         self.charts = StepCharts(trace, step)
+        self.commitment = CommitmentStrip(trace, generated_only=True)
         self._build_branching()
         self._show(step)
 
@@ -96,7 +98,7 @@ class StepperView(FollowsSelection, widgets.VBox):
         self.children = [
             controls, self.info, widgets.HBox([widgets.Label("colour the text by"), self.colour]),
             self.about_text, self.legend,
-            self.text, self.focus, self.branching,
+            self.text, self.focus, self.branching, self.commitment,
             widgets.HTML("<b>Generated tokens</b>: green = the probability the model gave each one "
                          "(hover for probability, rank and entropy; click to go to that step)"),
             self.strip, self.charts,
@@ -110,6 +112,11 @@ class StepperView(FollowsSelection, widgets.VBox):
         self.text.observe(self._on_text_token, "selected")
         self.candidates.observe(self._on_candidate, "selected")
         self.follow(sel, self._on_selection, ["step", "layer", "head"])
+
+    def lens_ready(self) -> None:
+        """The trace got its logit lens after this view was drawn: the commitment strip is drawn from it."""
+        if hasattr(self, "commitment"):
+            self.commitment.refresh()
 
     def _build_branching(self) -> None:
         """The current step's candidates as chips; with on_branch, clickable, and a box to type a token.
