@@ -148,7 +148,7 @@ def _serve_command(args) -> None:
     import socket
 
     from .service.keys import service_key_pair
-    from .service.protocol import KEY_ENV, Limits, is_loopback
+    from .service.protocol import KEY_ENV, TEACHER_KEY_ENV, Limits, is_loopback
     from .service.server import GenerationService
 
     pair = service_key_pair(args.key_file)  # a bad key file is refused before anything starts
@@ -164,9 +164,16 @@ def _serve_command(args) -> None:
         print(f"listening beyond this machine: requests must carry the key {key} "
               f"(give it to the dashboard as ${KEY_ENV})", flush=True)
     limits = Limits.for_class(args.class_size) if args.class_size else Limits()
+    teacher = ""
+    if args.class_size:  # the teacher's key shows traces to the class; a dashboard that starts us hands us its own
+        teacher = os.environ.get(TEACHER_KEY_ENV) or secrets.token_urlsafe(18)
+        if not os.environ.get(TEACHER_KEY_ENV):
+            print(f"the teacher's key (keep it to yourself): {teacher}; the teacher opens the dashboard with "
+                  f"?teacher={teacher} after its address", flush=True)
     service = GenerationService(args.bind, model=args.model, limits=limits, key=key, device=args.device,
                                 dtype=args.dtype, parent_pid=args.parent_pid, threads=args.threads,
-                                batch_size=args.batch_size, secret_key=pair.secret, listen_fd=args.listen_fd)
+                                batch_size=args.batch_size, secret_key=pair.secret, listen_fd=args.listen_fd,
+                                teacher_key=teacher)
     service.run()
 
 

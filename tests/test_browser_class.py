@@ -58,18 +58,20 @@ def until(condition, timeout: float, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def classroom():
-    """`attention-explorer dashboard --class 3`: (process, address printed with its token)."""
+    """`attention-explorer dashboard --class 3`: (process, address printed with its token, the teacher's address)."""
     proc, url, _ = start_dashboard("--class", "3")
     try:
         match = re.search(r"for a class of 3: http://\S+:(\d+)/\?token=(\S+)", printed(url))
-        assert match, printed(url)
-        yield proc, f"http://127.0.0.1:{match[1]}/?token={match[2]}"
+        teacher = re.search(r"the teacher's address .*: http://\S+:(\d+)/\?token=(\S+)&teacher=(\S+)", printed(url))
+        assert match and teacher and teacher[2] == match[2], printed(url)
+        address = f"http://127.0.0.1:{match[1]}/?token={match[2]}"
+        yield proc, address, f"{address}&teacher={teacher[3]}"
     finally:
         stop(proc)
 
 
 def test_a_class_server_listens_beyond_this_machine_only_with_a_token(classroom):
-    proc, address = classroom
+    proc, address, _ = classroom
     bare = address.split("?")[0]
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -90,7 +92,7 @@ def test_a_class_server_listens_beyond_this_machine_only_with_a_token(classroom)
 
 
 def test_two_students_each_see_only_their_own_trace_from_thin_kernels(classroom):
-    proc, address = classroom
+    proc, address, _ = classroom
     with browser() as b:
         (alice, alice_log), (bob, bob_log) = offline_page(b), offline_page(b)
         opened = time.monotonic()
@@ -140,6 +142,51 @@ def test_two_students_each_see_only_their_own_trace_from_thin_kernels(classroom)
             assert log.page_errors == [] and log.our_blocked() == [], (log.page_errors, log.our_blocked())
             assert log.requests and log.outside() == [], log.outside()  # Font Awesome included: a class may be offline
     assert prompt_box < 60  # a generous bound: the benchmark measures it, this only checks it came
+
+
+def session_list(page) -> list[str]:
+    return [o.replace("\xa0", " ") for o in page.locator(".ae-session-list select option").all_inner_texts()]
+
+
+def test_the_teacher_shows_a_trace_that_every_student_gets_and_nothing_of_a_student_reaches_another(classroom):
+    proc, address, teacher_address = classroom
+    with browser() as b:
+        (teacher, teacher_log), (ann, ann_log), (ben, ben_log) = offline_page(b), offline_page(b), offline_page(b)
+        for page, url in ((teacher, teacher_address), (ann, address), (ben, address)):
+            page.goto(url, timeout=120_000)
+        for page in (teacher, ann, ben):
+            wait_message(page, "Ready: type a prompt")
+        teacher.locator(".ae-show-class").wait_for(state="visible", timeout=60_000)  # the teacher's key, checked
+        for page, prompt in ((teacher, "Penguins live in"), (ann, "Rivers flow into"), (ben, "Mountains are")):
+            generate(page, prompt, 4)
+        for page, own in ((teacher, "Penguins"), (ann, "Rivers"), (ben, "Mountains")):
+            wait_generated(page, 4)
+            wait_stepper(page, own)
+        for student in (ann, ben):  # no button for students, whatever they do
+            assert student.locator(".ae-show-class").count() == 0 or not student.locator(".ae-show-class").is_visible()
+
+        teacher.locator(".ae-show-class").click()
+        wait_message(teacher, "Shown to the class")
+        for student, own, other in ((ann, "Rivers", "Mountains"), (ben, "Mountains", "Rivers")):
+            student.wait_for_function(  # no reload: it comes through the student's kernel
+                "() => [...document.querySelectorAll('.ae-session-list select option')]"
+                ".some(o => /teacher · Penguins live in/.test(o.innerText.replace(/\\u00a0/g, ' ')))",
+                timeout=60_000)
+            wait_message(student, "The teacher showed the class")
+            listed = session_list(student)
+            assert any(own in o for o in listed) and not any(other in o for o in listed), listed
+            wait_stepper(student, own)  # the student's own trace stays on screen
+            student.locator(".ae-session-list select").select_option(
+                label=next(o for o in student.locator(".ae-session-list select option").all_inner_texts()
+                           if "teacher" in o))
+            wait_stepper(student, "Penguins")  # explored in the student's own views
+            assert other not in student.locator(".ae-dashboard").inner_text()
+        listed = session_list(teacher)
+        assert not any("Rivers" in o or "Mountains" in o for o in listed), listed
+        ann.screenshot(path=str(OUTPUT / "class-from-the-teacher.png"), full_page=True)
+        teacher.screenshot(path=str(OUTPUT / "class-teacher.png"), full_page=True)
+        for log in (teacher_log, ann_log, ben_log):
+            assert log.page_errors == [] and log.outside() == [], (log.page_errors, log.outside())
 
 
 def test_the_service_killed_mid_request_is_reported_restarted_and_the_next_generate_works():

@@ -30,9 +30,10 @@ from ..service.protocol import FIRST_PROMPT, LIMITS_ENV, SERVICE_ENV, Limits
 from ..trace import Trace
 from ..trace_file import load_traces
 from ..views.explorer_view import ExplorerView
+from .class_link import ClassLink, teacher_key_in
 from .files_panel import FilesPanel
 from .page_ready import PageReady
-from .session import MAX_BYTES, MAX_TRACES, SessionTrace
+from .session import MAX_BYTES, MAX_TRACES, SessionTrace, first_words, prompt_of
 from .session_panel import FULL_WIDTH, SessionPanel
 from .taking_turns import TakingTurns
 
@@ -122,11 +123,14 @@ class Dashboard(widgets.VBox):
         self.session_panel = SessionPanel(self.explorer, self._say, self._shown, session_traces,
                                           CLASS_SESSION_BYTES if limits.class_size else MAX_BYTES)
         self.session = self.session_panel.session
+        self.class_link: ClassLink | None = None  # what the teacher shows the class (a class page: join_class)
+        self.page_query = ""  # the page's query string, once the page has drawn the dashboard
         self.runs = 0  # generations so far, said in the message so that each press can be told apart
         self.presses = 0  # Generate pressed: the service's first trace is shown only before the first press
         self._build_controls(prompt)
         sidebar = widgets.VBox(
-            [self.generation_box, widgets.HTML("<hr>"), self.session_panel, widgets.HTML("<hr>"), self.files,
+            [self.generation_box, widgets.HTML("<hr>"), self.session_panel, self.teacher_box, widgets.HTML("<hr>"),
+             self.files,
              widgets.HTML("<hr>"), self.facts],
             layout=widgets.Layout(width="330px", min_width="330px", padding="0 12px 0 0"),
         )
@@ -176,6 +180,13 @@ class Dashboard(widgets.VBox):
             self.generation_box.children = [widgets.HTML(
                 "<i>Showing a saved trace: no model is loaded. Start the dashboard with a model to generate.</i>"
             )]
+        self.show_class_button = widgets.Button(description="Show to the class", icon="share-square",
+                                                layout=widgets.Layout(width="auto")).add_class("ae-show-class")
+        self.show_class_button.on_click(lambda _: self.show_to_class())
+        self.teacher_box = widgets.VBox([widgets.HTML(
+            "<small><b>You are the teacher.</b> Show to the class puts the trace shown here in every student's "
+            "session list.</small>"), self.show_class_button], layout=widgets.Layout(display="none"))
+        self.teacher_box.add_class("ae-teacher")
         self.files = FilesPanel(self)
         self.upload, self.links = self.files.upload, self.files.links
 
@@ -328,6 +339,63 @@ class Dashboard(widgets.VBox):
         """Offer the current trace as a standalone HTML page that opens offline."""
         self.files.export()
 
+    # --- what the teacher shows the class
+    def join_class(self) -> None:
+        """Follow what the class's teacher shows: the traces come into the session list by themselves (a page of a
+        class on the generation service; nothing happens otherwise)."""
+        if self.class_link is not None or not self.limits.class_size or not hasattr(self.lm, "class_traces"):
+            return
+        self.class_link = ClassLink(self.lm, self._from_teacher, seen=lambda i: self.session.get(i) is not None)
+        self.class_link.start()
+
+    def become_teacher(self, key: str) -> bool:
+        """Unlock Show to the class with the teacher's key (`--class` prints the teacher's address, which
+        carries it); a wrong key leaves the page a student's, and says so."""
+        if self.class_link is None:
+            self._say("Only a page of a class can show traces to the class.", error=True)
+            return False
+        try:
+            ok = self.class_link.become_teacher(key)
+        except ExplorerError as e:
+            self._say(f"Could not check the teacher's key: {e}", error=True)
+            return False
+        if not ok:
+            self._say("The teacher's key in this page's address is not this class's: this page is a student's.",
+                      error=True)
+            return False
+        self.teacher_box.layout.display = ""
+        return True
+
+    def show_to_class(self):
+        """Show the trace on this page to the class (the teacher's page): it joins every student's session list,
+        marked "teacher"; returns what the service kept (its number and title), or None with the reason said."""
+        trace = self.trace
+        if self.class_link is None or not self.class_link.is_teacher:
+            self._say("Only the teacher's page can show a trace to the class.", error=True)
+            return None
+        if trace is None or trace.lens_pending:
+            self._say("Wait for the trace to be complete, then show it.", error=True)
+            return None
+        entry = self.session.get(trace.id)
+        title = entry.words if entry is not None else first_words(prompt_of(trace))
+        self.show_class_button.disabled = True
+        try:
+            shown = self.class_link.publish(trace, title)
+        except ExplorerError as e:
+            self._say(str(e)[:1].upper() + str(e)[1:], error=True)
+            return None
+        finally:
+            self.show_class_button.disabled = False
+        self._say(f"Shown to the class: “{shown.title}” is in every student's session list now.")
+        return shown
+
+    def _from_teacher(self, shown, trace: Trace) -> None:
+        """A trace the teacher showed: into the session list, marked, while the student's own trace stays shown."""
+        with self.turn:  # after a Generate or a what-if that is running: it changes the session too
+            dropped = self.session_panel.add_aside(trace, "from the teacher", origin=shown.title, mark="teacher · ")
+            self._say(f"The teacher showed the class “{shown.title}”: it is in your session list, marked "
+                      f"“teacher”; click it to explore it." + dropped)
+
     # --- the first trace from the generation service
     def open_first_trace(self, trace: Trace | None = None) -> None:
         """Show the first trace (asked of the service now if not given); if the service has none yet, say how far
@@ -414,8 +482,14 @@ class Dashboard(widgets.VBox):
 
     def when_shown(self, callback: Callable[[], None]) -> None:
         """Run `callback` once the page has drawn the dashboard (the first view of a trace takes the browser
-        about 1.5 s to build: the prompt box comes first)."""
-        self.children = [*self.children, PageReady(callback)]
+        about 1.5 s to build: the prompt box comes first); `page_query` is the page's query string by then."""
+
+        def shown() -> None:
+            self.page_query = ready.query
+            callback()
+
+        ready = PageReady(shown)
+        self.children = [*self.children, ready]
 
     @classmethod
     def from_environment(cls) -> Dashboard:
@@ -435,7 +509,15 @@ class Dashboard(widgets.VBox):
             board = cls(lm=lm, limits=limits)
             board._say("Opening the first trace …")
             _import_views()
-            board.when_shown(lambda: board.open_first_trace(first))
+
+            def opened() -> None:
+                board.open_first_trace(first)
+                board.join_class()
+                teacher = teacher_key_in(board.page_query)
+                if teacher and board.class_link is not None:
+                    board.become_teacher(teacher)
+
+            board.when_shown(opened)
             return board
         if trace_path:
             board = cls(lm=None, limits=limits)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ..errors import SettingsError
 from ..service.keys import KeyPair, public_key_from
-from ..service.protocol import KEY_ENV, LIMITS_ENV, PUBLIC_KEY_ENV, SECRET_KEY_ENV, SERVICE_ENV, Limits, is_loopback
+from ..service.protocol import (KEY_ENV, LIMITS_ENV, PUBLIC_KEY_ENV, SECRET_KEY_ENV, SERVICE_ENV, TEACHER_KEY_ENV,
+                                Limits, is_loopback)
 from ..trace_file import load_traces
 
 NOTEBOOK = "dashboard.ipynb"
@@ -114,11 +115,12 @@ def use_our_template() -> None:
         os.environ["JUPYTER_PATH"] = os.pathsep.join([str(TEMPLATES_ROOT), *paths])
 
 
-def _address(ip: str, port: int, token: str | None) -> str:
+def _address(ip: str, port: int, token: str | None, teacher: str | None = None) -> str:
     host = ip
     if ip in {"0.0.0.0", "::", ""}:  # every address: hand out the machine's name
         host = socket.gethostname()
-    return f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+    query = [f"token={token}"] * bool(token) + [f"teacher={teacher}"] * bool(teacher)
+    return f"http://{host}:{port}/" + ("?" + "&".join(query) if query else "")
 
 
 def launch(args: argparse.Namespace, voila_args: list[str]) -> int:
@@ -150,8 +152,10 @@ def launch(args: argparse.Namespace, voila_args: list[str]) -> int:
     else:
         key = secrets.token_urlsafe(24)
         pair = KeyPair.new()  # encrypted even on this machine; the kernels get the public key, the service the pair
+        # a class's teacher shows traces to the class with a key of their own: the service has it, no kernel does
+        teacher = secrets.token_urlsafe(18) if class_size else None
         service, address = start_service(key, args.model, args.device, args.dtype, class_size, args.threads,
-                                         secret_key=pair.secret)
+                                         secret_key=pair.secret, teacher_key=teacher)
         env |= {SERVICE_ENV: address, KEY_ENV: key, PUBLIC_KEY_ENV: pair.public}
     os.environ.update(env)  # Voilà's kernels inherit them
     use_our_template()
@@ -161,6 +165,9 @@ def launch(args: argparse.Namespace, voila_args: list[str]) -> int:
 
     who = f"a class of {class_size}" if class_size else "you"
     print(f"attention-explorer dashboard for {who}: {_address(ip, args.port, token)}  (Ctrl-C stops it)", flush=True)
+    if class_size and args.trace is None and not args.service:
+        print(f"the teacher's address (keep it to yourself: it shows traces to the class): "
+              f"{_address(ip, args.port, token, teacher)}", flush=True)
     sys.argv = ["voila", *voila_arguments(args.port, ip, class_size, token, voila_args)]
     try:
         voila_main()
@@ -171,7 +178,8 @@ def launch(args: argparse.Namespace, voila_args: list[str]) -> int:
 
 
 def start_service(key: str, model: str | None, device: str = "auto", dtype: str = "auto",
-                  class_size: int | None = None, threads: int | None = None, secret_key: str | None = None):
+                  class_size: int | None = None, threads: int | None = None, secret_key: str | None = None,
+                  teacher_key: str | None = None):
     """The generation service in a child process kept alive, on a port of this machine bound here and handed
     over: (the ServiceProcess, its address)."""
     from ..service.supervisor import ServiceProcess, listening_socket
@@ -181,5 +189,6 @@ def start_service(key: str, model: str | None, device: str = "auto", dtype: str 
     service_args += ["--model", model] if model else []
     service_args += ["--class", str(class_size)] if class_size else []
     service_args += ["--threads", str(threads)] if threads else []
-    env = {KEY_ENV: key, **({SECRET_KEY_ENV: secret_key} if secret_key else {})}
+    env = {KEY_ENV: key, **({SECRET_KEY_ENV: secret_key} if secret_key else {}),
+           **({TEACHER_KEY_ENV: teacher_key} if teacher_key else {})}
     return ServiceProcess(service_args, env=env, listening=listening).start(), address

@@ -77,15 +77,16 @@ class Session:
         return [e.trace for e in self.entries if e.family == key]
 
     def add(self, trace: Trace, source: str, family: str, origin: str | None = None,
-            keep: Trace | None = None) -> list[SessionTrace]:
+            keep: Trace | None = None, mark: str = "") -> list[SessionTrace]:
         """Add `trace` (nothing happens if it is in already) labelled by `origin` (the prompt typed, a file's
-        name) or, for a branch or a run with heads off, by its family's first label; then let the oldest go
-        while there are too many or they are too big, except `trace` and `keep` (the trace shown)."""
+        name) or, for a branch or a run with heads off, by its family's first label, after `mark` ("teacher · ");
+        then let the oldest go while there are too many or they are too big, except `trace` and `keep` (the
+        trace shown)."""
         if self.get(trace.id) is not None:
             return []
         self.added += 1
         words = self._words(trace, family, origin)
-        entry = SessionTrace(trace, f"{self.added}. {_label(trace, words)}", source, family, words)
+        entry = SessionTrace(trace, f"{self.added}. {mark}{_label(trace, words)}", source, family, words)
         self.entries.append(entry)
         dropped = []
         while len(self.entries) > self.max_traces or (

@@ -81,6 +81,16 @@ class SessionPanel(widgets.VBox):
         self.refresh(a=before.id if before is not None else None, b=trace.id)
         return self._dropped(dropped)
 
+    def add_aside(self, trace: Trace, source: str, origin: str | None = None, mark: str = "") -> str:
+        """Add a trace that comes to the page by itself (what the teacher shows) as a family of its own, without
+        changing what the explorer shows; return what was let go to make room, as a sentence ('' if nothing)."""
+        if self.session.get(trace.id) is not None:
+            return ""
+        dropped = self.session.add(trace, source, family=trace.id, origin=origin, keep=self.explorer.trace,
+                                   mark=mark)
+        self.refresh()
+        return self._dropped(dropped)
+
     def add_file(self, traces: list[Trace], source: str, origin: str | None = None) -> str:
         """Add the traces of one file as one family (a tree of branches) and show the first; as `add`."""
         traces = traces[: self.session.max_traces]

@@ -21,6 +21,7 @@ from .. import whatif
 from ..trace import Trace
 from ..trace_file import add_late_parts, trace_from_bytes
 from . import protocol as p
+from .board import Shown
 from .keys import public_key_from
 from .protocol import GenerationRequest, ServiceStatus
 
@@ -90,8 +91,8 @@ class RemoteModel:
     def close(self) -> None:
         self._reset()
 
-    def _send(self, message: dict) -> None:
-        self._connected().send(p.encode({**message, "key": self.key}))
+    def _send(self, message: dict, frames: tuple[bytes, ...] = ()) -> None:
+        self._connected().send_multipart([p.encode({**message, "key": self.key}), *frames])
 
     def _receive(self, timeout: float) -> tuple[dict, list[bytes]] | None:
         """The next message, or None after `timeout` seconds of silence; a failed handshake raises at once."""
@@ -117,9 +118,10 @@ class RemoteModel:
                            "makes a new one at every start unless given --key-file: take the one it printed last), "
                            "or it does not encrypt")
 
-    def _ask(self, kind: str, timeout: float) -> tuple[dict, list[bytes]]:
-        """One question, one answer (status, first trace); older answers still in the pipe are passed over."""
-        self._send({"kind": kind})
+    def _ask(self, kind: str, timeout: float, fields: dict | None = None,
+             frames: tuple[bytes, ...] = ()) -> tuple[dict, list[bytes]]:
+        """One question, one answer (status, first trace ...); older answers still in the pipe are passed over."""
+        self._send({**(fields or {}), "kind": kind}, frames)
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             answer = self._receive(left)
@@ -147,6 +149,32 @@ class RemoteModel:
         trace = trace_from_bytes(frames[0], "the service's first trace")
         self.facts = trace.model
         return trace
+
+    # --- what the teacher shows the class
+    def is_teacher(self, teacher_key: str, timeout: float = 3.0) -> bool:
+        """Whether `teacher_key` is the teacher's key of this service's class."""
+        message, _ = self._ask(p.TEACHER, timeout, {"teacher": teacher_key})
+        return message.get("ok") is True
+
+    def publish(self, trace: Trace, teacher_key: str, title: str = "", timeout: float = 30.0) -> Shown:
+        """Show `trace` to the class: every student's page gets it in its session list. The teacher's key only."""
+        message, _ = self._ask(p.PUBLISH, timeout, {"teacher": teacher_key, "title": title}, (trace.to_bytes(),))
+        return _shown(message.get("shown"))
+
+    def class_traces(self, timeout: float = 3.0) -> list[Shown]:
+        """What the teacher has shown the class, oldest first (the service keeps the last few)."""
+        message, _ = self._ask(p.CLASS_TRACES, timeout)
+        shown = message.get("shown")
+        if not isinstance(shown, list):
+            raise ServiceError("the generation service sent a list of the class's traces it could not read")
+        return [_shown(s) for s in shown]
+
+    def class_trace(self, number: int, timeout: float = 30.0) -> tuple[Shown, Trace]:
+        """The trace the teacher showed as `number`."""
+        message, frames = self._ask(p.CLASS_TRACE, timeout, {"number": number})
+        if not frames:
+            raise ServiceError("the generation service sent no trace")
+        return _shown(message.get("shown")), trace_from_bytes(frames[0], "the teacher's trace")
 
     def generate(
         self,
@@ -252,6 +280,13 @@ class RemoteModel:
 
     def __repr__(self) -> str:
         return f"RemoteModel({self.address!r}, {self.name!r})"
+
+
+def _shown(values) -> Shown:
+    try:
+        return Shown(**values)
+    except TypeError:
+        raise ServiceError("the generation service described a class trace in a way this viewer cannot read") from None
 
 
 def _refuse_unknown(unused: dict, also: tuple[str, ...] = ()) -> None:

@@ -15,6 +15,14 @@ answers to a `generate` request carry its id, so that a client can tell them fro
                        first views need no lens), then {"kind": "lens", "id"} + the bytes of what was made
                        after the capture (lens, attribution, their notes; `Trace.late_bytes`), which complete it
                        {"kind": "status", ...ServiceStatus}    ·   {"kind": "first_trace"} (+ trace bytes)
+
+What the teacher shows the class (a class only; board.py keeps them):
+    client → service   {"kind": "publish", "key", "teacher", "title"} + trace bytes    the teacher's key only
+                       {"kind": "teacher", "key", "teacher"}       is this the teacher's key?
+                       {"kind": "class_traces", "key"}             what was shown (the last few)
+                       {"kind": "class_trace", "key", "number"}    one of them
+    service → client   {"kind": "publish", "shown"}  ·  {"kind": "teacher", "ok"}
+                       {"kind": "class_traces", "shown": [Shown, ...]}  ·  {"kind": "class_trace", "shown"} + bytes
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ GENERATE, CANCEL, STATUS, FIRST_TRACE = "generate", "cancel", "status", "first_t
 # answers
 QUEUED, LOADING, TOKEN, TRACE, ERROR = "queued", "loading", "token", "trace", "error"
 CAPTURED, LENS = "captured", "lens"
+# what the teacher shows the class (questions and their answers share the kind)
+PUBLISH, TEACHER, CLASS_TRACES, CLASS_TRACE = "publish", "teacher", "class_traces", "class_trace"
 
 MAX_REQUEST_BYTES = 256_000  # a request is a prompt and a few numbers; anything larger is dropped by ZeroMQ
 MAX_PROMPT_CHARACTERS = 100_000  # checked before tokenizing, so that nobody makes the service tokenize megabytes
@@ -38,6 +48,7 @@ SERVICE_ENV = "ATTENTION_EXPLORER_SERVICE"  # the service's address, for the vie
 KEY_ENV = "ATTENTION_EXPLORER_SERVICE_KEY"  # the shared secret every request carries
 PUBLIC_KEY_ENV = "ATTENTION_EXPLORER_SERVICE_PUBLIC_KEY"  # the service's CURVE public key, for the viewer kernels
 SECRET_KEY_ENV = "ATTENTION_EXPLORER_SERVICE_SECRET_KEY"  # its secret key: how a dashboard hands its service the pair
+TEACHER_KEY_ENV = "ATTENTION_EXPLORER_TEACHER_KEY"  # the key that lets a page show its trace to the class (service only)
 LIMITS_ENV = "ATTENTION_EXPLORER_LIMITS"  # the class limits as JSON, for the viewer kernels
 FIRST_PROMPT = "What is the capital of France?"  # the trace a dashboard opens with (greedy, chat where there is one)
 FIRST_NEW_TOKENS = 20

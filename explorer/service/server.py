@@ -37,6 +37,7 @@ from ..errors import ExplorerError, ServiceError, SettingsError
 from ..trace import VERSION
 from ..trace_file import load_trace
 from . import protocol as p
+from .board import MAX_SHOWN_BYTES, ClassBoard
 from .protocol import FIRST_NEW_TOKENS, FIRST_PROMPT, GenerationRequest, Limits, ServiceStatus
 
 HEARTBEAT_SECONDS = 0.5  # how often a waiting client hears from the service: its place, or the loading percent
@@ -166,8 +167,10 @@ class GenerationService:
 
     def __init__(self, address: str, model: str | None = None, limits: Limits = Limits(), key: str = "",
                  device: str = "auto", dtype: str = "auto", parent_pid: int | None = None, threads: int | None = None,
-                 batch_size: int | None = None, secret_key: str | None = None, listen_fd: int | None = None):
+                 batch_size: int | None = None, secret_key: str | None = None, listen_fd: int | None = None,
+                 teacher_key: str = ""):
         self.address, self.model_name, self.limits, self.key = address, model, limits, key
+        self.board = ClassBoard(teacher_key)  # what the teacher showed the class (nothing without a teacher key)
         self.secret_key = secret_key
         self.listen_fd = listen_fd  # a TCP socket already bound to `address` and listening, handed over by a parent
         self.device, self.dtype, self.parent_pid = device, dtype, parent_pid
@@ -207,7 +210,9 @@ class GenerationService:
     def _serve_messages(self) -> None:
         router = self._context.socket(zmq.ROUTER)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a message to a client that has gone raises, so we notice
-        router.setsockopt(zmq.MAXMSGSIZE, p.MAX_REQUEST_BYTES)
+        # a request is small; only a class's teacher sends traces (to show them), bounded by the board
+        biggest = MAX_SHOWN_BYTES + p.MAX_REQUEST_BYTES if self.board.teacher_key else p.MAX_REQUEST_BYTES
+        router.setsockopt(zmq.MAXMSGSIZE, biggest)
         router.setsockopt(zmq.SNDTIMEO, 2000)
         router.setsockopt(zmq.LINGER, 0)
         if self.secret_key:
@@ -340,6 +345,27 @@ class GenerationService:
         elif kind == p.CANCEL:
             self.queue.forget(client)
             self._cancel(client, request_id)
+        elif kind in (p.PUBLISH, p.TEACHER, p.CLASS_TRACES, p.CLASS_TRACE):
+            self._answer_board(router, client, kind, message, frames[1:])
+
+    def _answer_board(self, router, client: bytes, kind: str, message: dict, frames: list[bytes]) -> None:
+        """What the teacher shows the class: publishing (the teacher's key only), and listing and fetching."""
+        try:
+            if kind == p.TEACHER:
+                answer, data = {"ok": self.board.is_teacher(message.get("teacher"))}, []
+            elif kind == p.PUBLISH:
+                shown = self.board.publish(message.get("teacher"), message.get("title"), frames[0] if frames else b"")
+                log(f"{client.hex()}: the teacher showed the class trace {shown.number} ({shown.nbytes / 1e6:.1f} MB)")
+                answer, data = {"shown": shown.to_json()}, []
+            elif kind == p.CLASS_TRACES:
+                answer, data = {"shown": [s.to_json() for s in self.board.listing()]}, []
+            else:
+                shown, trace = self.board.get(message.get("number"))
+                answer, data = {"shown": shown.to_json()}, [trace]
+        except ExplorerError as e:
+            self._send(router, client, _error("", e))
+        else:
+            self._send(router, client, p.encode({"kind": kind, **answer}), *data)
 
     def _waiting_message(self, request_id: str, ahead: int) -> bytes:
         if self.status.state == "loading":
