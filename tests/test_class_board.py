@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import html
-import time
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from explorer.errors import ServiceError, SettingsError, TraceFileError
 from explorer.service import Limits, RemoteModel
 from explorer.service import protocol as p
 from explorer.service.board import ClassBoard
-from test_service import service_in_this_process
+from test_service import service_in_this_process, until
 
 TEACHER = "the-teacher's-key"
 
@@ -31,13 +30,6 @@ def same_trace(got, want) -> None:
 def said(board) -> str:
     """The dashboard's message line, as the page shows it."""
     return html.unescape(board.message.value)
-
-
-def until(condition, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
