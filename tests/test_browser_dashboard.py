@@ -103,6 +103,22 @@ def test_a_new_user_generates_scrubs_selects_loads_and_meets_clear_errors(hostil
             wait_stepper(page, r"step 0 of 5")
             wait_generated(page, 5)
 
+            # the page answers while a generation runs (Generate works in a thread of its own): the stepper of
+            # the trace shown moves while the tokens of the next one come
+            page.locator(".ae-mode button", has_text="greedy").click()  # greedy counts on: 200 tokens, no end of text
+            page.locator(".ae-prompt textarea").fill("1, 2, 3, 4, 5, 6,")
+            fill(page, "ae-max-new-tokens", "200")
+            page.locator(".ae-generate").click()
+            page.wait_for_function(
+                "() => /^\\d+ \\/ 200 tokens/.test(document.querySelector('.ae-progress-label')?.innerText || '')",
+                timeout=60_000)
+            page.locator(".stepper-view .slider-container .noUi-handle, .stepper-view .ui-slider-handle").first.focus()
+            page.keyboard.press("ArrowRight")
+            wait_stepper(page, r"step 1 of 5")
+            assert page.locator(".ae-generate").is_disabled()  # still generating (one generation at a time)
+            wait_generated(page, 200)
+            wait_stepper(page, r"step 0 of 200")
+
             # load a saved trace: its HTML tokens show as text, and nothing runs
             upload(page, hostile_trace)
             wait_message(page, r"Loaded hostile.trace")

@@ -163,7 +163,7 @@ class Dashboard(widgets.VBox):
         self._show_sampling()
         self.generate_button = widgets.Button(description="Generate", button_style="primary",
                                               icon="play").add_class("ae-generate")
-        self.generate_button.on_click(lambda _: self.generate())
+        self.generate_button.on_click(lambda _: self.press_generate())
         self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width=FULL_WIDTH))
         self.progress.add_class("ae-progress")
         self.progress_label = widgets.Label("").add_class("ae-progress-label")
@@ -215,12 +215,26 @@ class Dashboard(widgets.VBox):
         return settings
 
     # --- actions
+    def press_generate(self) -> None:
+        """What the Generate button does: generate in a thread of its own, so that the page's kernel keeps answering
+        the views while the request waits in a class's queue, and while the logit lens is read after the first
+        views are drawn."""
+        if self.lm is None or self.generate_button.disabled:
+            return
+        self.generate_button.disabled = True  # at once: a second press does nothing until this one is done
+        self.presses += 1
+        threading.Thread(target=self._generate, name="generate", daemon=True).start()
+
     def generate(self) -> Trace | None:
-        """Generate from the prompt box with the settings shown; errors go to the page."""
+        """Generate from the prompt box with the settings shown and return the trace (None on an error, which goes
+        to the page)."""
         if self.lm is None or self.generate_button.disabled:
             return None
         self.generate_button.disabled = True
         self.presses += 1
+        return self._generate()
+
+    def _generate(self) -> Trace | None:
         self._say("")
         if not self.turn.acquire(blocking=False):
             self.progress_label.value = "waiting for the model to come free …"
