@@ -18,9 +18,9 @@ from typing import NamedTuple
 import numpy as np
 from safetensors.numpy import save, save_file
 
-from . import query_key
 from .analysis import AnalysisAccessors
 from .facts import ModelFacts
+from .query_key import QueryKeyAccessors
 from .rotary import unrotate
 
 
@@ -421,7 +421,7 @@ def _step_to_json(step: Step) -> dict:
 
 
 @dataclass
-class Trace(AnalysisAccessors):
+class Trace(AnalysisAccessors, QueryKeyAccessors):
     """Tokens, per-head attention of every layer, positional encodings and per-step probabilities."""
 
     tokens: list[str]  # prompt then generated tokens, each decoded on its own
@@ -563,11 +563,6 @@ class Trace(AnalysisAccessors):
         from .contribution import contribution_graph
 
         return contribution_graph(self, step, position=position)
-
-    def query_key_map(self, layer: int, head: int) -> query_key.QueryKeyMap:
-        """A head's queries and keys projected together to 2-D (AttentionViz): keys scaled and moved so that nearness
-        follows the dot product, each softmax row unchanged; see explorer/query_key.py."""
-        return query_key.query_key_map(self, layer, head)
 
     def step_attention(self, step: int, layer: int, head: int | None = None) -> np.ndarray:
         """The attention that produced generated token `step`: the row of the position just before it."""
