@@ -19,6 +19,7 @@ import numpy as np
 from safetensors.numpy import save, save_file
 
 from .analysis import AnalysisAccessors
+from .contribution import AttributionAccessors
 from .facts import ModelFacts
 from .query_key import QueryKeyAccessors
 from .rotary import unrotate
@@ -421,7 +422,7 @@ def _step_to_json(step: Step) -> dict:
 
 
 @dataclass
-class Trace(AnalysisAccessors, QueryKeyAccessors):
+class Trace(AnalysisAccessors, AttributionAccessors, QueryKeyAccessors):
     """Tokens, per-head attention of every layer, positional encodings and per-step probabilities."""
 
     tokens: list[str]  # prompt then generated tokens, each decoded on its own
@@ -541,28 +542,6 @@ class Trace(AnalysisAccessors, QueryKeyAccessors):
     def attention_row(self, layer: int, head: int | None, position: int) -> np.ndarray:
         """How the token at `position` attends to positions 0..position, [position + 1]."""
         return self.attention_rows(layer, head, position, position + 1)[0, : position + 1]
-
-    def logit_attribution(self, step: int | None = None, *, position: int | None = None) -> StepAttribution:
-        """Each head's, each block's MLP's and the embedding's share of the logit of generated token `step` (or of
-        the token after `position`, for a text read with lens="all"): `.heads` [layers, heads], `.mlp` [layers],
-        ..., adding up to `.logit` (`.total`)."""
-        if self.attribution is None:
-            why = next((n for n in self.notes if "attribution" in n), "it was captured without a logit lens")
-            raise ValueError(f"this trace has no logit attribution: {why}")
-        if (step is None) == (position is None):
-            raise ValueError("give a step or a position, one of them")
-        if step is not None:
-            if not -self.n_generated <= step < self.n_generated:
-                raise IndexError(f"step {step} is out of range: the trace has {self.n_generated} generated tokens")
-            position = self.steps[step].position - 1  # the position that produced it
-        return self.attribution.at(position)
-
-    def contribution_graph(self, step: int | None = None, *, position: int | None = None):
-        """Which earlier tokens, through which layers, carried the logit of generated token `step` (or of the token
-        after `position`): a ContributionGraph (explorer/contribution.py)."""
-        from .contribution import contribution_graph
-
-        return contribution_graph(self, step, position=position)
 
     def step_attention(self, step: int, layer: int, head: int | None = None) -> np.ndarray:
         """The attention that produced generated token `step`: the row of the position just before it."""
