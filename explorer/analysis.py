@@ -135,6 +135,8 @@ def commitment(lens, token_ids) -> np.ndarray:
 class AnalysisAccessors:
     """The analyses of this module as methods of a Trace (`trace.head_scores()`, ...): Trace inherits them."""
 
+    __slots__ = ()  # a mixin: the trace keeps its own attributes
+
     def head_scores(self, progress: bool = False) -> dict[str, np.ndarray]:
         """Scores of every head, name -> [n_layers, n_heads]: previous_token, first_token, self, duplicate_token,
         induction, entropy (definitions in explorer/analysis.py)."""

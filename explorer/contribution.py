@@ -69,6 +69,8 @@ class AttributionAccessors:
     """A step's logit attribution and its contribution graph as methods of a Trace (`trace.logit_attribution(step)`,
     `trace.contribution_graph(step)`): Trace inherits them."""
 
+    __slots__ = ()  # a mixin: the trace keeps its own attributes
+
     def logit_attribution(self, step: int | None = None, *, position: int | None = None) -> StepAttribution:
         """Each head's, each block's MLP's and the embedding's share of the logit of generated token `step` (or of
         the token after `position`, for a text read with lens="all"): `.heads` [layers, heads], `.mlp` [layers],

@@ -421,6 +421,8 @@ def _step_to_json(step: Step) -> dict:
     return out
 
 
+# The methods that call an analysis (head_scores, commitment, logit_attribution, contribution_graph, query_key_map,
+# ...) live in that analysis's module, as the mixins this class inherits.
 @dataclass
 class Trace(AnalysisAccessors, AttributionAccessors, QueryKeyAccessors):
     """Tokens, per-head attention of every layer, positional encodings and per-step probabilities."""
