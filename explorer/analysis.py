@@ -23,6 +23,8 @@ from collections.abc import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
+from .errors import MissingDataError
+
 SCORES = ("previous_token", "first_token", "self", "duplicate_token", "induction", "entropy", "distance")
 CHUNK_ROWS = 256
 
@@ -113,6 +115,8 @@ def distance_profile(trace, layer: int, head: int, max_distance: int = 64, kind:
             "first_token": np.float32(first / max(n - 1, 1))}
 
 
+NO_LENS = ('this trace has no logit lens: capture one with lm.generate(prompt, lens="steps") '
+           'or lm.trace(text, lens="all")')
 NOT_COMMITTED = -1  # commitment's value where the last layer's top-1 is not the next token (or there is none)
 
 
@@ -126,3 +130,33 @@ def commitment(lens, token_ids) -> np.ndarray:
     first = lens.top_ids[:, :, 0] == nxt[None, :]  # [L, P]: this layer ranks the next token first
     kept = np.logical_and.accumulate(first[::-1], axis=0)[::-1]  # kept[l]: first in l and in every layer after
     return np.where(kept[-1], kept.argmax(axis=0), NOT_COMMITTED).astype(np.int32)
+
+
+class AnalysisAccessors:
+    """The analyses of this module as methods of a Trace (`trace.head_scores()`, ...): Trace inherits them."""
+
+    __slots__ = ()  # a mixin: the trace keeps its own attributes
+
+    def head_scores(self, progress: bool = False) -> dict[str, np.ndarray]:
+        """Scores of every head, name -> [n_layers, n_heads]: previous_token, first_token, self, duplicate_token,
+        induction, entropy (definitions in explorer/analysis.py)."""
+        return head_scores(self, progress=progress)
+
+    def distance_profile(self, layer: int, head: int, max_distance: int = 64, kind: str = "raw") -> dict:
+        """A head's mean attention by distance i − j (the first position, a sink, apart): see analysis.py."""
+        self._check(layer, head)
+        return distance_profile(self, layer, head, max_distance, kind)
+
+    def attention_flow(self, kind: str = "rollout", progress: bool = False) -> np.ndarray:
+        """How attention flows from the input through the layers, float32 [T, T]: "rollout" (Abnar & Zuidema 2020)."""
+        if kind != "rollout":
+            raise ValueError(f"attention_flow knows 'rollout', not {kind!r}")
+        return rollout(self, progress=progress)
+
+    def commitment(self) -> np.ndarray:
+        """Per position the lens covers (`lens.positions`), the first layer from which the lens ranks the token that
+        came next first and keeps it first to the last layer, int32 [P]; -1 where the last layer's top-1 is not that
+        token (it was sampled) or there is none (the trace's end). MissingDataError for a trace with no lens."""
+        if self.lens is None:
+            raise MissingDataError(NO_LENS)
+        return commitment(self.lens, self.token_ids)

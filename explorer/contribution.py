@@ -16,8 +16,12 @@ Without value norms the split is by attention alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .trace import StepAttribution
 
 
 @dataclass
@@ -59,3 +63,30 @@ def contribution_graph(trace, step: int | None = None, *, position: int | None =
     residual = shares.embedding + np.concatenate([[0.0], np.cumsum(written, dtype=np.float64)])
     return ContributionGraph(position=p, edges=edges.astype(np.float32), residual=residual.astype(np.float32),
                              mlp=shares.mlp.copy(), logit=shares.logit, weighted=weighted)
+
+
+class AttributionAccessors:
+    """A step's logit attribution and its contribution graph as methods of a Trace (`trace.logit_attribution(step)`,
+    `trace.contribution_graph(step)`): Trace inherits them."""
+
+    __slots__ = ()  # a mixin: the trace keeps its own attributes
+
+    def logit_attribution(self, step: int | None = None, *, position: int | None = None) -> StepAttribution:
+        """Each head's, each block's MLP's and the embedding's share of the logit of generated token `step` (or of
+        the token after `position`, for a text read with lens="all"): `.heads` [layers, heads], `.mlp` [layers],
+        ..., adding up to `.logit` (`.total`)."""
+        if self.attribution is None:
+            why = next((n for n in self.notes if "attribution" in n), "it was captured without a logit lens")
+            raise ValueError(f"this trace has no logit attribution: {why}")
+        if (step is None) == (position is None):
+            raise ValueError("give a step or a position, one of them")
+        if step is not None:
+            if not -self.n_generated <= step < self.n_generated:
+                raise IndexError(f"step {step} is out of range: the trace has {self.n_generated} generated tokens")
+            position = self.steps[step].position - 1  # the position that produced it
+        return self.attribution.at(position)
+
+    def contribution_graph(self, step: int | None = None, *, position: int | None = None):
+        """Which earlier tokens, through which layers, carried the logit of generated token `step` (or of the token
+        after `position`): a ContributionGraph (explorer/contribution.py)."""
+        return contribution_graph(self, step, position=position)

@@ -94,3 +94,14 @@ def query_key_map(trace, layer: int, head: int) -> QueryKeyMap:
     return QueryKeyMap(layer=int(layer), head=int(head), queries=coords[:n].astype(np.float32),
                        keys=coords[n:].astype(np.float32), scale=scale, shift=shift.astype(np.float32), moved=move,
                        explained=explained.astype(np.float32))
+
+
+class QueryKeyAccessors:
+    """This module's picture as a method of a Trace (`trace.query_key_map(layer, head)`): Trace inherits it."""
+
+    __slots__ = ()  # a mixin: the trace keeps its own attributes
+
+    def query_key_map(self, layer: int, head: int) -> QueryKeyMap:
+        """A head's queries and keys projected together to 2-D (AttentionViz): keys scaled and moved so that nearness
+        follows the dot product, each softmax row unchanged; see explorer/query_key.py."""
+        return query_key_map(self, layer, head)

@@ -18,9 +18,10 @@ from typing import NamedTuple
 import numpy as np
 from safetensors.numpy import save, save_file
 
-from . import analysis, query_key
-from .errors import MissingDataError
+from .analysis import AnalysisAccessors
+from .contribution import AttributionAccessors
 from .facts import ModelFacts
+from .query_key import QueryKeyAccessors
 from .rotary import unrotate
 
 
@@ -101,10 +102,6 @@ class Positional:
         if name in arrays:
             return arrays[name]
         raise AttributeError(name)
-
-
-NO_LENS = ('this trace has no logit lens: capture one with lm.generate(prompt, lens="steps") '
-           'or lm.trace(text, lens="all")')
 
 
 def _softmax_rows(scores: np.ndarray) -> np.ndarray:
@@ -424,8 +421,10 @@ def _step_to_json(step: Step) -> dict:
     return out
 
 
+# The methods that call an analysis (head_scores, commitment, logit_attribution, contribution_graph, query_key_map,
+# ...) live in that analysis's module, as the mixins this class inherits.
 @dataclass
-class Trace:
+class Trace(AnalysisAccessors, AttributionAccessors, QueryKeyAccessors):
     """Tokens, per-head attention of every layer, positional encodings and per-step probabilities."""
 
     tokens: list[str]  # prompt then generated tokens, each decoded on its own
@@ -545,57 +544,6 @@ class Trace:
     def attention_row(self, layer: int, head: int | None, position: int) -> np.ndarray:
         """How the token at `position` attends to positions 0..position, [position + 1]."""
         return self.attention_rows(layer, head, position, position + 1)[0, : position + 1]
-
-    def head_scores(self, progress: bool = False) -> dict[str, np.ndarray]:
-        """Scores of every head, name -> [n_layers, n_heads]: previous_token, first_token, self, duplicate_token,
-        induction, entropy (definitions in explorer/analysis.py)."""
-        return analysis.head_scores(self, progress=progress)
-
-    def distance_profile(self, layer: int, head: int, max_distance: int = 64, kind: str = "raw") -> dict:
-        """A head's mean attention by distance i − j (the first position, a sink, apart): see analysis.py."""
-        self._check(layer, head)
-        return analysis.distance_profile(self, layer, head, max_distance, kind)
-
-    def attention_flow(self, kind: str = "rollout", progress: bool = False) -> np.ndarray:
-        """How attention flows from the input through the layers, float32 [T, T]: "rollout" (Abnar & Zuidema 2020)."""
-        if kind != "rollout":
-            raise ValueError(f"attention_flow knows 'rollout', not {kind!r}")
-        return analysis.rollout(self, progress=progress)
-
-    def logit_attribution(self, step: int | None = None, *, position: int | None = None) -> StepAttribution:
-        """Each head's, each block's MLP's and the embedding's share of the logit of generated token `step` (or of
-        the token after `position`, for a text read with lens="all"): `.heads` [layers, heads], `.mlp` [layers],
-        ..., adding up to `.logit` (`.total`)."""
-        if self.attribution is None:
-            why = next((n for n in self.notes if "attribution" in n), "it was captured without a logit lens")
-            raise ValueError(f"this trace has no logit attribution: {why}")
-        if (step is None) == (position is None):
-            raise ValueError("give a step or a position, one of them")
-        if step is not None:
-            if not -self.n_generated <= step < self.n_generated:
-                raise IndexError(f"step {step} is out of range: the trace has {self.n_generated} generated tokens")
-            position = self.steps[step].position - 1  # the position that produced it
-        return self.attribution.at(position)
-
-    def contribution_graph(self, step: int | None = None, *, position: int | None = None):
-        """Which earlier tokens, through which layers, carried the logit of generated token `step` (or of the token
-        after `position`): a ContributionGraph (explorer/contribution.py)."""
-        from .contribution import contribution_graph
-
-        return contribution_graph(self, step, position=position)
-
-    def commitment(self) -> np.ndarray:
-        """Per position the lens covers (`lens.positions`), the first layer from which the lens ranks the token that
-        came next first and keeps it first to the last layer, int32 [P]; -1 where the last layer's top-1 is not that
-        token (it was sampled) or there is none (the trace's end). MissingDataError for a trace with no lens."""
-        if self.lens is None:
-            raise MissingDataError(NO_LENS)
-        return analysis.commitment(self.lens, self.token_ids)
-
-    def query_key_map(self, layer: int, head: int) -> query_key.QueryKeyMap:
-        """A head's queries and keys projected together to 2-D (AttentionViz): keys scaled and moved so that nearness
-        follows the dot product, each softmax row unchanged; see explorer/query_key.py."""
-        return query_key.query_key_map(self, layer, head)
 
     def step_attention(self, step: int, layer: int, head: int | None = None) -> np.ndarray:
         """The attention that produced generated token `step`: the row of the position just before it."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from explorer.facts import ModelFacts
-from explorer.trace import Candidate, LogitLens, Positional, QueryKeyLayer, Step, Trace
+from explorer.trace import Candidate, LogitAttribution, LogitLens, Positional, QueryKeyLayer, Step, Trace
 
 
 def rotary_positional(n_tokens: int, dim: int, theta: float = 10000.0) -> Positional:
@@ -82,4 +82,19 @@ def with_analysis(trace: Trace, *, n_generated: int = 0, lens: str | None = "ste
     next_prob[:, end], next_rank[:, end] = np.nan, 0
     trace.lens = LogitLens(positions=positions, top_ids=top_ids, top_probs=np.take_along_axis(probs, top_ids, -1),
                            next_prob=next_prob.astype(np.float32), next_rank=next_rank, words=words)
+    return trace
+
+
+def with_attribution(trace: Trace, *, seed: int = 0) -> Trace:
+    """`trace` (with a lens, from `with_analysis`) with a random but well-formed logit attribution at the lens's
+    positions that have a next token: each part's share drawn at random, the logit their sum."""
+    rng = np.random.default_rng(seed)
+    positions = trace.lens.positions[trace.lens.positions + 1 < trace.n_tokens]
+    p, layers, heads = len(positions), trace.n_layers, trace.n_heads
+    parts = {"heads": rng.normal(0, 0.3, (p, layers, heads)), "attention_bias": rng.normal(0, 0.05, (p, layers)),
+             "mlp": rng.normal(0, 0.5, (p, layers)), "embedding": rng.normal(0, 1, p), "constant": rng.normal(0, 0.1, p)}
+    parts = {name: array.astype(np.float32) for name, array in parts.items()}
+    logit = (parts["heads"].sum((1, 2)) + parts["attention_bias"].sum(1) + parts["mlp"].sum(1) + parts["embedding"]
+             + parts["constant"]).astype(np.float32)
+    trace.attribution = LogitAttribution(positions=positions.astype(np.int32), logit=logit, **parts)
     return trace

@@ -435,6 +435,16 @@ def _then(callback, after):
     return both
 
 
+def raw_page(address: str, request_id: str, request: GenerationRequest) -> zmq.Socket:
+    """A page's bare ZeroMQ socket (no RemoteModel) that has sent one generate request: the test reads the answers
+    itself and closes it when the page goes away (it lingers on nothing)."""
+    page = zmq.Context.instance().socket(zmq.DEALER)
+    page.setsockopt(zmq.LINGER, 0)
+    page.connect(address)
+    page.send(p.encode({"kind": p.GENERATE, "id": request_id, "key": "", "request": request.to_json()}))
+    return page
+
+
 def ask_in_threads(address: str, asks: list[dict]) -> tuple[list, list[list[str]], list]:
     """Each of `asks` (keywords of RemoteModel.generate) from a client of its own, at once: (threads, tokens heard
     by each, results: a Trace or the error raised)."""
@@ -481,11 +491,7 @@ def test_a_viewer_that_leaves_its_batch_does_not_stop_the_others():
 
     with batching_service(after_token=hold, limits=Limits.for_class(3)) as (address, service, release, calls, lm):
         services.append(service)
-        leaving = zmq.Context.instance().socket(zmq.DEALER)
-        leaving.setsockopt(zmq.LINGER, 0)
-        leaving.connect(address)
-        leaving.send(p.encode({"kind": p.GENERATE, "id": "leaving", "key": "",
-                               "request": GenerationRequest("Bye now", 6).to_json()}))
+        leaving = raw_page(address, "leaving", GenerationRequest("Bye now", 6))
         threads, heard, results = ask_in_threads(address, asks)
         until(lambda: len(service.queue) == 3, "the three requests did not all wait for the model")
         release.set()
@@ -602,11 +608,7 @@ def test_stop_ends_every_thread_of_the_service_even_with_a_generation_running():
 
     with batching_service(after_token=hold, limits=Limits.for_class(3)) as (address, service, release, _, _):
         services.append(service)
-        page = zmq.Context.instance().socket(zmq.DEALER)
-        page.setsockopt(zmq.LINGER, 0)
-        page.connect(address)
-        page.send(p.encode({"kind": p.GENERATE, "id": "mid", "key": "",
-                            "request": GenerationRequest("Hold on", 20).to_json()}))
+        page = raw_page(address, "mid", GenerationRequest("Hold on", 20))
         release.set()
         assert running.wait(30), "the generation did not start"
         assert len(new_threads()) == 2, new_threads()  # the I/O thread and the worker

@@ -13,8 +13,8 @@ import html
 import ipywidgets as widgets
 import numpy as np
 
-from ...analysis import NOT_COMMITTED
-from ...trace import NO_LENS, Trace
+from ...analysis import NO_LENS, NOT_COMMITTED
+from ...trace import Trace
 from ..frontend.tokens_html import visible
 
 # ColorBrewer's Blues, dark to light: layer 0 at the dark end, the last layer at the light one (never white, which
