@@ -43,9 +43,9 @@ def find_proxy() -> str:
                        f"{PROXY}`), or `npm install -g {PROXY}`")
 
 
-def process_tree(root: int) -> dict[int, tuple[str, float]]:
-    """pid -> (command line, resident MB) of `root` and all its descendants, from /proc."""
-    procs: dict[int, tuple[int, str, float]] = {}
+def processes() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command line, resident MB) of every process, from /proc."""
+    procs = {}
     for d in Path("/proc").glob("[0-9]*"):
         try:
             ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -55,12 +55,21 @@ def process_tree(root: int) -> dict[int, tuple[str, float]]:
         except (OSError, ValueError, IndexError):
             continue
         procs[int(d.name)] = (ppid, cmd, rss)
+    return procs
+
+
+def process_tree(root: int, procs: dict[int, tuple[int, str, float]] | None = None) -> dict[int, tuple[str, float]]:
+    """pid -> (command line, resident MB) of `root` and all its descendants (in `procs`, default: now)."""
+    procs = processes() if procs is None else procs
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
     tree, todo = {}, [root]
     while todo:
         pid = todo.pop()
         if pid in procs and pid not in tree:
             tree[pid] = procs[pid][1:]
-            todo += [child for child, (ppid, _, _) in procs.items() if ppid == pid]
+            todo += children.get(pid, [])
     return tree
 
 
@@ -71,10 +80,10 @@ class Hub:
     state: Path  # database, cookie secret, the students' homes
     log: Path
 
-    def servers(self) -> dict[str, int]:
+    def servers(self, procs: dict | None = None) -> dict[str, int]:
         """user name -> pid of their running single-user server (`attention-explorer singleuser`, a child of the hub)."""
         found = {}
-        for pid, (cmd, _) in process_tree(self.proc.pid).items():
+        for pid, (cmd, _) in process_tree(self.proc.pid, procs).items():
             if "attention-explorer singleuser" in cmd:
                 with suppress(OSError, KeyError):
                     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -83,10 +92,11 @@ class Hub:
 
     def memory(self) -> dict[str, float]:
         """Resident MB: 'hub' (JupyterHub and its proxy) and each user's server with its kernels, by user name."""
-        tree = process_tree(self.proc.pid)
-        users = self.servers()
-        per_user = {name: sum(rss for _, rss in process_tree(pid).values()) for name, pid in users.items()}
-        inside = {p for pid in users.values() for p in process_tree(pid)}
+        procs = processes()  # one look at the process table for all
+        tree = process_tree(self.proc.pid, procs)
+        users = self.servers(procs)
+        per_user = {name: sum(rss for _, rss in process_tree(pid, procs).values()) for name, pid in users.items()}
+        inside = {p for pid in users.values() for p in process_tree(pid, procs)}
         return {"hub": sum(rss for pid, (_, rss) in tree.items() if pid not in inside), **per_user}
 
 
