@@ -92,6 +92,10 @@ def test_students_log_in_through_the_hub_and_each_sees_only_their_own_trace(hub)
             other = next(prompt for who, prompt in PROMPTS.items() if who != name)
             assert PROMPTS[name] in page_text and other.split()[0] not in page_text
         pages["alice"][0].screenshot(path=str(OUTPUT / "hub-alice.png"), full_page=True)
+        # bertviz draws in a sandboxed iframe: the single-user server's CSP (frame-ancestors 'none') lets it
+        alice = pages["alice"][0]
+        alice.locator(".lm-TabBar-tab", has_text="bertviz").first.click()
+        alice.frame_locator("iframe[sandbox] >> nth=0").locator("svg text").first.wait_for(timeout=60_000)
 
         # each student has a server of their own, with a kernel of their own that holds no torch and no secret key
         servers = hub.servers()
@@ -104,7 +108,6 @@ def test_students_log_in_through_the_hub_and_each_sees_only_their_own_trace(hub)
             assert p.PUBLIC_KEY_ENV.encode() in names and p.SECRET_KEY_ENV.encode() not in names
 
         # a student's login opens none of another's pages: the hub refuses alice at bob's dashboard
-        alice = pages["alice"][0]
         response = alice.goto(f"{hub.url}/user/bob/{DASHBOARD_PAGE}")
         assert response.status == 403 and "Volcanoes" not in alice.content()
 
