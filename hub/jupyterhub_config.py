@@ -22,8 +22,9 @@ KEY = "ATTENTION_EXPLORER_SERVICE_KEY"
 PUBLIC_KEY = "ATTENTION_EXPLORER_SERVICE_PUBLIC_KEY"
 LIMITS = "ATTENTION_EXPLORER_LIMITS"
 # what `attention-explorer dashboard --class 200` gives its pages: 32 new tokens after at most 256 prompt tokens,
-# uploads up to 20 MB, saved traces as downloads
-CLASS_LIMITS = {"max_new_tokens": 32, "max_prompt_tokens": 256, "upload_bytes": 20_000_000, "class_size": 200}
+# uploads up to 20 MB, saved traces as downloads (the service itself caps what it is asked: serve --class N)
+CLASS_LIMITS = {"max_new_tokens": 32, "max_prompt_tokens": 256, "max_waiting": 400, "upload_bytes": 20_000_000,
+                "class_size": 200}
 
 missing = [name for name in (SERVICE, PUBLIC_KEY) if not os.environ.get(name)]
 if missing:
