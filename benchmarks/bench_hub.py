@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_class import (OWN_TRACE, PROMPT_BOX, STEPPER_TEXT, TIMEOUT_MS, Visit, chromium,  # noqa: E402
                          class_load, visits_of)
-from hub_harness import DASHBOARD_PAGE, Hub, ProxyMissing, find_proxy, process_tree, running_hub  # noqa: E402
+from hub_harness import (DASHBOARD_PAGE, Hub, ProxyMissing, find_proxy, process_tree, processes,  # noqa: E402
+                         running_hub)  # noqa: E402
 from playwright.async_api import Browser, Page, Route  # noqa: E402
 from voila_harness import LOCAL_HOSTS, OUTPUT, free_port  # noqa: E402
 
@@ -80,13 +81,18 @@ def service(users: int, model: str | None, state: Path):
 class HubMemory:
     hub: float = 0.0
     users: dict[str, float] = field(default_factory=dict)  # peak per student's server tree
+    kernels: dict[str, float] = field(default_factory=dict)  # peak of the kernels in it
     service: float = 0.0
     total: float = 0.0  # peak of hub + servers + service together
 
     def watch(self, hub: Hub, service_pid: int, done: threading.Event, every: float = 0.5) -> None:
         while True:
-            now = hub.memory()
-            service = sum(rss for _, rss in process_tree(service_pid).values())
+            procs = processes()
+            now = hub.memory(procs)
+            for name, pid in hub.servers(procs).items():
+                kernels = sum(rss for cmd, rss in process_tree(pid, procs).values() if "ipykernel" in cmd)
+                self.kernels[name] = max(self.kernels.get(name, 0.0), kernels)
+            service = sum(rss for _, rss in process_tree(service_pid, procs).values())
             self.total = max(self.total, sum(now.values()) + service)
             self.hub = max(self.hub, now.pop("hub"))
             for name, mb in now.items():
@@ -193,8 +199,10 @@ def report(students: list[Student], memory: HubMemory) -> float:
     servers = list(memory.users.values())
     per_user = (memory.hub + sum(servers)) / max(1, len(students))
     if servers:
+        kernels = list(memory.kernels.values())
         print(f"memory at peak: hub + proxy {memory.hub:.0f} MB; each student's server with its kernel "
-              f"{min(servers):.0f}–{max(servers):.0f} MB ({sum(servers):.0f} MB for {len(servers)}); "
+              f"{min(servers):.0f}–{max(servers):.0f} MB (of which the kernel {min(kernels):.0f}–{max(kernels):.0f} "
+              f"MB; {sum(servers):.0f} MB for {len(servers)}); "
               f"generation service {memory.service:.0f} MB; all together {memory.total:.0f} MB")
         print(f"per student, the service aside: {per_user:.0f} MB (hub share {memory.hub / len(students):.0f} MB)")
     return per_user

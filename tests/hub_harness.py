@@ -90,9 +90,9 @@ class Hub:
                     found[dict(e.split(b"=", 1) for e in environ if b"=" in e)[b"JUPYTERHUB_USER"].decode()] = pid
         return found
 
-    def memory(self) -> dict[str, float]:
+    def memory(self, procs: dict | None = None) -> dict[str, float]:
         """Resident MB: 'hub' (JupyterHub and its proxy) and each user's server with its kernels, by user name."""
-        procs = processes()  # one look at the process table for all
+        procs = processes() if procs is None else procs  # one look at the process table for all
         tree = process_tree(self.proc.pid, procs)
         users = self.servers(procs)
         per_user = {name: sum(rss for _, rss in process_tree(pid, procs).values()) for name, pid in users.items()}
