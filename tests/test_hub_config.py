@@ -88,3 +88,13 @@ def test_a_students_server_shows_the_dashboard_with_our_template_and_asks_no_cdn
         theirs = ServerApp()
         theirs.parse_command_line(singleuser_arguments([f"{flag}={tmp_path}"]))
         assert theirs.root_dir == str(tmp_path)
+
+
+def test_without_its_proxy_the_hub_says_how_to_install_it(monkeypatch, tmp_path):
+    import hub_harness
+
+    monkeypatch.setattr(hub_harness, "LOCAL_PROXY", tmp_path / "node" / "node_modules" / ".bin" / hub_harness.PROXY)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(hub_harness.ProxyMissing, match=r"run `make install` \(it runs `npm install --prefix .*node "
+                                                       r"configurable-http-proxy`\), or `npm install -g"):
+        hub_harness.find_proxy()
