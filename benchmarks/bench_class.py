@@ -268,7 +268,7 @@ def visits_of(n: int, seed: int = 0) -> list[Visit]:
                   f"student{i:03d}{code}", rng.uniform(0, 5)) for i, code in enumerate(codes, 1)]
 
 
-async def class_load(n: int, settle: float) -> None:
+async def class_load(n: int, settle: float) -> MemoryPeaks:
     visits, peaks, done = visits_of(n), MemoryPeaks(), threading.Event()
     server = await asyncio.to_thread(launch, "--class", str(n))
     watcher = threading.Thread(target=peaks.watch, args=(server.proc.pid, done), daemon=True)
@@ -308,6 +308,7 @@ async def class_load(n: int, settle: float) -> None:
           f"MB; generation service peak {peaks.service:.0f} MB; up to {peaks.kernels} ipykernels, peak "
           f"{peaks.kernels_mb:.0f} MB together")
     print("targets: prompt box ≤ 5 s, own trace ≤ 60 s, peak ≤ 3 GB (10 students) / ≤ 5 GB (30)")
+    return peaks
 
 
 BARE_CELL = "import ipywidgets as w\nw.VBox([w.Textarea().add_class('ae-prompt'), w.Button(description='Generate')])"

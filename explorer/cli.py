@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     v.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # a socket bound by the dashboard
 
+    sub.add_parser("singleuser", help="a student's server under JupyterHub: the spawner's command, showing the "
+                   "dashboard through Voilà (other flags go to jupyterhub-singleuser)")
+
     s = sub.add_parser("show", help="print a summary of a saved trace")
     s.add_argument("path", type=Path)
     return parser
@@ -180,7 +183,7 @@ def _serve_command(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "dashboard":
+    if rest and args.command not in {"dashboard", "singleuser"}:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == "trace":
@@ -197,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
             return launch(args, voila_args=rest)
         elif args.command == "serve":
             _serve_command(args)
+        elif args.command == "singleuser":
+            from .dashboard.singleuser import main as singleuser
+
+            return singleuser(rest)
     except ExplorerError as e:
         print(f"attention-explorer: error: {e}", file=sys.stderr)
         return 2

@@ -90,6 +90,14 @@ def fill(page, field: str, value: str) -> None:
     page.locator(f".{field} input").press("Enter")
 
 
+def generate(page, prompt: str, tokens: int) -> None:
+    """Type `prompt`, chat template off, `tokens` new tokens, and press Generate."""
+    page.locator(".ae-prompt textarea").fill(prompt)
+    page.locator(".ae-dashboard input[type=checkbox]").first.uncheck()
+    fill(page, "ae-max-new-tokens", str(tokens))
+    page.locator(".ae-generate").click()
+
+
 def wait_stepper(page, pattern: str, timeout: float = 120_000) -> None:
     """Wait until the step-through view shows text matching `pattern` (it is rebuilt on each new trace)."""
     page.wait_for_function(

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dashboard_harness import fill, printed, start_dashboard, stop, wait_error, wait_generated, wait_message, wait_stepper
+from dashboard_harness import (fill, generate, printed, start_dashboard, stop, wait_error, wait_generated, wait_message,
+                               wait_stepper)
 from explorer.service import protocol as p
 from voila_harness import OUTPUT, browser, offline_page
 
@@ -40,13 +41,6 @@ def kernels(pid: int) -> set[int]:
 def service_pid(pid: int) -> int:
     (found,) = [k for k, cmd in children(pid).items() if "explorer.cli serve" in cmd]
     return found
-
-
-def generate(page, prompt: str, tokens: int) -> None:
-    page.locator(".ae-prompt textarea").fill(prompt)
-    page.locator(".ae-dashboard input[type=checkbox]").first.uncheck()
-    fill(page, "ae-max-new-tokens", str(tokens))
-    page.locator(".ae-generate").click()
 
 
 def until(condition, timeout: float, what: str) -> None:

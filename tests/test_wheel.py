@@ -99,6 +99,11 @@ def test_the_wheel_carries_the_checkpoint_the_front_end_and_an_spdx_license(venv
     # every view's .js and .css, in whichever folder of explorer/views it lives (package-data globs them)
     front_end = {p.relative_to(REPO).as_posix() for ext in ("js", "css") for p in (REPO / "explorer").rglob(f"*.{ext}")}
     assert front_end and front_end <= names, sorted(front_end - names)
+    # the dashboard's Voilà template, and the server config of a student's server under JupyterHub
+    jupyter = {p.relative_to(REPO).as_posix() for p in (REPO / "explorer" / "dashboard" / "jupyter").rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts}
+    assert "explorer/dashboard/jupyter/config/jupyter_server_config.json" in jupyter and jupyter <= names, \
+        sorted(jupyter - names)
     assert "License-Expression: MIT" in headers
 
 
