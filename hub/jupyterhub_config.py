@@ -10,6 +10,8 @@ and give the hub what it printed, in its environment:
     ATTENTION_EXPLORER_SERVICE_PUBLIC_KEY=<the public key serve printed>
     ATTENTION_EXPLORER_LIMITS='{"max_new_tokens": 32, ...}'   (optional; the class limits below otherwise)
 The single-user image needs attention-explorer and jupyterhub installed (no torch is used there).
+`serve --class` also prints the teacher's key: the teacher opens their dashboard with ?teacher=KEY after its address
+to get Show to the class (the key stays with the service: students' kernels never get it).
 """
 
 import json
