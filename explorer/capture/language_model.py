@@ -376,6 +376,7 @@ class LanguageModel:
         precisions = [self._choose_precision(precision, len(ids) + n_new, keep_values) for ids in prompts]
         # one device buffer for the batch, in the widest precision a row needs; each trace gets its own
         recorder = self._recorder(max(precisions, key=_WIDTH.get), batch.width + n_new, keep_values, ablate)
+        recorder.defer_norms = True  # the KV cache keeps every value: their norms are computed after the run
         covered = {"all": batch.width + n_new, "steps": n_new + 1}.get(lens, 0)
         # the prompt's surprisal costs an unembedding row per prompt token (~0.9 s at 1,024 tokens here): it comes
         # with the lens; lens=None is the bare capture, as fast as plain generate
@@ -408,6 +409,7 @@ class LanguageModel:
                 hidden.paused = True  # the last token predicts no step
                 self._read_last_token(out, batch)
                 hidden.paused = False
+                recorder.finish_values()  # from the values the cache holds, before it goes
                 read = out.sequences.shape[1]  # positions every layer has read
                 sequences, logits = out.sequences.tolist(), out.logits
                 scores = out.scores if sampler is None else sampler.scores
