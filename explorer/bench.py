@@ -144,9 +144,11 @@ def _plain_batch(lm, prompts: list[str], new_tokens: int) -> float:
     return time.perf_counter() - started
 
 
-def batching(lm, repeats: int, new_tokens: int = 20) -> dict[str, list[float]]:
+def batching(lm, repeats: int, new_tokens: int = 20, cpu: dict[str, list[float]] | None = None
+             ) -> dict[str, list[float]]:
     """Seconds for the 8 prompts: plain one by one, plain as one batch, captured one by one and as one batch
-    (lens=None and the default lens), interleaved runs."""
+    (lens=None and the default lens), interleaved runs. With `cpu`, the process's CPU seconds of each run go there
+    too (steadier than the clock when other work shares the cores)."""
     prompts = _PROMPTS
     lm.generate(prompts[:2], max_new_tokens=2, progress=False)  # warm-up
 
@@ -164,7 +166,10 @@ def batching(lm, repeats: int, new_tokens: int = 20) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
+            on_cpu = time.process_time()
             out[name].append(run())
+            if cpu is not None:
+                cpu.setdefault(name, []).append(time.process_time() - on_cpu)
     return out
 
 
@@ -349,10 +354,18 @@ def run_benchmark(repeats: int = 3) -> None:
     print(f"\nbench took {time.perf_counter() - started:.0f} s")
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["batching"]:  # python -m explorer.bench batching: (g) alone
+if __name__ == "__main__" and sys.argv[1:2] == ["batching"]:  # python -m explorer.bench batching [RUNS]: (g) alone
     _lm = load_model(progress=False)
-    for _name, _values in batching(_lm, 3).items():
-        print(f"{_name:<24}{min(_values):>6.2f}-{max(_values):.2f}")
+    _cpu: dict[str, list[float]] = {}
+    _wall = batching(_lm, int(sys.argv[2]) if len(sys.argv) > 2 else 3, cpu=_cpu)
+    print(f"{'':<24}{'wall s':>12}{'CPU s':>12}   ({torch.get_num_threads()} torch threads; load average "
+          f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])})")
+    for _name, _values in _wall.items():
+        print(f"{_name:<24}{min(_values):>6.2f}-{max(_values):.2f}{min(_cpu[_name]):>7.2f}-{max(_cpu[_name]):.2f}")
+    _ratio = {k: statistics.median(v["captured batch"]) / statistics.median(v["plain batch"])
+              for k, v in (("wall", _wall), ("CPU", _cpu))}
+    print(f"capture (lens=None) at batch 8 vs plain batch: {_ratio['wall']:.2f}x wall, {_ratio['CPU']:.2f}x CPU "
+          f"(medians)   target <= 1.10x")
 elif __name__ == "__main__" and sys.argv[1:2] == ["lens"]:  # python -m explorer.bench lens: (f) alone
     print_lens_cost(load_model(progress=False), 5)
 elif __name__ == "__main__":  # python -m explorer.bench peak KIND PROMPT_TOKENS NEW_TOKENS: one measurement, as JSON

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from dataclasses import replace
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -24,7 +25,7 @@ from .attribution import Writers, attribute
 from .lens import HiddenStates, build_lenses, check_lens, final_logits, next_token_log_probs
 from .positional import probe_positions, read_positional
 from .shapes import head_dim, kv_heads
-from .probabilities import build_steps
+from .probabilities import StepRecorder, StepStats, build_steps, steps_of
 from .settings import GenerationSettings, check_length
 
 PRECISIONS = {"float16": torch.float16, "float32": torch.float32}
@@ -87,17 +88,17 @@ class _Batch:
 class _RowSampler(LogitsProcessor):
     """Samples every batch row from its own generator seeded with the seed, so that a prompt's draws are those
     of its single call whatever batch it is in (one generator for the batch would hand each row other numbers).
-    It comes last, after the sampling warpers; it keeps their scores (the distribution sampled from) and returns
-    scores where only the drawn token is possible, which `generate`'s greedy step then takes."""
+    It comes last, after the sampling warpers and the step recorder (which sees the distribution sampled from),
+    and returns scores where only the drawn token is possible, which `generate`'s greedy step then takes."""
 
     def __init__(self, seed: int, rows: int, device):
         self.generators = [torch.Generator(device=device).manual_seed(seed) for _ in range(rows)]
-        self.scores: list[torch.Tensor] = []
 
     @classmethod
-    def replacing(cls, settings: GenerationSettings, kwargs: dict, rows: int, device) -> _RowSampler | None:
-        """For seeded sampling: a sampler, with `kwargs` (for `generate`) changed to decode through it; else
-        None and `kwargs` as they were."""
+    def replacing(cls, settings: GenerationSettings, kwargs: dict, rows: int, device,
+                  recorder: StepRecorder) -> _RowSampler | None:
+        """For seeded sampling: a sampler, with `kwargs` (for `generate`) changed to decode through it, the
+        recorder just before it; else None and `kwargs` as they were."""
         if settings.greedy or settings.seed is None:
             return None
         sampler = cls(settings.seed, rows, device)
@@ -108,12 +109,12 @@ class _RowSampler(LogitsProcessor):
             warpers.append(TopKLogitsWarper(int(settings.top_k)))
         if settings.top_p is not None and settings.top_p < 1.0:
             warpers.append(TopPLogitsWarper(float(settings.top_p)))
-        kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), *warpers, sampler])
+        kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), *warpers, recorder,
+                                                          sampler])
         kwargs |= {"do_sample": False, "temperature": None, "top_k": None, "top_p": None}
         return sampler
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        self.scores.append(scores)
         probs = torch.softmax(scores.float(), dim=-1)
         drawn = torch.cat([torch.multinomial(probs[row : row + 1], 1, generator=generator)
                            for row, generator in enumerate(self.generators)])
@@ -376,6 +377,7 @@ class LanguageModel:
         precisions = [self._choose_precision(precision, len(ids) + n_new, keep_values) for ids in prompts]
         # one device buffer for the batch, in the widest precision a row needs; each trace gets its own
         recorder = self._recorder(max(precisions, key=_WIDTH.get), batch.width + n_new, keep_values, ablate)
+        recorder.defer_norms = True  # the KV cache keeps every value: their norms are computed after the run
         covered = {"all": batch.width + n_new, "steps": n_new + 1}.get(lens, 0)
         # the prompt's surprisal costs an unembedding row per prompt token (~0.9 s at 1,024 tokens here): it comes
         # with the lens; lens=None is the bare capture, as fast as plain generate
@@ -400,22 +402,36 @@ class LanguageModel:
             if remaining > 0:
                 kwargs = ({"pad_token_id": batch.pad_id} | settings.generate_kwargs() | {"max_new_tokens": remaining}
                           | generate_kwargs)
-                sampler = _RowSampler.replacing(settings, kwargs, len(fed), self.device)
-                out = self.model.generate(batch.ids, attention_mask=batch.mask, return_dict_in_generate=True,
-                                          output_logits=True, output_scores=sampler is None, streamer=streamer,
-                                          **kwargs)
+                step_recorder = StepRecorder(candidates)
+                sampler = _RowSampler.replacing(settings, kwargs, len(fed), self.device, step_recorder)
+                # the step recorder must see the scores sampled from: it does where it is the last processor before
+                # the choice (greedy, or our seeded sampler); transformers' own sampling puts its warpers after it
+                online = sampler is not None or not kwargs.get("do_sample") and not self._processors_after(kwargs)
+                if online and sampler is None:
+                    kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []),
+                                                                      step_recorder])
+                with _hooked(self.model, step_recorder.hook if online else None):
+                    out = self.model.generate(batch.ids, attention_mask=batch.mask, return_dict_in_generate=True,
+                                              output_logits=not online, output_scores=not online,
+                                              streamer=streamer, **kwargs)
                 generated_at = time.perf_counter()
                 hidden.paused = True  # the last token predicts no step
                 self._read_last_token(out, batch)
                 hidden.paused = False
+                recorder.finish_values()  # from the values the cache holds, before it goes
                 read = out.sequences.shape[1]  # positions every layer has read
-                sequences, logits = out.sequences.tolist(), out.logits
-                scores = out.scores if sampler is None else sampler.scores
+                stats = step_recorder.stats
+                if not online:  # the steps from what generate kept
+                    for s, (logits, scores) in enumerate(zip(out.logits, out.scores)):
+                        stats.choose(out.sequences[:, batch.width + s - 1])
+                        stats.add(logits, scores)
+                stats.choose(out.sequences[:, -1])
+                sequences, stats = out.sequences.tolist(), stats.host()
                 del out  # its KV cache (48 MB at 1,024 tokens) is not needed by what follows
             else:  # only the forced token: nothing is generated after it
                 self.model(batch.ids, attention_mask=batch.mask, use_cache=False, logits_to_keep=1)
                 generated_at = time.perf_counter()
-                read, sequences, logits, scores = batch.width, batch.ids.tolist(), (), ()
+                read, sequences, stats = batch.width, batch.ids.tolist(), StepStats(candidates).host()
                 streamer.end()
             rows = []
             for row in range(len(fed)):
@@ -423,10 +439,10 @@ class LanguageModel:
                 token_ids = sequences[row][pad:]
                 token_ids = token_ids[: n_fed + _until_end(token_ids[n_fed:], eos)]
                 n_steps = len(token_ids) - n_fed
-                row_logits = [step[row : row + 1] for step in logits[:n_steps]]
-                row_scores = [step[row : row + 1] for step in scores[:n_steps]]
                 prompt = None if hidden.prompt is None else hidden.prompt[row, pad:]
-                surprisal = self._surprisal(prompt, token_ids, n_fed, row_logits)  # the forced one's from the states
+                log_probs = stats["log_prob"][:n_steps, row] if n_steps else ()
+                surprisal = self._surprisal(prompt, token_ids, n_fed, log_probs)  # the forced one's from the states
+                steps = steps_of(stats, row, n_steps, token_ids, n_fed, self.decode_token)
                 if forced is not None:  # the forced token's distribution is the model's at the position before it
                     if prompt is None:
                         raise SettingsError(f"cannot branch {self.name}: its decoder blocks or final norm were not "
@@ -434,10 +450,9 @@ class LanguageModel:
                     first = final_logits(self.model, prompt[n_prompt - 1 : n_prompt], self.anatomy)
                     only = torch.full_like(first, -torch.inf)
                     only[0, forced] = 0.0
-                    row_logits, row_scores = [first, *row_logits], [only, *row_scores]
-                steps = build_steps(token_ids, n_prompt, row_logits, row_scores, self.decode_token, candidates)
-                if forced is not None:  # sampled from a distribution that was all on the forced token
-                    steps[0].sampling_top_k = steps[0].sampling_top_k[:1]
+                    own = build_steps(token_ids[:n_fed], n_prompt, [first], [only], self.decode_token, candidates)
+                    own[0].sampling_top_k = own[0].sampling_top_k[:1]  # drawn from all on the forced token
+                    steps = own + [replace(step, index=step.index + 1) for step in steps]
                 rows.append((token_ids, n_prompt, steps, surprisal, pad, precisions[row]))
         if hidden.reread and lens:
             notes.append(f"No logit lens: {self.name} reads the whole text again at every step (it keeps no KV "
@@ -603,19 +618,16 @@ class LanguageModel:
             self._attach(trace, share)
         return traces
 
-    def _surprisal(self, prompt_states, token_ids: list[int], n_prompt: int, step_logits) -> np.ndarray:
+    def _surprisal(self, prompt_states, token_ids: list[int], n_prompt: int, step_log_probs) -> np.ndarray:
         """-ln p(token_i | tokens before i), float32 [T], NaN at 0: the prompt's from the last block's states,
-        the generated tokens' from generate's own raw logits."""
+        the generated tokens' from their log-probabilities under generate's own raw logits."""
         out = np.full(len(token_ids), np.nan, dtype=np.float32)
         if n_prompt > 1 and prompt_states is not None:  # None: a model whose blocks we could not hook
             targets = torch.tensor(token_ids[1:n_prompt], device=prompt_states.device)
             states = prompt_states[: n_prompt - 1]
             out[1:n_prompt] = -next_token_log_probs(self.model, self.anatomy, states, targets).cpu().numpy()
-        if len(step_logits):
-            logits = torch.cat(list(step_logits)).float()
-            chosen = torch.tensor(token_ids[n_prompt : n_prompt + len(logits)], device=logits.device)
-            log_probs = torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None])[:, 0]
-            out[n_prompt : n_prompt + len(logits)] = -log_probs.cpu().numpy()
+        if len(step_log_probs):
+            out[n_prompt : n_prompt + len(step_log_probs)] = -np.asarray(step_log_probs)
         return out
 
     def _lenses(self, hidden: HiddenStates, rows: list[tuple[int, int, list[int]]], k: int, progress: bool):
@@ -706,8 +718,18 @@ class LanguageModel:
         if out.past_key_values is None:  # a model that keeps no KV cache (MPT) reads the whole sequence again
             self.model(sequence, attention_mask=mask, use_cache=False, **self._positions(batch, mask))
             return
+        # its logits are not needed: an empty index skips the unembedding (a fifth of a small model's decode step)
+        skip = ({"logits_to_keep": torch.empty(0, dtype=torch.long, device=sequence.device)}
+                if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {})
         self.model(sequence[:, -1:], attention_mask=mask, past_key_values=out.past_key_values, use_cache=True,
-                   **self._positions(batch, mask, last=1))
+                   **self._positions(batch, mask, last=1), **skip)
+
+    def _processors_after(self, kwargs: dict) -> bool:
+        """Whether transformers puts processors after ours even when decoding greedily (watermarking, a final
+        renormalisation): then the scores sampled from are only those `generate` returns."""
+        config = self.model.generation_config
+        return (kwargs.get("watermarking_config", getattr(config, "watermarking_config", None)) is not None
+                or bool(kwargs.get("renormalize_logits", getattr(config, "renormalize_logits", False))))
 
     def _choose_precision(self, precision: str, n_tokens: int, keep_values: bool) -> str:
         if precision == "auto":
@@ -743,6 +765,17 @@ class LanguageModel:
 
     def __repr__(self) -> str:
         return f"LanguageModel({self.name!r}, device={str(self.device)!r}, dtype={self.model.dtype})"
+
+
+@contextmanager
+def _hooked(model, hook):
+    """`hook` as a forward hook on the model itself while inside (none for None)."""
+    handle = None if hook is None else model.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
 def _noted(callback, raised: list[BaseException]):
