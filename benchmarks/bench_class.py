@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from playwright.async_api import Browser, Page, Route, async_playwright
+from playwright.async_api import Browser, Locator, Page, Route, async_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from voila_harness import CHROMIUM, CHROMIUM_ARGS, LOCAL_HOSTS, OUTPUT, free_port, voila_server, write_notebook  # noqa: E402
+from voila_harness import (CHROMIUM, CHROMIUM_ARGS, LOCAL_HOSTS, OUTPUT, free_port, process_tree, voila_server,  # noqa: E402
+                           write_notebook)
 
 CLI = str(Path(sys.executable).with_name("attention-explorer"))
 TIMEOUT_MS = 300_000
@@ -85,27 +86,6 @@ def launch(*args: str, timeout: float = 300) -> Server:
     except BaseException:
         stop(server)
         raise
-
-
-def process_tree(root: int) -> dict[int, tuple[str, float]]:
-    """pid -> (command line, resident MB) of `root` and all its descendants, from /proc."""
-    procs: dict[int, tuple[int, str, float]] = {}
-    for d in Path("/proc").glob("[0-9]*"):
-        try:
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            rss = next((int(line.split()[1]) for line in (d / "status").read_text().splitlines()
-                        if line.startswith("VmRSS:")), 0) / 1024
-        except (OSError, ValueError, IndexError):
-            continue
-        procs[int(d.name)] = (ppid, cmd, rss)
-    tree, todo = {}, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in procs and pid not in tree:
-            tree[pid] = procs[pid][1:]
-            todo += [child for child, (ppid, _, _) in procs.items() if ppid == pid]
-    return tree
 
 
 def stop(server: Server) -> None:
@@ -222,6 +202,7 @@ class Visit:
     served: float | None = None  # the server's part: the whole HTML page received
     prompt_box: float | None = None
     own_trace: float | None = None
+    pressed: float | None = None  # when Generate was pressed
     result: str = "not run"
 
 
@@ -239,17 +220,25 @@ async def arrive(browser: Browser, url: str, visit: Visit) -> Page:
     return page
 
 
+async def ask_for_own_trace(page: Page, visit: Visit) -> Locator:
+    """Type the student's prompt (no chat template, 20 new tokens), press Generate and wait until their own trace
+    is drawn; returns the chat box (a test that it stayed unchecked). `visit.pressed` is when Generate was pressed."""
+    await page.locator(PROMPT_BOX).fill(visit.prompt)
+    chat = page.locator(".ae-dashboard input[type=checkbox]").first
+    if await chat.is_checked():
+        await chat.uncheck(timeout=TIMEOUT_MS)
+    await page.locator(".ae-max-new-tokens input").fill("20")
+    await page.locator(".ae-max-new-tokens input").press("Enter")
+    visit.pressed = time.monotonic()
+    await page.locator(".ae-generate").click(timeout=TIMEOUT_MS)
+    await page.wait_for_function(OWN_TRACE, arg=visit.marker, timeout=TIMEOUT_MS)
+    return chat
+
+
 async def student(browser: Browser, url: str, visit: Visit) -> None:
     try:
         page = await arrive(browser, url, visit)
-        await page.locator(PROMPT_BOX).fill(visit.prompt)
-        chat = page.locator(".ae-dashboard input[type=checkbox]").first
-        if await chat.is_checked():
-            await chat.uncheck(timeout=TIMEOUT_MS)
-        await page.locator(".ae-max-new-tokens input").fill("20")
-        await page.locator(".ae-max-new-tokens input").press("Enter")
-        await page.locator(".ae-generate").click(timeout=TIMEOUT_MS)
-        await page.wait_for_function(OWN_TRACE, arg=visit.marker, timeout=TIMEOUT_MS)
+        chat = await ask_for_own_trace(page, visit)
         visit.own_trace = time.monotonic() - visit.opened
         said = re.search(r"Generated (\d+) tokens in ([\d.]+) s", await page.locator(".ae-message").inner_text())
         visit.result = f"ok: {said[1]} tokens in {said[2]} s" if said else "ok"

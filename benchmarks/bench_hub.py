@@ -30,8 +30,8 @@ from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from bench_class import (OWN_TRACE, PROMPT_BOX, STEPPER_TEXT, TIMEOUT_MS, Visit, chromium,  # noqa: E402
-                         class_load, visits_of)
+from bench_class import (PROMPT_BOX, STEPPER_TEXT, TIMEOUT_MS, Visit, ask_for_own_trace,  # noqa: E402
+                         chromium, class_load, visits_of)
 from hub_harness import (DASHBOARD_PAGE, Hub, ProxyMissing, find_proxy, process_tree, processes,  # noqa: E402
                          running_hub)  # noqa: E402
 from playwright.async_api import Browser, Page, Route  # noqa: E402
@@ -145,17 +145,9 @@ async def attend(browser: Browser, hub: Hub, student: Student) -> None:
         if not page.url.endswith(f"/user/{student.name}/{DASHBOARD_PAGE}"):
             visit.result = f"WRONG PAGE: {page.url}"
             return
-        await page.locator(PROMPT_BOX).fill(visit.prompt)
-        chat = page.locator(".ae-dashboard input[type=checkbox]").first
-        if await chat.is_checked():
-            await chat.uncheck(timeout=TIMEOUT_MS)
-        await page.locator(".ae-max-new-tokens input").fill("20")
-        await page.locator(".ae-max-new-tokens input").press("Enter")
-        pressed = time.monotonic()
-        await page.locator(".ae-generate").click(timeout=TIMEOUT_MS)
-        await page.wait_for_function(OWN_TRACE, arg=visit.marker, timeout=TIMEOUT_MS)
+        await ask_for_own_trace(page, visit)
         student.own_trace = time.monotonic() - student.logged_in
-        student.service_part = time.monotonic() - pressed
+        student.service_part = time.monotonic() - visit.pressed
         said = re.search(r"Generated (\d+) tokens in ([\d.]+) s", await page.locator(".ae-message").inner_text())
         visit.result = f"ok: {said[1]} tokens in {said[2]} s" if said else "ok"
     except Exception as e:  # reported in the table, not raised

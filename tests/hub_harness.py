@@ -18,7 +18,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from voila_harness import OUTPUT, free_port
+from voila_harness import OUTPUT, free_port, process_tree, processes
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB_CONFIG = ROOT / "hub" / "on_this_machine.py"
@@ -41,36 +41,6 @@ def find_proxy() -> str:
     raise ProxyMissing(f"JupyterHub needs {PROXY} (a node program), found neither at {LOCAL_PROXY} nor on PATH: "
                        f"run `make install` (it runs `npm install --prefix {LOCAL_PROXY.parents[2]} "
                        f"{PROXY}`), or `npm install -g {PROXY}`")
-
-
-def processes() -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, command line, resident MB) of every process, from /proc."""
-    procs = {}
-    for d in Path("/proc").glob("[0-9]*"):
-        try:
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            rss = next((int(line.split()[1]) for line in (d / "status").read_text().splitlines()
-                        if line.startswith("VmRSS:")), 0) / 1024
-        except (OSError, ValueError, IndexError):
-            continue
-        procs[int(d.name)] = (ppid, cmd, rss)
-    return procs
-
-
-def process_tree(root: int, procs: dict[int, tuple[int, str, float]] | None = None) -> dict[int, tuple[str, float]]:
-    """pid -> (command line, resident MB) of `root` and all its descendants (in `procs`, default: now)."""
-    procs = processes() if procs is None else procs
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in procs.items():
-        children.setdefault(ppid, []).append(pid)
-    tree, todo = {}, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in procs and pid not in tree:
-            tree[pid] = procs[pid][1:]
-            todo += children.get(pid, [])
-    return tree
 
 
 @dataclass

@@ -235,3 +235,33 @@ def stepper_round_trips(page, root: str) -> None:
     for colour in ("surprisal", "attention"):
         page.locator(f"{view} .stepper-colour-by button", has_text=colour).first.click()
         page.wait_for_function("([s, c]) => document.querySelector(s)?.dataset.valueName === c", arg=[text, colour])
+
+
+def processes() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command line, resident MB) of every process, from /proc."""
+    procs = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            rss = next((int(line.split()[1]) for line in (d / "status").read_text().splitlines()
+                        if line.startswith("VmRSS:")), 0) / 1024
+        except (OSError, ValueError, IndexError):
+            continue
+        procs[int(d.name)] = (ppid, cmd, rss)
+    return procs
+
+
+def process_tree(root: int, procs: dict[int, tuple[int, str, float]] | None = None) -> dict[int, tuple[str, float]]:
+    """pid -> (command line, resident MB) of `root` and all its descendants (in `procs`, default: now)."""
+    procs = processes() if procs is None else procs
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    tree, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in procs and pid not in tree:
+            tree[pid] = procs[pid][1:]
+            todo += children.get(pid, [])
+    return tree
