@@ -32,8 +32,8 @@ from playwright.async_api import Browser, Locator, Page, Route, async_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from voila_harness import (CHROMIUM, CHROMIUM_ARGS, LOCAL_HOSTS, OUTPUT, free_port, process_tree, voila_server,  # noqa: E402
-                           write_notebook)
+from voila_harness import (CHROMIUM, CHROMIUM_ARGS, LOCAL_HOSTS, OUTPUT, free_port, process_tree, stop_tree,  # noqa: E402
+                           voila_server, write_notebook)
 
 CLI = str(Path(sys.executable).with_name("attention-explorer"))
 TIMEOUT_MS = 300_000
@@ -90,21 +90,11 @@ def launch(*args: str, timeout: float = 300) -> Server:
 
 def stop(server: Server) -> None:
     """Terminate the launcher, killing it after 15 s; kill (and say) any of its processes alive 15 s later."""
-    children = process_tree(server.proc.pid).keys() - {server.proc.pid}
-    server.proc.terminate()
-    try:
-        server.proc.wait(15)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait()
+    killed, outlived = stop_tree(server.proc, 15)
+    if killed:
         print(f"  ! the launcher did not stop within 15 s of SIGTERM: killed (see {server.log})")
-    deadline = time.monotonic() + 15
-    while (children := {p for p in children if Path(f"/proc/{p}").exists()}) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for pid in children:
-        with suppress(OSError):
-            os.kill(pid, 9)
-            print(f"  ! process {pid} outlived the launcher by 15 s: killed (see {server.log})")
+    for pid in outlived:
+        print(f"  ! process {pid} outlived the launcher by 15 s: killed (see {server.log})")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from voila_harness import OUTPUT, free_port, process_tree, processes
+from voila_harness import OUTPUT, free_port, process_tree, processes, stop_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB_CONFIG = ROOT / "hub" / "on_this_machine.py"
@@ -109,19 +109,7 @@ def running_hub(service_env: dict[str, str], timeout: float = 120) -> Iterator[H
 
 def stop(hub: Hub) -> None:
     """Stop the hub (it stops the students' servers and its proxy itself); kill whatever of it outlives 30 s."""
-    children = process_tree(hub.proc.pid).keys() - {hub.proc.pid}
-    hub.proc.terminate()
-    try:
-        hub.proc.wait(30)
-    except subprocess.TimeoutExpired:
-        hub.proc.kill()
-        hub.proc.wait()
-    deadline = time.monotonic() + 15
-    while (children := {p for p in children if Path(f"/proc/{p}").exists()}) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for pid in children:
-        with suppress(OSError):
-            os.kill(pid, 9)
+    stop_tree(hub.proc, 30)
     shutil.rmtree(hub.state, ignore_errors=True)
 
 

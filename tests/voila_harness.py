@@ -265,3 +265,28 @@ def process_tree(root: int, procs: dict[int, tuple[int, str, float]] | None = No
             tree[pid] = procs[pid][1:]
             todo += children.get(pid, [])
     return tree
+
+
+def stop_tree(proc: subprocess.Popen, grace: float) -> tuple[bool, list[int]]:
+    """Terminate `proc`, killing it after `grace` s; then kill whatever of its descendants is alive `grace` s later.
+    Returns (whether `proc` had to be killed, the descendants killed)."""
+    children = process_tree(proc.pid).keys() - {proc.pid}
+    proc.terminate()
+    killed = False
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        killed = True
+    deadline = time.monotonic() + grace
+    while (children := {p for p in children if Path(f"/proc/{p}").exists()}) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    outlived = []
+    for pid in children:
+        try:
+            os.kill(pid, 9)
+            outlived.append(pid)
+        except OSError:
+            pass
+    return killed, outlived
