@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import replace
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -421,11 +421,12 @@ class LanguageModel:
                 recorder.finish_values()  # from the values the cache holds, before it goes
                 read = out.sequences.shape[1]  # positions every layer has read
                 stats = step_recorder.stats
-                if not online:  # the steps from what generate kept
+                if online:  # the last step's tokens: no processor call came after them
+                    stats.choose(out.sequences[:, -1])
+                else:  # the steps from what generate kept
                     for s, (logits, scores) in enumerate(zip(out.logits, out.scores)):
-                        stats.choose(out.sequences[:, batch.width + s - 1])
                         stats.add(logits, scores)
-                stats.choose(out.sequences[:, -1])
+                        stats.choose(out.sequences[:, batch.width + s])
                 sequences, stats = out.sequences.tolist(), stats.host()
                 del out  # its KV cache (48 MB at 1,024 tokens) is not needed by what follows
             else:  # only the forced token: nothing is generated after it
