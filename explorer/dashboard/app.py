@@ -70,6 +70,12 @@ def _facts_html(facts: ModelFacts, source: str) -> str:
     return f"<div class='ae-facts'>{body}</div>"
 
 
+def _sentence(error: Exception) -> str:
+    """An error's text as the message line's sentence: our errors start in lower case."""
+    text = str(error)
+    return text[:1].upper() + text[1:]
+
+
 def _import_views() -> None:
     """Import what the first view needs, so that a preheated kernel has done it before the page asks for it."""
     from ..views.steps import stepper_view  # noqa: F401
@@ -335,8 +341,7 @@ class Dashboard(widgets.VBox):
         """One sentence in the message line; the explorer keeps its trace (and says it in its own status line)."""
         self.progress_label.value = ""
         if isinstance(error, ExplorerError):
-            text = str(error)
-            self._say(text[:1].upper() + text[1:], error=True)
+            self._say(_sentence(error), error=True)
         else:
             self._say(f"The what-if request failed ({type(error).__name__}: {error}); the trace shown stays.",
                       error=True)
@@ -396,7 +401,7 @@ class Dashboard(widgets.VBox):
         try:
             shown = self.class_link.publish(trace, title)
         except ExplorerError as e:
-            self._say(str(e)[:1].upper() + str(e)[1:], error=True)
+            self._say(_sentence(e), error=True)
             return None
         finally:
             self.show_class_button.disabled = False
