@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 
 import numpy as np
@@ -23,6 +23,7 @@ from .attention import AttentionRecorder, recording, uses_attention_interface
 from .anatomy import Anatomy, find_anatomy
 from .attribution import Writers, attribute
 from .lens import HiddenStates, build_lenses, check_lens, final_logits, next_token_log_probs
+from .lens_ahead import LensAhead
 from .positional import probe_positions, read_positional
 from .shapes import head_dim, kv_heads
 from .probabilities import StepRecorder, StepStats, build_steps, steps_of
@@ -395,6 +396,8 @@ class LanguageModel:
             on_status(f"reading the prompt ({len(fed[0])} tokens)" if len(fed) == 1 else
                       f"reading {len(fed)} prompts ({min(map(len, fed))}–{batch.width} tokens)")
         started = time.perf_counter()
+        ahead = LensAhead.for_run(self.model, self.anatomy, hidden, candidates,
+                                  list(zip(batch.pads, fed)), self.device) if remaining > 0 else None
         with _foreign_errors(self.name, raised), torch.inference_mode(), recording(self.model, recorder), \
                 hidden.hooked(), writers.hooked():
             if settings.seed is not None:
@@ -410,7 +413,10 @@ class LanguageModel:
                 if online and sampler is None:
                     kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []),
                                                                       step_recorder])
-                with _hooked(self.model, step_recorder.hook if online else None):
+                if ahead is not None:  # it changes no score: first or last, the same
+                    kwargs["logits_processor"] = LogitsProcessorList([ahead, *(kwargs.get("logits_processor") or [])])
+                with _hooked(self.model, step_recorder.hook if online else None), \
+                        ahead.decoding() if ahead is not None else nullcontext():
                     out = self.model.generate(batch.ids, attention_mask=batch.mask, return_dict_in_generate=True,
                                               output_logits=not online, output_scores=not online,
                                               streamer=streamer, **kwargs)
@@ -427,12 +433,13 @@ class LanguageModel:
                     for s, (logits, scores) in enumerate(zip(out.logits, out.scores)):
                         stats.add(logits, scores)
                         stats.choose(out.sequences[:, batch.width + s])
-                sequences, stats = out.sequences.tolist(), stats.host()
+                read_ids, sequences, stats = out.sequences, out.sequences.tolist(), stats.host()
                 del out  # its KV cache (48 MB at 1,024 tokens) is not needed by what follows
             else:  # only the forced token: nothing is generated after it
                 self.model(batch.ids, attention_mask=batch.mask, use_cache=False, logits_to_keep=1)
                 generated_at = time.perf_counter()
-                read, sequences, stats = batch.width, batch.ids.tolist(), StepStats(candidates).host()
+                read, read_ids, sequences = batch.width, batch.ids, batch.ids.tolist()
+                stats = StepStats(candidates).host()
                 streamer.end()
             rows = []
             for row in range(len(fed)):
@@ -442,7 +449,9 @@ class LanguageModel:
                 n_steps = len(token_ids) - n_fed
                 prompt = None if hidden.prompt is None else hidden.prompt[row, pad:]
                 log_probs = stats["log_prob"][:n_steps, row] if n_steps else ()
-                surprisal = self._surprisal(prompt, token_ids, n_fed, log_probs)  # the forced one's from the states
+                # the forced one's from the states
+                surprisal = self._surprisal(prompt, token_ids, n_fed, log_probs,
+                                            None if ahead is None else ahead.log_probs(row))
                 steps = steps_of(stats, row, n_steps, token_ids, n_fed, self.decode_token)
                 if forced is not None:  # the forced token's distribution is the model's at the position before it
                     if prompt is None:
@@ -476,7 +485,7 @@ class LanguageModel:
             on_status("reading the logit lens")
         spec = [(row, pad, token_ids) for row, (token_ids, _, _, _, pad, _) in enumerate(rows)]
         with _foreign_errors(self.name, raised), torch.inference_mode():
-            lenses = self._lenses(hidden, spec, candidates, progress)
+            lenses = self._lenses(hidden, spec, candidates, progress, ahead, read_ids)
             shares = self._attributions(writers, hidden, spec)
         ended = time.perf_counter()
         for row, (trace, analysed) in enumerate(zip(traces, lenses)):
@@ -619,11 +628,15 @@ class LanguageModel:
             self._attach(trace, share)
         return traces
 
-    def _surprisal(self, prompt_states, token_ids: list[int], n_prompt: int, step_log_probs) -> np.ndarray:
-        """-ln p(token_i | tokens before i), float32 [T], NaN at 0: the prompt's from the last block's states,
-        the generated tokens' from their log-probabilities under generate's own raw logits."""
+    def _surprisal(self, prompt_states, token_ids: list[int], n_prompt: int, step_log_probs,
+                   prompt_log_probs: torch.Tensor | None = None) -> np.ndarray:
+        """-ln p(token_i | tokens before i), float32 [T], NaN at 0: the prompt's from the last block's states
+        (or their `prompt_log_probs`, already read), the generated tokens' from their log-probabilities under
+        generate's own raw logits."""
         out = np.full(len(token_ids), np.nan, dtype=np.float32)
-        if n_prompt > 1 and prompt_states is not None:  # None: a model whose blocks we could not hook
+        if n_prompt > 1 and prompt_log_probs is not None:
+            out[1:n_prompt] = -prompt_log_probs.cpu().numpy()
+        elif n_prompt > 1 and prompt_states is not None:  # None: a model whose blocks we could not hook
             targets = torch.tensor(token_ids[1:n_prompt], device=prompt_states.device)
             states = prompt_states[: n_prompt - 1]
             out[1:n_prompt] = -next_token_log_probs(self.model, self.anatomy, states, targets).cpu().numpy()
@@ -631,15 +644,19 @@ class LanguageModel:
             out[n_prompt : n_prompt + len(step_log_probs)] = -np.asarray(step_log_probs)
         return out
 
-    def _lenses(self, hidden: HiddenStates, rows: list[tuple[int, int, list[int]]], k: int, progress: bool):
+    def _lenses(self, hidden: HiddenStates, rows: list[tuple[int, int, list[int]]], k: int, progress: bool,
+                ahead: LensAhead | None = None, read_ids: torch.Tensor | None = None):
         """The logit lens of each (batch row, its left padding, its token ids) of `rows`, from what `hidden` kept,
-        all read in one pass over the unembedding; None for a row without one (no lens asked for, or none of its
-        positions kept). A row keeps its own positions: none of its padding, none after its last token (and for
-        "steps", not its last token, which predicts no step)."""
+        all read in one pass over the unembedding (or by `ahead` as the run went, `read_ids` the batch's ids);
+        None for a row without one (no lens asked for, or none of its positions kept). A row keeps its own
+        positions: none of its padding, none after its last token (and for "steps", not its last token, which
+        predicts no step)."""
         out: list[LogitLens | None] = [None] * len(rows)
         if hidden.reread or not hidden.positions:
+            if ahead is not None:
+                ahead.close()
             return out
-        parts, owners = [], []
+        parts, owners, spans = [], [], []
         for i, (row, pad, token_ids) in enumerate(rows):
             last = len(token_ids) - (2 if hidden.lens == "steps" else 1)
             own = [p - pad for p in hidden.positions]
@@ -647,7 +664,10 @@ class LanguageModel:
             if keep:
                 parts.append((hidden.states(row)[:, keep[0] : keep[-1] + 1], own[keep[0] : keep[-1] + 1], token_ids))
                 owners.append(i)
+                spans.append((row, slice(keep[0], keep[-1] + 1)))
         if not parts:
+            if ahead is not None:
+                ahead.close()
             return out
         bar = tqdm(total=1, desc="logit lens", unit="row", disable=not progress)
 
@@ -656,7 +676,12 @@ class LanguageModel:
             bar.update(done - bar.n)
 
         try:
-            for i, lens in zip(owners, build_lenses(self.model, self.anatomy, parts, k, self.decode_token, advance)):
+            stats = None
+            if ahead is not None:  # each cell [L, B, P, ...]: the parts' own, in build_lenses's order of rows
+                grid = ahead.finish(read_ids, advance)
+                stats = tuple(torch.cat([x[:, row, span] for row, span in spans], dim=1).flatten(0, 1) for x in grid)
+            for i, lens in zip(owners, build_lenses(self.model, self.anatomy, parts, k, self.decode_token, advance,
+                                                    stats)):
                 out[i] = lens
         finally:
             bar.close()

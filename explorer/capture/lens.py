@@ -257,7 +257,7 @@ class _Rows:
         return self.normaliser, self.chosen, self.above, self.values, self.ids
 
 
-def _row_stats(model, anatomy: Anatomy, states: torch.Tensor, targets: torch.Tensor, k: int, rank: bool,
+def row_stats(model, anatomy: Anatomy, states: torch.Tensor, targets: torch.Tensor, k: int, rank: bool,
                progress=None):
     """Over the final norm + unembedding of `states` [n, d] (last-block outputs before the final norm): each row's
     log-normaliser (logsumexp), its logit of targets[i], how many of its logits are above that one (rank=True)
@@ -312,7 +312,7 @@ def _row_stats(model, anatomy: Anatomy, states: torch.Tensor, targets: torch.Ten
 
 def next_token_log_probs(model, anatomy: Anatomy, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """ln p(targets[i]) under the model's output at states[i] ([n, d], the last block's output), float32 [n]."""
-    normaliser, chosen, _, _, _ = _row_stats(model, anatomy, states, targets, 0, rank=False)
+    normaliser, chosen, _, _, _ = row_stats(model, anatomy, states, targets, 0, rank=False)
     return chosen - normaliser
 
 
@@ -324,10 +324,11 @@ def build_lens(model, anatomy: Anatomy, states: torch.Tensor, positions: list[in
 
 
 def build_lenses(model, anatomy: Anatomy, parts: list[tuple[torch.Tensor, list[int], list[int]]], k: int,
-                 decode, progress=None) -> list[LogitLens]:
+                 decode, progress=None, stats=None) -> list[LogitLens]:
     """The lens of each (states [L, P, d], positions, token_ids) of `parts` (the rows of a batch), all read
     through one pass over the unembedding: a row's own lens is a few hundred rows against the whole vocabulary,
-    and a batch's rows share every tile of it."""
+    and a batch's rows share every tile of it. `stats`: the rows' `row_stats` (k columns, with ranks), already
+    read (by lens_ahead.LensAhead), in this function's order of rows: layer after layer, the parts' positions."""
     n_layers = parts[0][0].shape[0]
     k = min(k, model.get_output_embeddings().weight.shape[0])
     device = parts[0][0].device
@@ -339,8 +340,9 @@ def build_lenses(model, anatomy: Anatomy, parts: list[tuple[torch.Tensor, list[i
     n_pos = states.shape[1]
     flat = states.reshape(n_layers * n_pos, -1)
     targets = nxt.repeat(n_layers)
-    normaliser, chosen, above, top_logits, top_ids = _row_stats(model, anatomy, flat, targets, k, rank=True,
-                                                                progress=progress)
+    if stats is None:
+        stats = row_stats(model, anatomy, flat, targets, k, rank=True, progress=progress)
+    normaliser, chosen, above, top_logits, top_ids = stats
     top_probs = top_logits.sub_(normaliser[:, None]).exp_()  # the order of the logits is that of the probabilities
     next_prob = chosen.sub_(normaliser).exp_()
     next_rank = above.add_(1)  # ranked by logits, as the steps are

@@ -1,0 +1,136 @@
+"""The logit lens and the prompt's surprisal read while `generate` decodes, on a core the decoding leaves idle.
+
+On a CPU, one prompt's decoding does not use a second core: SmolLM2's 64 steps take as long on one torch thread
+as on two, while the lens is a compute-bound product (30 layers × 64 positions against a 49,152 × 576
+unembedding). So, from the first step on, the decoding keeps half the threads and a worker thread with the other
+half reads the positions whose next token is already known, a few at a time, each time it is free; at the end the
+calling thread reads what is left with all of them. Each cell's numbers are those `lens.build_lenses` computes
+from the same rows (the same `row_stats`); only when they are computed changes.
+"""
+
+from __future__ import annotations
+
+import bisect
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+
+import torch
+from transformers import LogitsProcessor
+
+from .anatomy import Anatomy
+from .lens import HiddenStates, row_stats
+
+MIN_POSITIONS = 4  # positions a worker's read takes at least (but the last): each read streams the whole unembedding
+
+
+def _threads(n: int) -> None:
+    torch.set_num_threads(n)
+
+
+class LensAhead(LogitsProcessor):
+    """A logits processor that hands the worker, at each step, the kept positions whose next token is known (it
+    returns the scores as they are). `finish` gives every kept cell's statistics; `log_probs` each row's prompt
+    surprisal. `rows`: each batch row's (left padding, the ids the model read first)."""
+
+    def __init__(self, model, anatomy: Anatomy, hidden: HiddenStates, k: int, rows: list[tuple[int, list[int]]]):
+        self.model, self.anatomy, self.hidden, self.rows = model, anatomy, hidden, rows
+        self.k = min(k, model.get_output_embeddings().weight.shape[0])
+        self.threads = torch.get_num_threads()
+        self.spare = self.threads // 2
+        self.pool: ThreadPoolExecutor | None = None
+        self.offered = 0  # of hidden.positions, how many a read was given
+        self.reads: list[Future] = []  # each read's statistics [L, B, positions, ...], in order
+        self.prompt: Future | None = None  # the prompts' log-probabilities, rows one after another
+        self.prompt_read: torch.Tensor | None = None
+
+    @classmethod
+    def for_run(cls, model, anatomy: Anatomy, hidden: HiddenStates, k: int, rows, device) -> LensAhead | None:
+        """One where it helps: a lens on a CPU run with at least two torch threads; else None (on a GPU the lens
+        after the run takes a fraction of the decoding, and one thread has no core to spare)."""
+        if hidden.lens is None or torch.device(device).type != "cpu" or torch.get_num_threads() < 2:
+            return None
+        return cls(model, anatomy, hidden, k, rows)
+
+    @contextmanager
+    def decoding(self):
+        """Around `generate`: the calling thread gets its threads back when it ends; on an error no read goes on."""
+        try:
+            yield self
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            if self.pool is not None:
+                torch.set_num_threads(self.threads)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.pool is None:  # the prompt is read (with every thread): the decoding needs half
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="logit-lens", initializer=_threads,
+                                           initargs=(self.spare,))
+            torch.set_num_threads(self.threads - self.spare)
+            if self.hidden.prompt is not None:
+                self.prompt = self.pool.submit(self._prompt_log_probs, *self._prompt_rows())
+        if self.hidden.lens is not None and self.hidden.kept is not None and self._idle():
+            known = bisect.bisect_right(self.hidden.positions, input_ids.shape[1] - 2)  # p + 1 is in input_ids
+            if known - self.offered >= MIN_POSITIONS:
+                self.reads.append(self.pool.submit(self._stats, *self._cells(self.offered, known, input_ids)))
+                self.offered = known
+        return scores
+
+    def _idle(self) -> bool:
+        return all(read.done() for read in [*self.reads, self.prompt] if read is not None)
+
+    def _cells(self, start: int, stop: int, sequences: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept states [L, B, n, d] of positions start..stop-1 (a copy: the hooks go on writing) and their
+        next tokens [B, n] (0 past the end: such cells are dropped by build_lenses)."""
+        positions = torch.tensor(self.hidden.positions[start:stop], device=sequences.device) + 1
+        inside = positions < sequences.shape[1]
+        targets = sequences[:, positions.clamp(max=sequences.shape[1] - 1)] * inside
+        return self.hidden.kept[:, :, start:stop].clone(), targets
+
+    def _stats(self, states: torch.Tensor, targets: torch.Tensor) -> tuple:
+        with torch.inference_mode():
+            n_layers, batch, n, d = states.shape
+            stats = row_stats(self.model, self.anatomy, states.reshape(-1, d), targets.reshape(-1).repeat(n_layers),
+                               self.k, rank=True)
+            return tuple(x.reshape(n_layers, batch, n, *x.shape[1:]) for x in stats)
+
+    def _prompt_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's prompt states but the last, and the tokens they predict, rows one after another."""
+        states = torch.cat([self.hidden.prompt[b, pad:-1] for b, (pad, _) in enumerate(self.rows)])
+        targets = torch.tensor([i for _, fed in self.rows for i in fed[1:]], device=states.device)
+        return states, targets
+
+    def _prompt_log_probs(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            normaliser, chosen, _, _, _ = row_stats(self.model, self.anatomy, states, targets, 0, rank=False)
+            return chosen - normaliser
+
+    def log_probs(self, row: int) -> torch.Tensor | None:
+        """ln p of batch row `row`'s read tokens after the first (those _surprisal computes), or None when not
+        read here."""
+        if self.prompt is None:
+            return None
+        if self.prompt_read is None:
+            self.prompt_read = self.prompt.result() if not self.prompt.cancelled() else \
+                self._prompt_log_probs(*self._prompt_rows())
+        at = sum(len(fed) - 1 for _, fed in self.rows[:row])
+        return self.prompt_read[at : at + len(self.rows[row][1]) - 1]
+
+    def finish(self, sequences: torch.Tensor, progress=None) -> tuple:
+        """The statistics of every kept cell, [L, B, positions, ...] each (`row_stats`'s five), once the reads
+        given out are done and the rest is read here, with every thread."""
+        reads = [read.result() for read in self.reads]
+        self.close()  # the worker is idle now: every thread is the caller's again
+        if self.offered < len(self.hidden.positions):
+            reads.append(self._stats(*self._cells(self.offered, len(self.hidden.positions), sequences)))
+        if progress is not None:
+            progress(1, 1)
+        return tuple(torch.cat(parts, dim=2) for parts in zip(*reads))
+
+    def close(self) -> None:
+        """No more reads, and no worker thread left (a read under way ends first: a fraction of a second); the
+        caller's threads as they were (after the worker has set its own: that also sets what later threads get)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            torch.set_num_threads(self.threads)

@@ -1,0 +1,93 @@
+"""The logit lens read on a spare core while generate decodes (explorer/capture/lens_ahead.py) equals the lens read
+after the run, and both equal transformers' own hidden states; the caller's torch threads come back as they were."""
+
+import threading
+from concurrent.futures import wait
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_lm
+from explorer.capture import lens_ahead
+from test_lens_and_norms import assert_lens_matches_hidden_states, expected_surprisal
+
+
+@pytest.fixture
+def two_threads():
+    """Two torch threads (the lens reads ahead with one, the decoding keeps the other), as they were after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """The threads each read ran on; the decoding waits at every step until the worker is free, so that it is
+    given positions as the steps come however fast or slow this machine is."""
+    seen = []
+    stats = lens_ahead.LensAhead._stats
+
+    def spied(self, *args):
+        seen.append(threading.current_thread().name)
+        return stats(self, *args)
+
+    def idle(self):
+        wait([read for read in [*self.reads, self.prompt] if read is not None])
+        return True
+
+    monkeypatch.setattr(lens_ahead.LensAhead, "_stats", spied)
+    monkeypatch.setattr(lens_ahead.LensAhead, "_idle", idle)
+    return seen
+
+
+def assert_same_lens(got, want):
+    np.testing.assert_array_equal(got.lens.positions, want.lens.positions)
+    np.testing.assert_array_equal(got.lens.top_ids, want.lens.top_ids)
+    np.testing.assert_array_equal(got.lens.next_rank, want.lens.next_rank)
+    np.testing.assert_allclose(got.lens.top_probs, want.lens.top_probs, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got.lens.next_prob, want.lens.next_prob, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got.surprisal, want.surprisal, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2"])
+def test_the_lens_read_while_decoding_equals_the_lens_read_after(arch, two_threads, reads):
+    lm = make_tiny_lm(arch)
+    ahead = lm.generate("Read the lens as you go", max_new_tokens=20, candidates=5, progress=False)
+    assert "logit-lens_0" in reads  # the worker read positions during the run, not only the caller at its end
+    assert_lens_matches_hidden_states(lm, ahead, 5)
+    np.testing.assert_allclose(ahead.surprisal[1:], expected_surprisal(lm, ahead), rtol=1e-4, atol=1e-5)
+    torch.set_num_threads(1)  # no core to spare: the lens is read after the run
+    reads.clear()
+    after = lm.generate("Read the lens as you go", max_new_tokens=20, candidates=5, progress=False)
+    assert reads == []
+    assert after.token_ids == ahead.token_ids
+    assert_same_lens(ahead, after)
+
+
+def test_a_batch_read_ahead_equals_each_prompt_alone(two_threads, reads):
+    lm = make_tiny_lm("llama")
+    prompts = ["A short one", "and a rather longer prompt than the first, to pad the batch"]
+    together = lm.generate(prompts, max_new_tokens=12, lens="all", progress=False)
+    assert "logit-lens_0" in reads
+    torch.set_num_threads(1)
+    for prompt, got in zip(prompts, together):
+        assert_same_lens(got, lm.generate(prompt, max_new_tokens=12, lens="all", progress=False))
+
+
+def test_the_decoding_keeps_half_the_threads_and_gives_them_back(two_threads):
+    lm = make_tiny_lm("llama")
+    during = []
+    lm.generate("threads", max_new_tokens=6, progress=False, on_token=lambda *_: during.append(torch.get_num_threads()))
+    assert set(during) == {1} and torch.get_num_threads() == 2
+
+    def fails(*_):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        lm.generate("threads", max_new_tokens=6, progress=False, on_token=fails)
+    assert torch.get_num_threads() == 2
+    assert lm.generate("threads", max_new_tokens=6, lens=None, progress=False,
+                       on_token=lambda *_: during.append(torch.get_num_threads())).lens is None
+    assert during[-1] == 2  # no lens: nothing to read ahead, every thread decodes
