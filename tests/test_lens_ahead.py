@@ -29,9 +29,9 @@ def reads(monkeypatch):
     seen = []
     stats = lens_ahead.LensAhead._stats
 
-    def spied(self, *args):
+    def spied(self, *args, **kwargs):
         seen.append(threading.current_thread().name)
-        return stats(self, *args)
+        return stats(self, *args, **kwargs)
 
     def idle(self):
         wait([read for read in [*self.reads, self.prompt] if read is not None])
@@ -55,7 +55,7 @@ def assert_same_lens(got, want):
 def test_the_lens_read_while_decoding_equals_the_lens_read_after(arch, two_threads, reads):
     lm = make_tiny_lm(arch)
     ahead = lm.generate("Read the lens as you go", max_new_tokens=20, candidates=5, progress=False)
-    assert "logit-lens_0" in reads  # the worker read positions during the run, not only the caller at its end
+    assert "logit-lens-reader_0" in reads  # the worker read positions during the run, not only the caller at its end
     assert_lens_matches_hidden_states(lm, ahead, 5)
     np.testing.assert_allclose(ahead.surprisal[1:], expected_surprisal(lm, ahead), rtol=1e-4, atol=1e-5)
     torch.set_num_threads(1)  # no core to spare: the lens is read after the run
@@ -70,7 +70,7 @@ def test_a_batch_read_ahead_equals_each_prompt_alone(two_threads, reads):
     lm = make_tiny_lm("llama")
     prompts = ["A short one", "and a rather longer prompt than the first, to pad the batch"]
     together = lm.generate(prompts, max_new_tokens=12, lens="all", progress=False)
-    assert "logit-lens_0" in reads
+    assert "logit-lens-reader_0" in reads
     torch.set_num_threads(1)
     for prompt, got in zip(prompts, together):
         assert_same_lens(got, lm.generate(prompt, max_new_tokens=12, lens="all", progress=False))

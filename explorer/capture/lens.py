@@ -258,7 +258,7 @@ class _Rows:
 
 
 def row_stats(model, anatomy: Anatomy, states: torch.Tensor, targets: torch.Tensor, k: int, rank: bool,
-               progress=None):
+              progress=None, tile_floats: int = TILE_FLOATS, group_rows: int = GROUP_ROWS):
     """Over the final norm + unembedding of `states` [n, d] (last-block outputs before the final norm): each row's
     log-normaliser (logsumexp), its logit of targets[i], how many of its logits are above that one (rank=True)
     and its k largest logits with their ids, all float32 / int64 [n] or [n, k].
@@ -292,8 +292,8 @@ def row_stats(model, anatomy: Anatomy, states: torch.Tensor, targets: torch.Tens
                 progress(stop, n)
         return normaliser, chosen, above, top_logits, top_ids
     vocab = head.weight.shape[0]
-    group = min(n, GROUP_ROWS)
-    block = min(vocab, max(BLOCK_MIN, TILE_FLOATS // max(group, 1) // 64 * 64))
+    group = min(n, group_rows)
+    block = min(vocab, max(BLOCK_MIN, tile_floats // max(group, 1) // 64 * 64))
     buffer = torch.empty(group * block, dtype=torch.float32, device=device)
     for start in range(0, n, group):
         stop = min(start + group, n)
