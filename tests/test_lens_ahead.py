@@ -7,10 +7,11 @@ from concurrent.futures import wait
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_tiny_lm
-from explorer.capture import lens_ahead
+from test_batch import PROMPTS, _early_eos, _lm
 from test_lens_and_norms import assert_lens_matches_hidden_states, expected_surprisal
+
+from explorer.capture import lens_ahead
 
 
 @pytest.fixture
@@ -91,3 +92,45 @@ def test_the_decoding_keeps_half_the_threads_and_gives_them_back(two_threads):
     assert lm.generate("threads", max_new_tokens=6, lens=None, progress=False,
                        on_token=lambda *_: during.append(torch.get_num_threads())).lens is None
     assert during[-1] == 2  # no lens: nothing to read ahead, every thread decodes
+
+
+def _runs(case: str):
+    """A run of `case` on llama: a batch with a row that ends early, a branch (a forced first token), one token."""
+    lm = _lm("llama")
+    if case == "batch with an early end":
+        eos = _early_eos(lm)
+        return lambda: lm.generate(PROMPTS, max_new_tokens=8, eos_token_id=eos, progress=False)
+    if case == "branch":
+        trace = lm.generate(PROMPTS[2], max_new_tokens=10, progress=False)
+        return lambda: [lm.branch(trace, 3, 40, progress=False)]
+    return lambda: [lm.generate(PROMPTS[0], max_new_tokens=1, progress=False)]
+
+
+@pytest.mark.parametrize("case", ["batch with an early end", "branch", "one new token"])
+def test_read_ahead_or_after_the_same_lens(case, two_threads, reads):
+    run = _runs(case)
+    ahead = run()
+    torch.set_num_threads(1)
+    after = run()
+    for got, want in zip(ahead, after, strict=True):
+        assert got.token_ids == want.token_ids
+        assert_same_lens(got, want)
+
+
+def test_the_reader_is_given_positions_whenever_it_is_free(two_threads, monkeypatch):
+    """The real hand-out: the decoding waits for the reader after each token, so at every step it is free."""
+    made = []
+    init = lens_ahead.LensAhead.__init__
+
+    def remember(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    def reader_done(*_):
+        wait([read for read in [*made[-1].reads, made[-1].prompt] if read is not None])
+
+    monkeypatch.setattr(lens_ahead.LensAhead, "__init__", remember)
+    lm = make_tiny_lm("llama")
+    trace = lm.generate("hand the positions out", max_new_tokens=20, progress=False, on_token=reader_done)
+    assert len(made[-1].reads) >= 3  # 19 positions known before the end, 4 at least a read
+    assert made[-1].offered > len(trace.lens.positions) - lens_ahead.MIN_POSITIONS - 2

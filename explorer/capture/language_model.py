@@ -398,95 +398,102 @@ class LanguageModel:
         started = time.perf_counter()
         ahead = LensAhead.for_run(self.model, self.anatomy, hidden, candidates,
                                   list(zip(batch.pads, fed)), self.device) if remaining > 0 else None
-        with _foreign_errors(self.name, raised), torch.inference_mode(), recording(self.model, recorder), \
-                hidden.hooked(), writers.hooked():
-            if settings.seed is not None:
-                set_seed(settings.seed)  # python, numpy and torch (all devices), as transformers' own examples do
-            if remaining > 0:
-                kwargs = ({"pad_token_id": batch.pad_id} | settings.generate_kwargs() | {"max_new_tokens": remaining}
-                          | generate_kwargs)
-                step_recorder = StepRecorder(candidates)
-                sampler = _RowSampler.replacing(settings, kwargs, len(fed), self.device, step_recorder)
-                # the step recorder must see the scores sampled from: it does where it is the last processor before
-                # the choice (greedy, or our seeded sampler); transformers' own sampling puts its warpers after it
-                online = sampler is not None or not kwargs.get("do_sample") and not self._processors_after(kwargs)
-                if online and sampler is None:
-                    kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []),
-                                                                      step_recorder])
-                if ahead is not None:  # it changes no score: first or last, the same
-                    kwargs["logits_processor"] = LogitsProcessorList([ahead, *(kwargs.get("logits_processor") or [])])
-                with _hooked(self.model, step_recorder.hook if online else None), \
-                        ahead.decoding() if ahead is not None else nullcontext():
-                    out = self.model.generate(batch.ids, attention_mask=batch.mask, return_dict_in_generate=True,
-                                              output_logits=not online, output_scores=not online,
-                                              streamer=streamer, **kwargs)
-                generated_at = time.perf_counter()
-                hidden.paused = True  # the last token predicts no step
-                self._read_last_token(out, batch)
-                hidden.paused = False
-                recorder.finish_values()  # from the values the cache holds, before it goes
-                read = out.sequences.shape[1]  # positions every layer has read
-                stats = step_recorder.stats
-                if online:  # the last step's tokens: no processor call came after them
-                    stats.choose(out.sequences[:, -1])
-                else:  # the steps from what generate kept
-                    for s, (logits, scores) in enumerate(zip(out.logits, out.scores)):
-                        stats.add(logits, scores)
-                        stats.choose(out.sequences[:, batch.width + s])
-                read_ids, sequences, stats = out.sequences, out.sequences.tolist(), stats.host()
-                del out  # its KV cache (48 MB at 1,024 tokens) is not needed by what follows
-            else:  # only the forced token: nothing is generated after it
-                self.model(batch.ids, attention_mask=batch.mask, use_cache=False, logits_to_keep=1)
-                generated_at = time.perf_counter()
-                read, read_ids, sequences = batch.width, batch.ids, batch.ids.tolist()
-                stats = StepStats(candidates).host()
-                streamer.end()
-            rows = []
-            for row in range(len(fed)):
-                n_prompt, n_fed, pad = len(prompts[row]), len(fed[row]), batch.pads[row]
-                token_ids = sequences[row][pad:]
-                token_ids = token_ids[: n_fed + _until_end(token_ids[n_fed:], eos)]
-                n_steps = len(token_ids) - n_fed
-                prompt = None if hidden.prompt is None else hidden.prompt[row, pad:]
-                log_probs = stats["log_prob"][:n_steps, row] if n_steps else ()
-                # the forced one's from the states
-                surprisal = self._surprisal(prompt, token_ids, n_fed, log_probs,
-                                            None if ahead is None else ahead.log_probs(row))
-                steps = steps_of(stats, row, n_steps, token_ids, n_fed, self.decode_token)
-                if forced is not None:  # the forced token's distribution is the model's at the position before it
-                    if prompt is None:
-                        raise SettingsError(f"cannot branch {self.name}: its decoder blocks or final norm were not "
-                                            f"found")
-                    first = final_logits(self.model, prompt[n_prompt - 1 : n_prompt], self.anatomy)
-                    only = torch.full_like(first, -torch.inf)
-                    only[0, forced] = 0.0
-                    own = build_steps(token_ids[:n_fed], n_prompt, [first], [only], self.decode_token, candidates)
-                    own[0].sampling_top_k = own[0].sampling_top_k[:1]  # drawn from all on the forced token
-                    steps = own + [replace(step, index=step.index + 1) for step in steps]
-                rows.append((token_ids, n_prompt, steps, surprisal, pad, precisions[row]))
-        if hidden.reread and lens:
-            notes.append(f"No logit lens: {self.name} reads the whole text again at every step (it keeps no KV "
-                         f"cache), so its positions are not followed.")
-        used = settings.as_dict() | {"chat": chat, "candidates": candidates, "lens": lens,
-                                     "ablate": [list(pair) for pair in ablate]}
-        used |= {k: v for k, v in generate_kwargs.items() if isinstance(v, (int, float, str, bool, list))}
-        traces = [self._build_trace(token_ids, n_prompt, recorder, steps, used | {"precision": row_precision},
-                                    {"generate": generated_at - started}, surprisal, None, list(notes), row=row,
-                                    start=pad, read=read, precision=row_precision)
-                  for row, (token_ids, n_prompt, steps, surprisal, pad, row_precision) in enumerate(rows)]
-        pending = hidden.positions and not hidden.reread
-        for row, trace in enumerate(traces):
-            trace.lens_pending = bool(pending)
-            if on_capture is not None:  # what the first views need is here: the lens comes after
-                on_capture(*([names[row]] if names is not None else []), trace)
-        # the lens of every row at once, after the recording (it reads the kept block outputs only): the rows
-        # share each tile of the unembedding
-        if on_status is not None and pending:
-            on_status("reading the logit lens")
-        spec = [(row, pad, token_ids) for row, (token_ids, _, _, _, pad, _) in enumerate(rows)]
-        with _foreign_errors(self.name, raised), torch.inference_mode():
-            lenses = self._lenses(hidden, spec, candidates, progress, ahead, read_ids)
-            shares = self._attributions(writers, hidden, spec)
+        try:  # the lens's reader is done with this run whatever happens in it
+            with _foreign_errors(self.name, raised), torch.inference_mode(), recording(self.model, recorder), \
+                    hidden.hooked(), writers.hooked():
+                if settings.seed is not None:
+                    set_seed(settings.seed)  # python, numpy and torch (all devices), as transformers' own examples do
+                if remaining > 0:
+                    kwargs = ({"pad_token_id": batch.pad_id} | settings.generate_kwargs()
+                              | {"max_new_tokens": remaining} | generate_kwargs)
+                    step_recorder = StepRecorder(candidates)
+                    sampler = _RowSampler.replacing(settings, kwargs, len(fed), self.device, step_recorder)
+                    # the step recorder must see the scores sampled from: it does where it is the last processor
+                    # before the choice (greedy, or our seeded sampler); transformers' own sampling puts its warpers
+                    # after it
+                    online = sampler is not None or not kwargs.get("do_sample") and \
+                        not self._processors_after(kwargs)
+                    if online and sampler is None:
+                        kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []),
+                                                                          step_recorder])
+                    if ahead is not None:  # it changes no score: first or last, the same
+                        kwargs["logits_processor"] = LogitsProcessorList([ahead,
+                                                                          *(kwargs.get("logits_processor") or [])])
+                    with _hooked(self.model, step_recorder.hook if online else None), \
+                            ahead.decoding() if ahead is not None else nullcontext():
+                        out = self.model.generate(batch.ids, attention_mask=batch.mask, return_dict_in_generate=True,
+                                                  output_logits=not online, output_scores=not online,
+                                                  streamer=streamer, **kwargs)
+                    generated_at = time.perf_counter()
+                    hidden.paused = True  # the last token predicts no step
+                    self._read_last_token(out, batch)
+                    hidden.paused = False
+                    recorder.finish_values()  # from the values the cache holds, before it goes
+                    read = out.sequences.shape[1]  # positions every layer has read
+                    stats = step_recorder.stats
+                    if online:  # the last step's tokens: no processor call came after them
+                        stats.choose(out.sequences[:, -1])
+                    else:  # the steps from what generate kept
+                        for s, (logits, scores) in enumerate(zip(out.logits, out.scores)):
+                            stats.add(logits, scores)
+                            stats.choose(out.sequences[:, batch.width + s])
+                    read_ids, sequences, stats = out.sequences, out.sequences.tolist(), stats.host()
+                    del out  # its KV cache (48 MB at 1,024 tokens) is not needed by what follows
+                else:  # only the forced token: nothing is generated after it
+                    self.model(batch.ids, attention_mask=batch.mask, use_cache=False, logits_to_keep=1)
+                    generated_at = time.perf_counter()
+                    read, read_ids, sequences = batch.width, batch.ids, batch.ids.tolist()
+                    stats = StepStats(candidates).host()
+                    streamer.end()
+                rows = []
+                for row in range(len(fed)):
+                    n_prompt, n_fed, pad = len(prompts[row]), len(fed[row]), batch.pads[row]
+                    token_ids = sequences[row][pad:]
+                    token_ids = token_ids[: n_fed + _until_end(token_ids[n_fed:], eos)]
+                    n_steps = len(token_ids) - n_fed
+                    prompt = None if hidden.prompt is None else hidden.prompt[row, pad:]
+                    log_probs = stats["log_prob"][:n_steps, row] if n_steps else ()
+                    # the forced one's from the states
+                    surprisal = self._surprisal(prompt, token_ids, n_fed, log_probs,
+                                                None if ahead is None else ahead.log_probs(row))
+                    steps = steps_of(stats, row, n_steps, token_ids, n_fed, self.decode_token)
+                    if forced is not None:  # the forced token's distribution is the model's at the position before it
+                        if prompt is None:
+                            raise SettingsError(f"cannot branch {self.name}: its decoder blocks or final norm were not "
+                                                f"found")
+                        first = final_logits(self.model, prompt[n_prompt - 1 : n_prompt], self.anatomy)
+                        only = torch.full_like(first, -torch.inf)
+                        only[0, forced] = 0.0
+                        own = build_steps(token_ids[:n_fed], n_prompt, [first], [only], self.decode_token, candidates)
+                        own[0].sampling_top_k = own[0].sampling_top_k[:1]  # drawn from all on the forced token
+                        steps = own + [replace(step, index=step.index + 1) for step in steps]
+                    rows.append((token_ids, n_prompt, steps, surprisal, pad, precisions[row]))
+            if hidden.reread and lens:
+                notes.append(f"No logit lens: {self.name} reads the whole text again at every step (it keeps no KV "
+                             f"cache), so its positions are not followed.")
+            used = settings.as_dict() | {"chat": chat, "candidates": candidates, "lens": lens,
+                                         "ablate": [list(pair) for pair in ablate]}
+            used |= {k: v for k, v in generate_kwargs.items() if isinstance(v, (int, float, str, bool, list))}
+            traces = [self._build_trace(token_ids, n_prompt, recorder, steps, used | {"precision": row_precision},
+                                        {"generate": generated_at - started}, surprisal, None, list(notes), row=row,
+                                        start=pad, read=read, precision=row_precision)
+                      for row, (token_ids, n_prompt, steps, surprisal, pad, row_precision) in enumerate(rows)]
+            pending = hidden.positions and not hidden.reread
+            for row, trace in enumerate(traces):
+                trace.lens_pending = bool(pending)
+                if on_capture is not None:  # what the first views need is here: the lens comes after
+                    on_capture(*([names[row]] if names is not None else []), trace)
+            # the lens of every row at once, after the recording (it reads the kept block outputs only): the rows
+            # share each tile of the unembedding
+            if on_status is not None and pending:
+                on_status("reading the logit lens")
+            spec = [(row, pad, token_ids) for row, (token_ids, _, _, _, pad, _) in enumerate(rows)]
+            with _foreign_errors(self.name, raised), torch.inference_mode():
+                lenses = self._lenses(hidden, spec, candidates, progress, ahead, read_ids)
+                shares = self._attributions(writers, hidden, spec)
+        finally:
+            if ahead is not None:
+                ahead.close()
         ended = time.perf_counter()
         for row, (trace, analysed) in enumerate(zip(traces, lenses)):
             trace.lens, trace.lens_pending = analysed, False

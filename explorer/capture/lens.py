@@ -258,7 +258,7 @@ class _Rows:
 
 
 def row_stats(model, anatomy: Anatomy, states: torch.Tensor, targets: torch.Tensor, k: int, rank: bool,
-              progress=None, tile_floats: int = TILE_FLOATS, group_rows: int = GROUP_ROWS):
+              progress=None, tile_floats: int | None = None, group_rows: int | None = None):
     """Over the final norm + unembedding of `states` [n, d] (last-block outputs before the final norm): each row's
     log-normaliser (logsumexp), its logit of targets[i], how many of its logits are above that one (rank=True)
     and its k largest logits with their ids, all float32 / int64 [n] or [n, k].
@@ -266,8 +266,10 @@ def row_stats(model, anatomy: Anatomy, states: torch.Tensor, targets: torch.Tens
     A plain float32 lm_head is read in tiles: up to GROUP_ROWS rows against one block of the vocabulary at a time,
     the block kept in cache while all the rows use it (a 64-row chunk against the whole 113 MB unembedding of
     SmolLM2 streamed it from memory for every chunk: twice the time of the product itself). Any other head is read
-    in chunks of CHUNK_ROWS rows against the whole vocabulary."""
+    in chunks of CHUNK_ROWS rows against the whole vocabulary. `tile_floats` and `group_rows` override
+    TILE_FLOATS and GROUP_ROWS (read at the call: tests change them)."""
     n, device = len(states), states.device
+    tile_floats, group_rows = tile_floats or TILE_FLOATS, group_rows or GROUP_ROWS
     normaliser = torch.empty(n, dtype=torch.float32, device=device)
     chosen = torch.empty(n, dtype=torch.float32, device=device)
     above = torch.empty(n, dtype=torch.int64, device=device) if rank else None

@@ -4,8 +4,11 @@ On a CPU, one prompt's decoding does not use a second core: SmolLM2's 64 steps t
 as on two, while the lens is a compute-bound product (30 layers × 64 positions against a 49,152 × 576
 unembedding). So, from the first step on, the decoding keeps half the threads and a worker thread with the other
 half reads the positions whose next token is already known, a few at a time, each time it is free; at the end the
-calling thread reads what is left with all of them. Each cell's numbers are those `lens.build_lenses` computes
-from the same rows (the same `row_stats`); only when they are computed changes.
+calling thread reads what is left with all of them. Each cell's numbers come from the same `row_stats` as
+`lens.build_lenses` reads after the run, in other tiles and on other threads: equal up to float32 rounding.
+
+Torch's thread count is OpenMP's, kept per calling thread, but setting it also sets what a thread gets at its
+first torch call: one that starts its torch work during a run gets the decoding's share.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ MIN_POSITIONS = 4  # positions a worker's read takes at least (but the last): ea
 # live beside the decoding's, not after them (with the caller's, the 1,024-token peak was 20 MB higher)
 READER_TILES = {"tile_floats": 1 << 18, "group_rows": 256}
 
+# OpenMP keeps a thread count per calling thread; torch's own thread pool has one for the process
+_OPENMP = "parallel backend: OpenMP" in torch.__config__.parallel_info()
 _reader: tuple[int, ThreadPoolExecutor] | None = None  # with the process it belongs to
 _reader_made = threading.Lock()
 
@@ -62,7 +67,8 @@ class LensAhead(LogitsProcessor):
     def for_run(cls, model, anatomy: Anatomy, hidden: HiddenStates, k: int, rows, device) -> LensAhead | None:
         """One where it helps: a lens on a CPU run with at least two torch threads; else None (on a GPU the lens
         after the run takes a fraction of the decoding, and one thread has no core to spare)."""
-        if hidden.lens is None or torch.device(device).type != "cpu" or torch.get_num_threads() < 2:
+        if hidden.lens is None or torch.device(device).type != "cpu" or torch.get_num_threads() < 2 \
+                or not _OPENMP:
             return None
         return cls(model, anatomy, hidden, k, rows)
 
@@ -142,8 +148,10 @@ class LensAhead(LogitsProcessor):
     def finish(self, sequences: torch.Tensor, progress=None) -> tuple:
         """The statistics of every kept cell, [L, B, positions, ...] each (`row_stats`'s five), once the reads
         given out are done and the rest is read here, with every thread."""
-        reads = [read.result() for read in self.reads]
-        self.close()  # the worker is idle now: every thread is the caller's again
+        try:
+            reads = [read.result() for read in self.reads]
+        finally:
+            self.close()  # the reader is idle now: every thread is the caller's again
         if self.offered < len(self.hidden.positions):
             reads.append(self._stats(*self._cells(self.offered, len(self.hidden.positions), sequences)))
         if progress is not None:
