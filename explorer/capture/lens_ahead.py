@@ -32,18 +32,24 @@ READER_TILES = {"tile_floats": 1 << 18, "group_rows": 256}
 
 # OpenMP keeps a thread count per calling thread; torch's own thread pool has one for the process
 _OPENMP = "parallel backend: OpenMP" in torch.__config__.parallel_info()
-_reader: tuple[int, ThreadPoolExecutor] | None = None  # with the process it belongs to
+_reader: list = []  # [the process it belongs to, the pool, its thread count]
 _reader_made = threading.Lock()
 
 
-def reader() -> ThreadPoolExecutor:
-    """The process's one reader thread, started at its first use and kept. A thread of its own for each run raised
-    the peak of a 1,024-token generate by about 20 MB (medians of 8 fresh processes: 213 MB, against 189 MB with
-    the thread kept and 199 MB with the lens read after the run)."""
-    global _reader
+def reader(threads: int) -> ThreadPoolExecutor:
+    """The process's one reader thread, started at its first use and kept, with `threads` torch threads. A thread of
+    its own for each run raised the peak of a 1,024-token generate by about 20 MB (medians of 8 fresh processes:
+    213 MB, against 189 MB with the thread kept and 199 MB with the lens read after the run).
+
+    Call it only while no read is under way: torch's set_num_threads also rebuilds process-wide state (its
+    pthreadpool, oneDNN's cache) that an operation under way in another thread may be using, so the count is set
+    here, by a job this thread waits for, and never while the decoding's reads run."""
     with _reader_made:
-        if _reader is None or _reader[0] != os.getpid():  # a forked child has the pool but not its thread
-            _reader = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="logit-lens-reader"))
+        if not _reader or _reader[0] != os.getpid():  # a forked child has the pool but not its thread
+            _reader[:] = [os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="logit-lens-reader"), None]
+        if _reader[2] != threads:
+            _reader[1].submit(torch.set_num_threads, threads).result()
+            _reader[2] = threads
         return _reader[1]
 
 
@@ -74,19 +80,16 @@ class LensAhead(LogitsProcessor):
 
     @contextmanager
     def decoding(self):
-        """Around `generate`: the calling thread gets its threads back when it ends; on an error no read goes on."""
+        """Around `generate`: on an error no read goes on, and the caller has its threads back."""
         try:
             yield self
         except BaseException:
             self.close()
             raise
-        finally:
-            if self.pool is not None:
-                torch.set_num_threads(self.threads)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.pool is None:  # the prompt is read (with every thread): the decoding needs half
-            self.pool = reader()
+        if self.pool is None:  # the prompt is read (with every thread): the decoding needs half; no read is under way
+            self.pool = reader(self.spare)
             torch.set_num_threads(self.threads - self.spare)
             if self.hidden.prompt is not None:
                 self.prompt = self._submit(self._prompt_log_probs, *self._prompt_rows())
@@ -98,11 +101,7 @@ class LensAhead(LogitsProcessor):
         return scores
 
     def _submit(self, read, *args) -> Future:
-        def on_spare_threads():
-            torch.set_num_threads(self.spare)  # the reader thread's own (and what threads started later get)
-            return read(*args, tiles=READER_TILES)
-
-        return self.pool.submit(on_spare_threads)
+        return self.pool.submit(read, *args, tiles=READER_TILES)
 
     def _idle(self) -> bool:
         return all(read.done() for read in [*self.reads, self.prompt] if read is not None)
@@ -151,7 +150,7 @@ class LensAhead(LogitsProcessor):
         try:
             reads = [read.result() for read in self.reads]
         finally:
-            self.close()  # the reader is idle now: every thread is the caller's again
+            self.close()  # the reader is idle now: every thread is the caller's again (for its last read too)
         if self.offered < len(self.hidden.positions):
             reads.append(self._stats(*self._cells(self.offered, len(self.hidden.positions), sequences)))
         if progress is not None:
@@ -159,8 +158,8 @@ class LensAhead(LogitsProcessor):
         return tuple(torch.cat(parts, dim=2) for parts in zip(*reads))
 
     def close(self) -> None:
-        """No more reads of this run (one under way ends first: a fraction of a second); the caller's threads as
-        they were (after the reader has set its own, which also sets what threads started later get)."""
+        """No more reads of this run (one under way ends first: a fraction of a second), then the caller's threads
+        as they were: not before, since setting them while a read runs is what `reader` avoids."""
         if self.pool is not None:
             mine = [read for read in [*self.reads, self.prompt] if read is not None]
             wait([read for read in mine if not read.cancel()])
