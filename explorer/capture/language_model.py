@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -419,8 +419,7 @@ class LanguageModel:
                     if ahead is not None:  # it changes no score: first or last, the same
                         kwargs["logits_processor"] = LogitsProcessorList([ahead,
                                                                           *(kwargs.get("logits_processor") or [])])
-                    with _hooked(self.model, step_recorder.hook if online else None), \
-                            ahead.decoding() if ahead is not None else nullcontext():
+                    with _hooked(self.model, step_recorder.hook if online else None):
                         out = self.model.generate(batch.ids, attention_mask=batch.mask, return_dict_in_generate=True,
                                                   output_logits=not online, output_scores=not online,
                                                   streamer=streamer, **kwargs)
@@ -660,8 +659,6 @@ class LanguageModel:
         predicts no step)."""
         out: list[LogitLens | None] = [None] * len(rows)
         if hidden.reread or not hidden.positions:
-            if ahead is not None:
-                ahead.close()
             return out
         parts, owners, spans = [], [], []
         for i, (row, pad, token_ids) in enumerate(rows):
@@ -673,8 +670,6 @@ class LanguageModel:
                 owners.append(i)
                 spans.append((row, slice(keep[0], keep[-1] + 1)))
         if not parts:
-            if ahead is not None:
-                ahead.close()
             return out
         bar = tqdm(total=1, desc="logit lens", unit="row", disable=not progress)
 

@@ -312,9 +312,11 @@ def row_stats(model, anatomy: Anatomy, states: torch.Tensor, targets: torch.Tens
     return normaliser, chosen, above, top_logits, top_ids
 
 
-def next_token_log_probs(model, anatomy: Anatomy, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """ln p(targets[i]) under the model's output at states[i] ([n, d], the last block's output), float32 [n]."""
-    normaliser, chosen, _, _, _ = row_stats(model, anatomy, states, targets, 0, rank=False)
+def next_token_log_probs(model, anatomy: Anatomy, states: torch.Tensor, targets: torch.Tensor,
+                         tiles: dict | None = None) -> torch.Tensor:
+    """ln p(targets[i]) under the model's output at states[i] ([n, d], the last block's output), float32 [n];
+    `tiles`: row_stats's tile_floats and group_rows, where not the defaults."""
+    normaliser, chosen, _, _, _ = row_stats(model, anatomy, states, targets, 0, rank=False, **(tiles or {}))
     return chosen - normaliser
 
 

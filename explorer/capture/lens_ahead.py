@@ -17,13 +17,12 @@ import bisect
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 
 import torch
 from transformers import LogitsProcessor
 
 from .anatomy import Anatomy
-from .lens import HiddenStates, row_stats
+from .lens import HiddenStates, next_token_log_probs, row_stats
 
 MIN_POSITIONS = 4  # positions a worker's read takes at least (but the last): each read streams the whole unembedding
 # the reader's tiles (1 MB of float32 logits, 256 rows) are smaller than the caller's (8 MB, 2,048 rows): its buffers
@@ -56,7 +55,8 @@ def reader(threads: int) -> ThreadPoolExecutor:
 class LensAhead(LogitsProcessor):
     """A logits processor that hands the worker, at each step, the kept positions whose next token is known (it
     returns the scores as they are). `finish` gives every kept cell's statistics; `log_probs` each row's prompt
-    surprisal. `rows`: each batch row's (left padding, the ids the model read first)."""
+    surprisal; `close` ends the run's reads, whatever happened (the caller calls it on every path). `rows`: each
+    batch row's (left padding, the ids the model read first)."""
 
     def __init__(self, model, anatomy: Anatomy, hidden: HiddenStates, k: int, rows: list[tuple[int, list[int]]]):
         self.model, self.anatomy, self.hidden, self.rows = model, anatomy, hidden, rows
@@ -77,15 +77,6 @@ class LensAhead(LogitsProcessor):
                 or not _OPENMP:
             return None
         return cls(model, anatomy, hidden, k, rows)
-
-    @contextmanager
-    def decoding(self):
-        """Around `generate`: on an error no read goes on, and the caller has its threads back."""
-        try:
-            yield self
-        except BaseException:
-            self.close()
-            raise
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.pool is None:  # the prompt is read (with every thread): the decoding needs half; no read is under way
@@ -128,10 +119,8 @@ class LensAhead(LogitsProcessor):
         return states, targets
 
     def _prompt_log_probs(self, states: torch.Tensor, targets: torch.Tensor, tiles: dict | None = None) -> torch.Tensor:
-        with torch.inference_mode():
-            normaliser, chosen, _, _, _ = row_stats(self.model, self.anatomy, states, targets, 0, rank=False,
-                                                    **(tiles or {}))
-            return chosen - normaliser
+        with torch.inference_mode():  # the mode is the thread's own: the reader's is not the caller's
+            return next_token_log_probs(self.model, self.anatomy, states, targets, tiles)
 
     def log_probs(self, row: int) -> torch.Tensor | None:
         """ln p of batch row `row`'s read tokens after the first (those _surprisal computes), or None when not
