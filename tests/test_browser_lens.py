@@ -210,12 +210,25 @@ def test_a_click_selects_the_layer_and_step_in_the_kernel(page):
     assert page.locator(".case-steps .ae-lens-layer-label.selected").text_content() == "L2"
 
 
+def wait_boxes_settled(page) -> None:
+    """Wait until the step and layer boxes show the selection the label prints. The label can print a new selection
+    before the kernel's update of a box is sent (its observer of the layer runs before the box's of the step): a
+    late update would overwrite what is typed into that box before Enter commits it."""
+    page.wait_for_function("""() => {
+        const [, layer, step] = document.querySelector('.py-state').textContent.match(/layer=(\\d+) step=(\\d+)/);
+        const box = name => document.querySelector(`.case-steps .set-${name} input`).value;
+        return box('layer') === layer && box('step') === step;
+    }""")
+
+
 def test_a_selection_made_elsewhere_is_highlighted(page):
     page, _ = page
-    for name, value in [("step", "9"), ("layer", "5")]:
+    wait_boxes_settled(page)
+    for name, value, state in [("step", "9", "step=9"), ("layer", "5", "layer=5 step=9")]:
         page.locator(f".case-steps .set-{name} input").fill(value)
         page.locator(f".case-steps .set-{name} input").press("Enter")
-    wait_state(page, "py-state", "layer=5 step=9")
+        wait_state(page, "py-state", state)
+        wait_boxes_settled(page)
     page.wait_for_selector(".case-steps .ae-lens-cell.selected[data-layer='5'][data-column='9']")
     assert page.locator(".case-steps .ae-lens-col.selected").get_attribute("data-column") == "9"
     page.mouse.move(0, 0)
