@@ -1,7 +1,9 @@
 """The logit lens read on a spare core while generate decodes (explorer/capture/lens_ahead.py) equals the lens read
-after the run, and both equal transformers' own hidden states; the caller's torch threads come back as they were."""
+after the run, and both equal transformers' own hidden states; the caller's torch threads come back as they were.
+Runs from several threads: those of two models read ahead one at a time, those of one model take turns."""
 
 import threading
+import time
 from concurrent.futures import wait
 
 import numpy as np
@@ -134,3 +136,74 @@ def test_the_reader_is_given_positions_whenever_it_is_free(two_threads, monkeypa
     trace = lm.generate("hand the positions out", max_new_tokens=20, progress=False, on_token=reader_done)
     assert len(made[-1].reads) >= 3  # 19 positions known before the end, 4 at least a read
     assert made[-1].offered > len(trace.lens.positions) - lens_ahead.MIN_POSITIONS - 2
+
+
+def test_a_run_beside_one_reading_ahead_reads_its_own_lens_after_itself(two_threads, monkeypatch):
+    """Two models' runs at once, in two threads: the first holds the reader, the second (with two threads of its own)
+    reads its lens after its run, and both lenses equal their model's hidden states; each thread's count comes back
+    as it was."""
+    given = []
+    for_run = lens_ahead.LensAhead.for_run.__func__
+
+    def noted(cls, *args, **kwargs):
+        given.append((threading.current_thread().name, for_run(cls, *args, **kwargs)))
+        return given[-1][1]
+
+    monkeypatch.setattr(lens_ahead.LensAhead, "for_run", classmethod(noted))
+    lm, other_lm = make_tiny_lm("llama"), make_tiny_lm("gpt2")
+    first_is_running, second_is_done = threading.Event(), threading.Event()
+    second: dict = {}
+
+    def beside():
+        try:
+            first_is_running.wait(60)
+            torch.set_num_threads(2)  # a new thread starts with the decoding's share: ask for two, as a user may
+            second["trace"] = other_lm.generate("the second run", max_new_tokens=10, candidates=5, progress=False)
+            second["threads"] = torch.get_num_threads()
+        finally:
+            second_is_done.set()
+
+    def first_token(*_):
+        first_is_running.set()
+        second_is_done.wait(60)
+
+    thread = threading.Thread(target=beside, name="beside")
+    thread.start()
+    first = lm.generate("the first run", max_new_tokens=10, candidates=5, progress=False, on_token=first_token)
+    thread.join(60)
+    (main, ahead), (other, none) = given[:2]
+    assert main == threading.current_thread().name and ahead is not None
+    assert other == "beside" and none is None  # the reader was the first run's
+    assert second["threads"] == 2 and torch.get_num_threads() == 2
+    assert_lens_matches_hidden_states(lm, first, 5)
+    assert_lens_matches_hidden_states(other_lm, second["trace"], 5)
+    lm.generate("a third run", max_new_tokens=4, progress=False)
+    assert given[-1][1] is not None  # the first run let the reader go
+
+
+def test_two_threads_on_one_model_take_turns_and_each_gets_its_own_trace(two_threads):
+    """The hooks of a run catch every forward pass of its model: a second thread's run waits for the first, and
+    each trace equals the one its prompt gets alone."""
+    lm = make_tiny_lm("llama")
+    first_is_running, got = threading.Event(), {}
+
+    def beside():
+        first_is_running.wait(60)
+        got["beside"] = lm.generate("the second run", max_new_tokens=10, candidates=5, progress=False)
+
+    def first_token(*_):
+        if not first_is_running.is_set():
+            first_is_running.set()
+            time.sleep(0.3)  # time for the other run to start, if it did not wait: not for the outcome, which is fixed
+
+    thread = threading.Thread(target=beside, name="beside")
+    thread.start()
+    got["first"] = lm.generate("the first run", max_new_tokens=10, candidates=5, progress=False, on_token=first_token)
+    thread.join(60)
+    for prompt, name in [("the first run", "first"), ("the second run", "beside")]:
+        alone = lm.generate(prompt, max_new_tokens=10, candidates=5, progress=False)
+        assert got[name].token_ids == alone.token_ids
+        for layer in range(alone.n_layers):
+            np.testing.assert_allclose(got[name].attention(layer), alone.attention(layer), atol=1e-6)
+        assert_same_lens(got[name], alone)
+        assert_lens_matches_hidden_states(lm, got[name], 5)

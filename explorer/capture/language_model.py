@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -154,8 +156,21 @@ def _context_length(config) -> int | None:
     return None
 
 
+def _taking_turns(method):
+    """`method` with the model to itself: a run's hooks catch every forward pass of the model, another thread's too,
+    so the runs (and probes) of one model from several threads take turns; a run's own callbacks may run another."""
+
+    @functools.wraps(method)
+    def in_turn(self, *args, **kwargs):
+        with self._turn:
+            return method(self, *args, **kwargs)
+
+    return in_turn
+
+
 class LanguageModel:
-    """A causal language model and its tokenizer, ready to generate with capture on."""
+    """A causal language model and its tokenizer, ready to generate with capture on. One model may be used from
+    several threads: their runs take turns."""
 
     def __init__(self, model: PreTrainedModel, tokenizer, name: str | None = None):
         if not isinstance(model, PreTrainedModel) or not hasattr(model, "generate"):
@@ -169,19 +184,22 @@ class LanguageModel:
         self._facts: dict | None = None  # what does not change: computed on first use
         self._anatomy: Anatomy | None = None
         self._layer_positions: list[dict] | None = None
+        self._turn = threading.RLock()  # held by the run (or probe) that has the model's hooks
 
     @property
     def layer_positions(self) -> list[dict]:
         """How position reaches each attention layer, measured once by a probe (see capture/layer_positions.py)."""
-        if self._layer_positions is None:
-            self._layer_positions = probe_positions(self.model)
+        with self._turn:
+            if self._layer_positions is None:
+                self._layer_positions = probe_positions(self.model)
         return self._layer_positions
 
     @property
     def anatomy(self) -> Anatomy:
         """Where the decoder blocks and the final norm are (found once, by a probe pass): what the lens reads."""
-        if self._anatomy is None:
-            self._anatomy = find_anatomy(self.model)
+        with self._turn:
+            if self._anatomy is None:
+                self._anatomy = find_anatomy(self.model)
         return self._anatomy
 
     def _lens_notes(self, lens: str | None) -> list[str]:
@@ -362,6 +380,7 @@ class LanguageModel:
             raise SettingsError(f"token_ids must be a non-empty list of token ids 0..{vocab - 1}")
         return list(token_ids)
 
+    @_taking_turns
     def _generate_rows(self, prompts: list[list[int]], settings: GenerationSettings, generate_kwargs: dict, *,
                        chat: bool, candidates: int, lens: str | None, precision: str, keep_values: bool,
                        ablate: list[tuple[int, int]], progress: bool, on_token=None, on_status=None,
@@ -598,6 +617,7 @@ class LanguageModel:
                 traces[i] = trace
         return traces if many else traces[0]
 
+    @_taking_turns
     def _read_rows(self, rows: list[list[int]], *, lens, candidates, ablate, precision, keep_values, progress,
                    chat) -> list[Trace]:
         """Read each of `rows` (token ids) in one left-padded forward pass, with capture."""

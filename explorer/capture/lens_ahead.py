@@ -33,6 +33,7 @@ READER_TILES = {"tile_floats": 1 << 18, "group_rows": 256}
 _OPENMP = "parallel backend: OpenMP" in torch.__config__.parallel_info()
 _reader: list = []  # [the process it belongs to, the pool, its thread count]
 _reader_made = threading.Lock()
+_run = threading.Lock()  # held by the one run that reads ahead: a run beside it (another thread) reads after itself
 
 
 def reader(threads: int) -> ThreadPoolExecutor:
@@ -68,15 +69,23 @@ class LensAhead(LogitsProcessor):
         self.reads: list[Future] = []  # each read's statistics [L, B, positions, ...], in order
         self.prompt: Future | None = None  # the prompts' log-probabilities, rows one after another
         self.prompt_read: torch.Tensor | None = None
+        self.holds_run = False  # whether this run holds _run (for_run takes it, close lets it go)
 
     @classmethod
     def for_run(cls, model, anatomy: Anatomy, hidden: HiddenStates, k: int, rows, device) -> LensAhead | None:
         """One where it helps: a lens on a CPU run with at least two torch threads; else None (on a GPU the lens
-        after the run takes a fraction of the decoding, and one thread has no core to spare)."""
+        after the run takes a fraction of the decoding, and one thread has no core to spare). None too while
+        another thread's run reads ahead: the two would set the threads of one reader under each other's reads."""
         if hidden.lens is None or torch.device(device).type != "cpu" or torch.get_num_threads() < 2 \
-                or not _OPENMP:
+                or not _OPENMP or not _run.acquire(blocking=False):
             return None
-        return cls(model, anatomy, hidden, k, rows)
+        try:
+            ahead = cls(model, anatomy, hidden, k, rows)
+        except BaseException:
+            _run.release()
+            raise
+        ahead.holds_run = True
+        return ahead
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.pool is None:  # the prompt is read (with every thread): the decoding needs half; no read is under way
@@ -153,3 +162,6 @@ class LensAhead(LogitsProcessor):
             mine = [read for read in [*self.reads, self.prompt] if read is not None]
             wait([read for read in mine if not read.cancel()])
             torch.set_num_threads(self.threads)
+        if self.holds_run:
+            self.holds_run = False
+            _run.release()
