@@ -14,6 +14,7 @@ from test_batch import PROMPTS, _early_eos, _lm
 from test_lens_and_norms import assert_lens_matches_hidden_states, expected_surprisal
 
 from explorer.capture import lens_ahead
+from explorer.errors import SettingsError
 
 
 @pytest.fixture
@@ -207,3 +208,15 @@ def test_two_threads_on_one_model_take_turns_and_each_gets_its_own_trace(two_thr
             np.testing.assert_allclose(got[name].attention(layer), alone.attention(layer), atol=1e-6)
         assert_same_lens(got[name], alone)
         assert_lens_matches_hidden_states(lm, got[name], 5)
+
+
+def test_a_run_started_by_a_runs_own_callback_is_refused_and_the_model_stays_usable():
+    lm = make_tiny_lm("llama")
+
+    def nested(*_):
+        lm.generate("inside", max_new_tokens=2, progress=False)
+
+    with pytest.raises(SettingsError, match="in a run already"):
+        lm.generate("outside", max_new_tokens=4, progress=False, on_token=nested)
+    alone = lm.generate("outside", max_new_tokens=4, progress=False)
+    assert_lens_matches_hidden_states(lm, alone, 10)

@@ -158,12 +158,20 @@ def _context_length(config) -> int | None:
 
 def _taking_turns(method):
     """`method` with the model to itself: a run's hooks catch every forward pass of the model, another thread's too,
-    so the runs (and probes) of one model from several threads take turns; a run's own callbacks may run another."""
+    so the runs (and probes) of one model from several threads take turns. A run started by a run's own callback (in
+    its thread, so it cannot wait for it) is refused: its passes would be recorded into the outer run."""
 
     @functools.wraps(method)
     def in_turn(self, *args, **kwargs):
         with self._turn:
-            return method(self, *args, **kwargs)
+            if self._in_run:
+                raise SettingsError(f"{self.name} is in a run already: a run's callbacks (on_token, on_capture, "
+                                    f"on_trace, on_status) cannot start another run of the same model")
+            self._in_run = True
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._in_run = False
 
     return in_turn
 
@@ -185,6 +193,7 @@ class LanguageModel:
         self._anatomy: Anatomy | None = None
         self._layer_positions: list[dict] | None = None
         self._turn = threading.RLock()  # held by the run (or probe) that has the model's hooks
+        self._in_run = False  # set while a run holds the turn (a probe inside a run takes it again)
 
     @property
     def layer_positions(self) -> list[dict]:

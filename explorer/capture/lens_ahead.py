@@ -36,6 +36,14 @@ _reader_made = threading.Lock()
 _run = threading.Lock()  # held by the one run that reads ahead: a run beside it (another thread) reads after itself
 
 
+def _after_fork() -> None:
+    global _run
+    _run = threading.Lock()  # a child forked during a run has no such run
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def reader(threads: int) -> ThreadPoolExecutor:
     """The process's one reader thread, started at its first use and kept, with `threads` torch threads. A thread of
     its own for each run raised the peak of a 1,024-token generate by about 20 MB (medians of 8 fresh processes:
@@ -158,10 +166,12 @@ class LensAhead(LogitsProcessor):
     def close(self) -> None:
         """No more reads of this run (one under way ends first: a fraction of a second), then the caller's threads
         as they were: not before, since setting them while a read runs is what `reader` avoids."""
-        if self.pool is not None:
-            mine = [read for read in [*self.reads, self.prompt] if read is not None]
-            wait([read for read in mine if not read.cancel()])
-            torch.set_num_threads(self.threads)
-        if self.holds_run:
-            self.holds_run = False
-            _run.release()
+        try:
+            if self.pool is not None:
+                mine = [read for read in [*self.reads, self.prompt] if read is not None]
+                wait([read for read in mine if not read.cancel()])
+                torch.set_num_threads(self.threads)
+        finally:  # Ctrl-C in the wait must not keep the reader from every later run (its own queue keeps order)
+            if self.holds_run:
+                self.holds_run = False
+                _run.release()
