@@ -4,6 +4,8 @@ declaration and the model's own pre-rotary projections, and the lens on a model 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,9 @@ FAMILIES = ["llama", "gpt2", "gpt_neox", "gptj", "gpt_oss", "gemma2", "gemma3_te
             "stablelm", "gpt_bigcode", "granite", "xglm", "biogpt", "bert", "lfm2", "nemotron_h", "persimmon"]
 
 
+OLD_CACHE_NAME: dict[str, list[str]] = {}  # each family's warnings of a KV cache passed by its old name
+
+
 @pytest.fixture(scope="module")
 def traced():
     """(model, trace) of each family, made once."""
@@ -29,8 +34,11 @@ def traced():
     def get(family):
         if family not in made:
             model = tiny_model(family)
-            made[family] = model, explorer.wrap(model, Ids(), name=family).generate(
-                PROMPT, max_new_tokens=6, progress=False)
+            with warnings.catch_warnings(record=True) as said:
+                warnings.simplefilter("always")
+                made[family] = model, explorer.wrap(model, Ids(), name=family).generate(
+                    PROMPT, max_new_tokens=6, progress=False)
+            OLD_CACHE_NAME[family] = [str(w.message) for w in said if "past_key_values" in str(w.message)]
         return made[family]
 
     return get
@@ -65,6 +73,14 @@ def test_every_head_equals_eager_and_tokens_equal_plain_generate(family, traced)
         assert shares.total == pytest.approx(shares.logit, abs=1e-3)
         if not capped:  # (the attribution is of the logit before a final soft-cap)
             assert shares.logit == pytest.approx(float(logits[step.position - 1, step.token_id]), abs=1e-3)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_capture_passes_the_kv_cache_by_its_current_name(family, traced):
+    """transformers 5.25 renamed `past_key_values` to `cache` and drops the old name in 5.40: a capture that
+    passed it would lose its last token's attention row then."""
+    traced(family)
+    assert OLD_CACHE_NAME[family] == []
 
 
 # families whose logit attribution is missing, and the reason their note gives

@@ -772,14 +772,18 @@ class LanguageModel:
         """The last generated token was never read by the model: one more step gives its attention row."""
         sequence = out.sequences
         mask = torch.cat([batch.mask, batch.mask.new_ones((len(sequence), sequence.shape[1] - batch.width))], dim=1)
-        if out.past_key_values is None:  # a model that keeps no KV cache (MPT) reads the whole sequence again
+        # the KV cache is `cache` since transformers 5.25 (`past_key_values`, its old name, goes in 5.40)
+        kept = dict(out.items())  # its fields that are set, by their own names (no renaming, no warning)
+        cache = kept.get("cache", kept.get("past_key_values"))
+        if cache is None:  # a model that keeps no KV cache (MPT) reads the whole sequence again
             self.model(sequence, attention_mask=mask, use_cache=False, **self._positions(batch, mask))
             return
+        takes = inspect.signature(self.model.forward).parameters
         # its logits are not needed: an empty index skips the unembedding (a fifth of a small model's decode step)
         skip = ({"logits_to_keep": torch.empty(0, dtype=torch.long, device=sequence.device)}
-                if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {})
-        self.model(sequence[:, -1:], attention_mask=mask, past_key_values=out.past_key_values, use_cache=True,
-                   **self._positions(batch, mask, last=1), **skip)
+                if "logits_to_keep" in takes else {})
+        self.model(sequence[:, -1:], attention_mask=mask, use_cache=True, **self._positions(batch, mask, last=1),
+                   **{"cache" if "cache" in takes else "past_key_values": cache}, **skip)
 
     def _processors_after(self, kwargs: dict) -> bool:
         """Whether transformers puts processors after ours even when decoding greedily (watermarking, a final
