@@ -88,7 +88,6 @@ def voila_arguments(port: int, ip: str, class_size: int | None, token: str | Non
         "--Voila.port_retries=0",
         "--no-browser",
         f"--template={TEMPLATE}",  # nothing asked beyond this machine: a classroom may have no internet
-        "--VoilaConfiguration.file_allowlist=[]",  # serve no files of the folder, only the dashboard
         "--preheat_kernel=True",
         f"--pool_size={pool_size(class_size)}",
         "--VoilaKernelManager.fill_delay=0",
@@ -106,6 +105,14 @@ def voila_arguments(port: int, ip: str, class_size: int | None, token: str | Non
     if token:
         args.append(f"--token={token}")
     return [*args, *voila_args]
+
+
+def voila_config():
+    """What Voilà's command line cannot say without a deprecation warning in every log: serve no files of the
+    notebook's folder (by default it serves its images), only the dashboard."""
+    from traitlets.config import Config
+
+    return Config({"VoilaConfiguration": {"file_allowlist": []}})
 
 
 def use_our_template() -> None:
@@ -170,7 +177,7 @@ def launch(args: argparse.Namespace, voila_args: list[str]) -> int:
               f"{_address(ip, args.port, token, teacher)}", flush=True)
     sys.argv = ["voila", *voila_arguments(args.port, ip, class_size, token, voila_args)]
     try:
-        voila_main()
+        voila_main(config=voila_config())
     finally:
         if service is not None:
             service.stop()
