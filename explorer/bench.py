@@ -368,9 +368,12 @@ if __name__ == "__main__" and sys.argv[1:2] == ["batching"]:  # python -m explor
           f"(medians)   target <= 1.10x")
 elif __name__ == "__main__" and sys.argv[1:2] == ["lens"]:  # python -m explorer.bench lens: (f) alone
     print_lens_cost(load_model(progress=False), 5)
-elif __name__ == "__main__":  # python -m explorer.bench peak KIND PROMPT_TOKENS NEW_TOKENS: one measurement, as JSON
+elif __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "peak" and sys.argv[3].isdigit() \
+        and sys.argv[4].isdigit():  # python -m explorer.bench peak KIND PROMPT_TOKENS NEW_TOKENS: one, as JSON
     import json
-    import sys
 
     _, _, kind, prompt_tokens, new_tokens = sys.argv
     print(json.dumps(_peak_of(kind, int(prompt_tokens), int(new_tokens))))
+elif __name__ == "__main__":
+    sys.exit("usage: python -m explorer.bench lens | batching [RUNS] | peak KIND PROMPT_TOKENS NEW_TOKENS\n"
+             "(all of them, with their targets: attention-explorer bench, or make bench)")
