@@ -71,7 +71,7 @@ def reference(lm, family: str, token_ids: list[int], position: int) -> tuple[np.
                 written = z[head] @ projection.weight[rows].double()
             else:  # x @ weightᵀ
                 written = z[head] @ projection.weight[:, rows].double().T
-            shares[layer, head] = float(through(written))
+            shares[layer, head] = float(through(written).detach())  # the weights are parameters
     return shares, float(logits[target])
 
 

@@ -5,8 +5,6 @@ import datetime
 import os
 from pathlib import Path
 
-import ipywidgets as widgets
-
 import explorer
 from conftest import make_tiny_lm
 from explorer.dashboard import Dashboard
@@ -106,12 +104,10 @@ def test_old_views_and_traces_are_released_when_a_new_trace_comes():
     for index in range(len(board.explorer.tabs.children)):  # open every view
         board.explorer.tabs.selected_index = index
     assert all(box.children for box in board.explorer.tabs.children)
-    old_views = [box.children[0] for box in board.explorer.tabs.children]
-    old_ids = {v.model_id for v in old_views}
-    del old_views
+    old_views = [weakref.ref(box.children[0]) for box in board.explorer.tabs.children]
     board.generate()
     gc.collect()
-    assert not old_ids & set(widgets.Widget.widgets)  # closed
+    assert all(view() is None or view().comm is None for view in old_views)  # closed (a widget's registry holds it)
     assert old_trace() is None  # and nothing holds the old trace: memory does not grow press after press
 
 
