@@ -146,6 +146,14 @@ def test_a_saved_trace_is_shown_with_no_model(hostile_trace):
             assert page.locator(".ae-generate").count() == 0
             assert "tiny-gpt2" in page.locator(".ae-facts").inner_text()
             assert HOSTILE in page.locator(".stepper-view").inner_text()
+            # every tab's whole title shows, within the explorer (they wrap onto a second row where they must)
+            tabs = page.locator(".explorer-view .lm-TabBar-tab").evaluate_all(
+                "els => els.map(e => { const l = e.querySelector('.lm-TabBar-tabLabel'), r = e.getBoundingClientRect();"
+                " return [l.textContent, l.scrollWidth <= l.clientWidth, r.left, r.right]; })")
+            box = page.locator(".explorer-view").bounding_box()
+            assert len(tabs) == 11 and [t[0] for t in tabs if not t[1]] == []
+            assert all(box["x"] - 1 <= left and right <= box["x"] + box["width"] + 1 for _, _, left, right in tabs)
+            page.locator(".explorer-view .lm-TabBar").screenshot(path=str(OUTPUT / "dashboard-tabs.png"))
             assert log.dialogs == [] and log.page_errors == [] and log.our_blocked() == []
     finally:
         stop(proc)

@@ -104,6 +104,14 @@ def _tabs() -> list[tuple[str, Callable]]:
     ]
 
 
+# ipywidgets shrinks every tab of a Tab to share one row: eleven titles in a 900-pixel explorer were cut to
+# "Queries & ke". Each tab keeps its title's width, and the tabs wrap onto a second row where they do not fit.
+_TAB_STYLE = """<style>
+.explorer-view.explorer-view > .jupyter-widget-tab > .lm-TabBar .lm-TabBar-content { flex-wrap: wrap; }
+.explorer-view.explorer-view > .jupyter-widget-tab > .lm-TabBar .lm-TabBar-tab { flex: 0 0 auto; }
+</style>"""
+
+
 class ExplorerView(widgets.VBox):
     """Tabs of views over one trace. Views are built when their tab is first shown (big views at start-up
     hang Voilà) and closed when the trace changes, so a long session does not keep old traces alive.
@@ -133,7 +141,8 @@ class ExplorerView(widgets.VBox):
             from .whatif.whatif_panel import WhatIfPanel
 
             self.whatif = WhatIfPanel(lm, self.selection, current=lambda: self.trace, add_trace=self.add_trace)
-        self.children = [self.message, self.tree, *([self.whatif] if self.whatif else []), self.tabs]
+        style = widgets.HTML(_TAB_STYLE, layout=widgets.Layout(display="none"))
+        self.children = [style, self.message, self.tree, *([self.whatif] if self.whatif else []), self.tabs]
         if trace is not None:
             self.set_trace(trace)
 
