@@ -165,12 +165,14 @@ class LensAhead(LogitsProcessor):
 
     def close(self) -> None:
         """No more reads of this run (one under way ends first: a fraction of a second), then the caller's threads
-        as they were: not before, since setting them while a read runs is what `reader` avoids."""
+        as they were: not before, since setting them while a read runs is what `reader` avoids. Once only: `finish`
+        closes, and so does the run's `finally`."""
         try:
             if self.pool is not None:
                 mine = [read for read in [*self.reads, self.prompt] if read is not None]
                 wait([read for read in mine if not read.cancel()])
                 torch.set_num_threads(self.threads)
+                self.pool = None  # done: a Ctrl-C in the wait leaves it for the next close to finish
         finally:  # Ctrl-C in the wait must not keep the reader from every later run (its own queue keeps order)
             if self.holds_run:
                 self.holds_run = False
