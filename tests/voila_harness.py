@@ -102,6 +102,7 @@ class PageLog:
     blocked: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)  # every request the page made, in order
     console_errors: list[str] = field(default_factory=list)
+    console: list[str] = field(default_factory=list)  # every console message, "type: text", for a failure's report
     page_errors: list[str] = field(default_factory=list)
     dialogs: list[str] = field(default_factory=list)
 
@@ -148,7 +149,12 @@ def offline_page(b, viewport=(1280, 1000)):
 
     page.route("**/*", route)
     page.on("request", lambda r: log.requests.append(r.url))
-    page.on("console", lambda m: log.console_errors.append(m.text) if m.type == "error" else None)
+    def on_console(m):
+        log.console.append(f"{m.type}: {m.text}"[:500])
+        if m.type == "error":
+            log.console_errors.append(m.text)
+
+    page.on("console", on_console)
     page.on("pageerror", lambda e: log.page_errors.append(str(e)))
 
     def on_dialog(d):
@@ -185,14 +191,47 @@ def notebook_page(notebook: Path, ready: str, viewport=(1280, 1000)):
 @contextmanager
 def served_page(chromium, notebook: Path, ready: str, viewport=(1280, 1000)):
     """`notebook` served by Voilà and opened offline in a new page of `chromium` (a browser a test module shares),
-    once `ready` shows: yields (page, PageLog). A cell that failed fails with its traceback."""
+    once `ready` shows and every widget output has drawn: yields (page, PageLog). A cell that failed fails with its
+    traceback. A page that lost a widget model in Voilà's restore (see LOST_MODEL) is opened again."""
     with voila_server(notebook) as url:
         page, log = offline_page(chromium, viewport=viewport)
-        page.goto(url + "/", wait_until="domcontentloaded")
-        page.wait_for_selector(f"{ready}, {TRACEBACK}", timeout=180_000)
-        errors = page.locator(TRACEBACK).all_inner_texts()
-        assert not errors, errors[0][-2000:]
-        yield page, log
+        try:
+            open_voila_page(page, log, url + "/", ready)
+            yield page, log
+        finally:  # what the page said, for a failure's report
+            (OUTPUT / f"console-{notebook.stem}.log").write_text("\n".join(log.console) + "\n")
+
+
+# Where Voilà's widget manager put "Error displaying widget: model not found" instead of a widget. Under load
+# (a CI machine's 2 cores), about one page in ten or twenty of a notebook with several top-level displays loses
+# one: the page's restore of the kernel's widgets (ipywidgets' request_states, 4 s to answer) misses a model
+# the page then renders, with ipykernel 7 answering widget messages beside the running cell. The model is
+# never found afterwards (the page shows the error for good), so the page is opened again: a new kernel runs
+# the notebook from the start.
+LOST_MODEL = ".jp-OutputArea-output:has-text('Error displaying widget: model not found')"
+# every widget output has drawn its widget or its error ("Loading widget..." until the restore has found it)
+WIDGETS_SETTLED = """() => ![...document.querySelectorAll('.jp-OutputArea-output')]
+    .some(e => e.textContent.trim() === 'Loading widget...')"""
+
+
+def open_voila_page(page, log: PageLog, url: str, ready: str, tries: int = 3) -> None:
+    """Open Voilà's `url` until `ready` shows and every widget output has drawn; a cell that failed fails with its
+    traceback. A load that lost a widget model (LOST_MODEL) is tried again, up to `tries` loads; what the lost
+    load said stays in log.console, not in the errors a test checks."""
+    for attempt in range(1, tries + 1):
+        errors, page_errors = len(log.console_errors), len(log.page_errors)
+        page.goto(url, wait_until="domcontentloaded")
+        page.wait_for_selector(f"{ready}, {TRACEBACK}, {LOST_MODEL}", timeout=180_000)
+        page.wait_for_function(WIDGETS_SETTLED, timeout=120_000)
+        tracebacks = page.locator(TRACEBACK).all_inner_texts()
+        assert not tracebacks, tracebacks[0][-2000:]
+        lost = page.locator(LOST_MODEL).count()
+        if not lost:
+            page.wait_for_selector(ready, timeout=180_000)
+            return
+        log.console.append(f"harness: load {attempt} lost {lost} widget model(s) in Voilà's restore; opened again")
+        del log.console_errors[errors:], log.page_errors[page_errors:]
+    raise AssertionError(f"{url}: each of {tries} loads lost a widget model (see {OUTPUT}/console-*.log)")
 
 
 # Redraws inside views that count their draws in data-draw-count (TokenText, the what-if change, ...): each watched
