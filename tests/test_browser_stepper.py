@@ -91,6 +91,7 @@ def page(traces):
              f"READ = {str(folder / 'read.trace')!r}")
     notebook = write_notebook(folder / "stepper.ipynb", [paths, CELL])
     with notebook_page(notebook, ".case-learned .positional-view .main-svg", viewport=(1300, 1600)) as (page, log):
+        page.wait_for_selector(".case-read .stepper-view .read-text-view .token-text[data-draw-count]")
         page.wait_for_function("document.querySelectorAll('.token-text[data-draw-count]').length >= 3")
         page.wait_for_function("document.querySelectorAll('.stepper-view .step-charts .bar-label').length >= 2")
         assert page.locator(".stepper-view .step-charts svg").count() == 1  # one SVG for both charts
